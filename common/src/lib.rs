@@ -1,0 +1,39 @@
+//! Shared vocabulary of a pypelinin cluster.
+//!
+//! Every process (router, pipeliner, broker, client) speaks the protocol defined in
+//! [`protocol`] and describes work with the model in [`pipeline`]. Keeping both in one
+//! crate means a message can only be changed in one place, and every peer sees the change.
+
+#![warn(missing_docs)]
+
+pub mod pipeline;
+pub mod protocol;
+pub mod shutdown;
+pub mod status;
+pub mod transport;
+
+pub use pipeline::{Data, JobSpec, Pipeline, PipelineError, PipelineSpec};
+pub use protocol::{JobRef, PipelineId};
+pub use shutdown::Shutdown;
+pub use status::{JobState, JobStatus, PipelineState, PipelineStatus};
+
+/// Milliseconds since the Unix epoch: the one clock every record and message uses,
+/// so that times stay comparable across machines and across a router restart.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
+///
+/// Binaries call this once; libraries only emit events.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,606 @@
+//! The wire protocol of a pypelinin cluster.
+//!
+//! # Sockets
+//! The router binds two sockets:
+//! - **API** (ZeroMQ ROUTER). Every other process connects a DEALER socket and sends
+//!   one-frame messages: a [`Frame`] whose body is a [`Request`]. The router answers each
+//!   request with a [`Frame`] carrying the same `id` and a [`FromRouter::Reply`], and may
+//!   also send unsolicited [`FromRouter::Push`] frames (with `id` 0) to brokers and
+//!   pipeliners that said hello. REQ sockets work too for plain request/reply (the router
+//!   keeps their empty delimiter frame).
+//! - **Broadcast** (ZeroMQ PUB): two frames, a topic ([`Event::topic`]) and a [`Frame`]
+//!   whose body is an [`Event`]. Broadcasts only wake peers up: they may be lost, so no
+//!   peer takes one as the truth, which always comes from a request.
+//!
+//! Every frame is MessagePack (rmp-serde, structs as maps so that fields can be added),
+//! at most [`MAX_FRAME_BYTES`], and starts with the protocol version [`PROTOCOL_VERSION`].
+//!
+//! # Conversations
+//! | sender | request | reply | pushes it leads to |
+//! |---|---|---|---|
+//! | client | [`Request::Submit`] | `Submitted` (idempotent on the client-chosen id) | — |
+//! | client | [`Request::Status`] | `Status` | — |
+//! | client | [`Request::Wait`] | `Statuses`, once every id is final or the timeout passed | — |
+//! | client | [`Request::Outputs`] | `Outputs` | — |
+//! | client | [`Request::List`] | `List` | — |
+//! | broker | [`Request::BrokerHello`] | `Welcome` (the cluster configuration) | `Assign` while it has free slots |
+//! | broker | [`Request::JobDone`] | `Ok` (the result is durable) | more `Assign` |
+//! | broker | [`Request::Monitor`] | `Ok` | — |
+//! | broker | [`Request::Drain`] | `Ok`: no more `Assign` | — |
+//! | pipeliner | [`Request::PipelinerHello`] | `Ok` | `Take` with whole pipelines, then `Changed` |
+//! | pipeliner | [`Request::Advance`] | `Ok` | `Changed` as jobs end |
+//! | any peer | [`Request::Heartbeat`] | `Ok`, or `Error(UnknownPeer)`: say hello again | — |
+//! | any peer | [`Request::Bye`] | `Ok`: its jobs and pipelines go to others | — |
+//!
+//! A job is named by a [`JobRef`]: pipeline id, job index (jobs are indexed in name
+//! order, see [`crate::Pipeline`]) and attempt number. The attempt number fences late
+//! reports: a report for an attempt that is no longer the current one is refused with
+//! `Error(Stale)` and changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::pipeline::{Data, PipelineSpec};
+use crate::status::{JobState, PipelineState, PipelineStatus};
+
+/// Version carried by every frame; a peer with another version gets `Error(Version)`.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame any peer accepts, in bytes. Larger frames are refused unread.
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+/// Deepest nesting of maps and arrays a decoder follows (bounds stack use on garbage).
+pub const MAX_DEPTH: usize = 128;
+/// Largest job output the router keeps, encoded. Larger outputs belong in the user's store.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// How often brokers and pipeliners say they are alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// Heartbeats a peer may miss before the router gives its jobs and pipelines to others.
+pub const PEER_LIVENESS: u32 = 6;
+/// How long a request waits for its reply before it is sent again on a fresh socket.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(2_500);
+/// How many times a request is sent before the peer is declared unreachable.
+pub const REQUEST_ATTEMPTS: u32 = 4;
+/// Send and receive high-water marks: far above any burst we produce, so that ZeroMQ
+/// never drops silently; a send that would block is treated as a dead peer.
+pub const SOCKET_HWM: i32 = 1_000_000;
+/// Longest a `Wait` request may be held by the router.
+pub const MAX_WAIT_MS: u64 = 3_600_000;
+
+/// Identifies a pipeline across the cluster; chosen by the client so that a resent
+/// `Submit` is recognised instead of running the pipeline twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PipelineId(pub Uuid);
+
+impl PipelineId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        PipelineId(Uuid::new_v4())
+    }
+}
+
+impl Default for PipelineId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for PipelineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for PipelineId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(PipelineId)
+    }
+}
+
+/// One attempt of one job: what brokers hold and report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobRef {
+    /// The pipeline.
+    pub pipeline: PipelineId,
+    /// The job's index in the pipeline (name order).
+    pub job: u32,
+    /// The attempt, from 1; the fencing token for late reports.
+    pub attempt: u32,
+}
+
+/// Envelope of every frame: version, request id (0 for pushes and events), body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame<T> {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub v: u16,
+    /// Chosen by the requester; echoed in the reply.
+    pub id: u64,
+    /// The message.
+    pub body: T,
+}
+
+#[derive(Serialize)]
+struct FrameRef<'a, T> {
+    v: u16,
+    id: u64,
+    body: &'a T,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    v: u16,
+    id: u64,
+}
+
+/// What peers ask of the router.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Accept a pipeline. Idempotent: the same id with the same spec is accepted again.
+    Submit {
+        /// Client-chosen id.
+        id: PipelineId,
+        /// The pipeline.
+        pipeline: PipelineSpec,
+    },
+    /// Current status of a pipeline.
+    Status {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// Reply once every pipeline is final, or after `timeout_ms`, with their statuses.
+    Wait {
+        /// The pipelines.
+        ids: Vec<PipelineId>,
+        /// At most [`MAX_WAIT_MS`].
+        timeout_ms: u64,
+    },
+    /// The outputs the router keeps for a pipeline's succeeded jobs.
+    Outputs {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// The most recent pipelines, newest first.
+    List {
+        /// At most this many.
+        limit: u32,
+    },
+    /// A broker joins (or rejoins after a router restart) with what it runs.
+    BrokerHello(BrokerHello),
+    /// Attempts that ended, with their outputs or errors.
+    JobDone(Vec<JobReport>),
+    /// Host and slot monitoring from a broker.
+    Monitor(MonitoringReport),
+    /// Stop assigning jobs to this broker (it is shutting down).
+    Drain,
+    /// A pipeliner joins with room for `capacity` pipelines.
+    PipelinerHello {
+        /// Stable id of the pipeliner process.
+        pipeliner: Uuid,
+        /// Most pipelines it walks at once.
+        capacity: u32,
+    },
+    /// Decisions of a pipeliner about the pipelines it walks.
+    Advance(Vec<Advance>),
+    /// The peer is alive.
+    Heartbeat,
+    /// The peer leaves; its running jobs and pipelines go to others.
+    Bye,
+}
+
+/// A broker's introduction.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BrokerHello {
+    /// A name unique in the cluster (host, pid and a random suffix).
+    pub name: String,
+    /// Host name, for operators.
+    pub host: String,
+    /// Workers this broker runs; it only gets jobs for these.
+    pub workers: Vec<String>,
+    /// Concurrent worker slots.
+    pub slots: u32,
+    /// Attempts it is still running (after a router restart or a reconnect).
+    pub running: Vec<JobRef>,
+}
+
+/// The outcome of one attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobReport {
+    /// The attempt.
+    pub job: JobRef,
+    /// When the worker started.
+    pub started_ms: u64,
+    /// When it ended.
+    pub finished_ms: u64,
+    /// The output, or the error that failed the attempt.
+    pub result: Result<Data, String>,
+}
+
+/// What a pipeliner decided for one pipeline.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Advance {
+    /// The pipeline.
+    pub pipeline: PipelineId,
+    /// Jobs whose parents all succeeded: run them.
+    pub enqueue: Vec<u32>,
+    /// Jobs that can never run because an ancestor failed.
+    pub skip: Vec<u32>,
+    /// Every job is final: close the pipeline.
+    pub finish: bool,
+}
+
+/// Host and slot monitoring, sent by brokers every monitoring interval.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MonitoringReport {
+    /// The broker's name.
+    pub broker: String,
+    /// Its host.
+    pub host: String,
+    /// When measured.
+    pub at_ms: u64,
+    /// Host CPU use, percent of all cores.
+    pub cpu_percent: f32,
+    /// Host memory in use.
+    pub memory_used_bytes: u64,
+    /// Host memory in all.
+    pub memory_total_bytes: u64,
+    /// 1, 5 and 15 minute load averages.
+    pub load: [f64; 3],
+    /// Each slot: the job it runs, if any.
+    pub slots: Vec<Option<SlotJob>>,
+    /// Attempts finished since the broker started.
+    pub jobs_done: u64,
+}
+
+/// The job a broker slot is running.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SlotJob {
+    /// The attempt.
+    pub job: JobRef,
+    /// Job name.
+    pub name: String,
+    /// Worker name.
+    pub worker: String,
+    /// Since when.
+    pub started_ms: u64,
+}
+
+/// Everything the router sends to a peer on the API socket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromRouter {
+    /// The answer to the request with the frame's id.
+    Reply(Reply),
+    /// Unsolicited work or news (frame id 0).
+    Push(Push),
+}
+
+/// Answers to requests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Done, nothing to return.
+    Ok,
+    /// The pipeline is accepted and durable.
+    Submitted {
+        /// Its id.
+        id: PipelineId,
+    },
+    /// One pipeline's status.
+    Status(PipelineStatus),
+    /// Several pipelines' statuses, in the order asked.
+    Statuses(Vec<PipelineStatus>),
+    /// Outputs of succeeded jobs, by job name.
+    Outputs(BTreeMap<String, Data>),
+    /// Recent pipelines.
+    List(Vec<PipelineSummary>),
+    /// The cluster configuration, in answer to a broker's hello.
+    Welcome(ClusterConfig),
+    /// The request was refused.
+    Error(ProtocolError),
+}
+
+/// Work and news the router pushes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Push {
+    /// Jobs for a broker, one per free slot it announced.
+    Assign(Vec<Assignment>),
+    /// Whole pipelines for a pipeliner to walk from their current states.
+    Take(Vec<PipelineSnapshot>),
+    /// Job state changes in pipelines the receiving pipeliner walks.
+    Changed(Vec<JobChange>),
+}
+
+/// A job given to a broker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The attempt.
+    pub job: JobRef,
+    /// Everything the worker and store need to know.
+    pub info: JobInfo,
+}
+
+/// What a [`Store`](../../broker/trait.Store.html) and a worker are told about a job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The pipeline.
+    pub pipeline: PipelineId,
+    /// The job's name in its pipeline.
+    pub name: String,
+    /// The worker to run.
+    pub worker: String,
+    /// Attempt number, from 1. Above 1, an earlier attempt may have run (even fully):
+    /// stores must make `save` idempotent.
+    pub attempt: u32,
+    /// Pipeline data with the job's own data laid on top.
+    pub data: Data,
+    /// Outputs of the job's parents kept by the router, by parent name.
+    pub parents: BTreeMap<String, Data>,
+    /// Time limit of this attempt.
+    pub timeout_ms: Option<u64>,
+}
+
+/// A pipeline and the state of each of its jobs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipelineSnapshot {
+    /// The pipeline.
+    pub id: PipelineId,
+    /// Its spec (valid: the router checked it).
+    pub spec: PipelineSpec,
+    /// State of each job, by index.
+    pub states: Vec<JobState>,
+}
+
+/// A job changed state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobChange {
+    /// The pipeline.
+    pub pipeline: PipelineId,
+    /// The job's index.
+    pub job: u32,
+    /// Its new state.
+    pub state: JobState,
+}
+
+/// A line of the pipeline list.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipelineSummary {
+    /// The pipeline.
+    pub id: PipelineId,
+    /// Its state.
+    pub state: PipelineState,
+    /// When accepted.
+    pub submitted_ms: u64,
+    /// When final.
+    pub finished_ms: Option<u64>,
+    /// Jobs in all.
+    pub jobs: u32,
+    /// Jobs in a final state.
+    pub done: u32,
+}
+
+/// What the router tells brokers about the cluster (pypelinin's `get configuration`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Store settings, read by the broker's store factory. Free-form by design: the
+    /// store is the user's.
+    #[serde(default)]
+    pub store: serde_json::Value,
+    /// How often brokers send monitoring.
+    #[serde(default = "default_monitoring_ms")]
+    pub monitoring_interval_ms: u64,
+}
+
+fn default_monitoring_ms() -> u64 {
+    5_000
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            store: serde_json::json!({"kind": "cluster"}),
+            monitoring_interval_ms: default_monitoring_ms(),
+        }
+    }
+}
+
+/// Broadcast on the PUB socket, to wake peers up; never the truth.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Event {
+    /// A pipeline was accepted.
+    PipelineSubmitted {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// A pipeline reached a final state.
+    PipelineFinished {
+        /// The pipeline.
+        id: PipelineId,
+        /// Its final state.
+        state: PipelineState,
+    },
+}
+
+impl Event {
+    /// Topic frame, for subscription filters.
+    pub fn topic(&self) -> &'static [u8] {
+        match self {
+            Event::PipelineSubmitted { .. } => b"pipeline.submitted",
+            Event::PipelineFinished { .. } => b"pipeline.finished",
+        }
+    }
+}
+
+/// A typed refusal, sent back instead of a reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame could not be decoded.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The frame decoded but names a request this router does not know.
+    #[error("unknown command: {0}")]
+    UnknownCommand(String),
+    /// The sender speaks another protocol version.
+    #[error("protocol version {got} is not supported (router speaks {want})")]
+    Version {
+        /// The sender's version.
+        got: u16,
+        /// Ours.
+        want: u16,
+    },
+    /// The frame is larger than [`MAX_FRAME_BYTES`].
+    #[error("frame of {bytes} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The pipeline was refused at submit time.
+    #[error("invalid pipeline: {0}")]
+    InvalidPipeline(String),
+    /// No such pipeline.
+    #[error("unknown pipeline {0}")]
+    UnknownPipeline(PipelineId),
+    /// The id is taken by a different pipeline.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The router does not know this peer (it restarted, or the peer was declared
+    /// dead): say hello again.
+    #[error("unknown peer: send a hello first")]
+    UnknownPeer,
+    /// A report or decision that no longer applies (a lease expired, another pipeliner
+    /// owns the pipeline); it changed nothing.
+    #[error("stale: {0}")]
+    Stale(String),
+    /// The request is well-formed but not allowed now.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The router could not make the change durable; nothing was acknowledged.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// Why a frame could not be decoded; carries the request id when it was readable, so
+/// that the error can be sent back to the right request.
+#[derive(Debug)]
+pub struct DecodeError {
+    /// The request id, when the envelope was readable.
+    pub id: Option<u64>,
+    /// What is wrong.
+    pub error: ProtocolError,
+}
+
+/// Encodes a frame.
+pub fn encode<T: Serialize>(id: u64, body: &T) -> Vec<u8> {
+    let frame = FrameRef {
+        v: PROTOCOL_VERSION,
+        id,
+        body,
+    };
+    // Our message types are plain data: encoding into a Vec cannot fail.
+    rmp_serde::to_vec_named(&frame).expect("protocol messages always encode")
+}
+
+/// Decodes a frame, bounded in size and nesting.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(u64, T), DecodeError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError {
+            id: None,
+            error: ProtocolError::TooLarge {
+                bytes: bytes.len(),
+                max: MAX_FRAME_BYTES,
+            },
+        });
+    }
+    let header: Option<Header> = from_slice(bytes).ok();
+    if let Some(h) = &header {
+        if h.v != PROTOCOL_VERSION {
+            return Err(DecodeError {
+                id: Some(h.id),
+                error: ProtocolError::Version {
+                    got: h.v,
+                    want: PROTOCOL_VERSION,
+                },
+            });
+        }
+    }
+    match from_slice::<Frame<T>>(bytes) {
+        Ok(f) => Ok((f.id, f.body)),
+        Err(e) => {
+            let msg = e.to_string();
+            let error = if header.is_some() && msg.contains("unknown variant") {
+                ProtocolError::UnknownCommand(msg)
+            } else {
+                ProtocolError::Malformed(msg)
+            };
+            Err(DecodeError {
+                id: header.map(|h| h.id),
+                error,
+            })
+        }
+    }
+}
+
+fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_requests_and_replies() {
+        let spec = PipelineSpec::default().job("a", "Noop", &[]);
+        let id = PipelineId::new();
+        let bytes = encode(7, &Request::Submit { id, pipeline: spec.clone() });
+        let (rid, req): (u64, Request) = decode(&bytes).unwrap();
+        assert_eq!(rid, 7);
+        match req {
+            Request::Submit { id: got, pipeline } => {
+                assert_eq!(got, id);
+                assert_eq!(pipeline, spec);
+            }
+            other => panic!("{other:?}"),
+        }
+        let bytes = encode(0, &FromRouter::Reply(Reply::Error(ProtocolError::UnknownPeer)));
+        let (_, back): (u64, FromRouter) = decode(&bytes).unwrap();
+        assert!(matches!(back, FromRouter::Reply(Reply::Error(ProtocolError::UnknownPeer))));
+    }
+
+    #[test]
+    fn garbage_truncation_versions_and_unknown_commands_are_typed() {
+        let e = decode::<Request>(b"\xc1\xff garbage").unwrap_err();
+        assert!(matches!(e.error, ProtocolError::Malformed(_)) && e.id.is_none());
+
+        let good = encode(9, &Request::Heartbeat);
+        for cut in 0..good.len() {
+            assert!(decode::<Request>(&good[..cut]).is_err());
+        }
+
+        #[derive(Serialize)]
+        enum Future {
+            Frobnicate { x: u32 },
+        }
+        let e = decode::<Request>(&encode(5, &Future::Frobnicate { x: 1 })).unwrap_err();
+        assert_eq!(e.id, Some(5));
+        assert!(matches!(e.error, ProtocolError::UnknownCommand(_)), "{:?}", e.error);
+
+        let old = rmp_serde::to_vec_named(&Frame { v: 99, id: 3, body: Request::Heartbeat }).unwrap();
+        let e = decode::<Request>(&old).unwrap_err();
+        assert_eq!(e.error, ProtocolError::Version { got: 99, want: PROTOCOL_VERSION });
+
+        let big = vec![0u8; MAX_FRAME_BYTES + 1];
+        assert!(matches!(decode::<Request>(&big).unwrap_err().error, ProtocolError::TooLarge { .. }));
+
+        // 10k nested arrays: refused by the depth bound, not by a stack overflow.
+        let mut deep = vec![0x91u8; 10_000];
+        deep.push(0xc0);
+        assert!(decode::<Request>(&deep).is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! States of pipelines and jobs, and the status report a client reads.
+//!
+//! The JSON form of [`PipelineStatus`] is a contract: `pypelinin status --json` prints it
+//! and users' scripts parse it, so fields are only ever added, never renamed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::PipelineId;
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Not started: waiting for its parents, for a retry delay, or for a free broker slot.
+    Queued,
+    /// An attempt is running on a broker.
+    Running,
+    /// Finished and its output saved.
+    Succeeded,
+    /// Every attempt failed.
+    Failed,
+    /// Not run because a job it depends on failed (or the pipeline was cancelled).
+    Skipped,
+}
+
+impl JobState {
+    /// The lowercase name used in JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Skipped => "skipped",
+        }
+    }
+
+    /// Whether the job will never change state again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Skipped
+        )
+    }
+
+    /// A fill colour for diagrams.
+    pub fn color(self) -> &'static str {
+        match self {
+            JobState::Queued => "#e5e7eb",
+            JobState::Running => "#93c5fd",
+            JobState::Succeeded => "#86efac",
+            JobState::Failed => "#fca5a5",
+            JobState::Skipped => "#fde68a",
+        }
+    }
+}
+
+/// Where a pipeline is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineState {
+    /// Accepted and durable; no pipeliner has started it yet.
+    Queued,
+    /// A pipeliner is walking it.
+    Running,
+    /// Every job succeeded.
+    Succeeded,
+    /// At least one job failed; its descendants were skipped.
+    Failed,
+}
+
+impl PipelineState {
+    /// The lowercase name used in JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineState::Queued => "queued",
+            PipelineState::Running => "running",
+            PipelineState::Succeeded => "succeeded",
+            PipelineState::Failed => "failed",
+        }
+    }
+
+    /// Whether the pipeline will never change state again.
+    pub fn is_final(self) -> bool {
+        matches!(self, PipelineState::Succeeded | PipelineState::Failed)
+    }
+}
+
+/// One attempt at running a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// The broker that ran it.
+    pub broker: String,
+    /// When the broker was given the job (ms since the epoch).
+    pub started_ms: u64,
+    /// When it ended, if it has.
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// Why it failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The state of one job, as reported to clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The worker that runs it.
+    pub worker: String,
+    /// Its state.
+    pub state: JobState,
+    /// How many attempts have started.
+    pub attempts: u32,
+    /// The last error, for a failed job (or a skipped one: which parent failed).
+    pub error: Option<String>,
+    /// Start of the last attempt (ms since the epoch).
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    /// End of the last attempt.
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// Duration of the last finished attempt.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    /// Every attempt, oldest first.
+    #[serde(default)]
+    pub history: Vec<Attempt>,
+}
+
+/// The state of a pipeline and all its jobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    /// The pipeline's id.
+    pub id: PipelineId,
+    /// Its state.
+    pub state: PipelineState,
+    /// When the router accepted it.
+    pub submitted_ms: u64,
+    /// When it reached a final state.
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// Every job by name.
+    pub jobs: BTreeMap<String, JobStatus>,
+}
+
+impl PipelineStatus {
+    /// Jobs that failed, with their errors, in name order.
+    pub fn failed_jobs(&self) -> Vec<(&str, &str)> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| j.state == JobState::Failed)
+            .map(|(n, j)| (n.as_str(), j.error.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    /// Wall time from acceptance to the final state, if reached.
+    pub fn duration_ms(&self) -> Option<u64> {
+        self.finished_ms.map(|f| f.saturating_sub(self.submitted_ms))
+    }
+}

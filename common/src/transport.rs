@@ -1,0 +1,154 @@
+//! ZeroMQ helpers: socket setup with our bounds, and a Lazy Pirate requester.
+//!
+//! [`Requester`] is what clients use: a request that gets no reply within the timeout is
+//! sent again on a fresh socket (a DEALER that lost its peer may hold stale messages), a
+//! bounded number of times, and then reported as unreachable with the address and the
+//! time waited. Requests are idempotent by design, so a resend is always safe.
+
+use std::time::{Duration, Instant};
+
+use crate::protocol::{
+    decode, encode, FromRouter, ProtocolError, Reply, Request, REQUEST_ATTEMPTS, REQUEST_TIMEOUT,
+    SOCKET_HWM,
+};
+
+/// Why a request did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// No reply after every attempt.
+    #[error("router at {endpoint} did not answer: {attempts} attempts over {waited:.1?}")]
+    Unreachable {
+        /// The address tried.
+        endpoint: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Total time waited.
+        waited: Duration,
+    },
+    /// The router answered with a typed refusal.
+    #[error("{0}")]
+    Refused(ProtocolError),
+    /// The reply could not be decoded.
+    #[error("bad reply from router: {0}")]
+    BadReply(ProtocolError),
+    /// ZeroMQ itself failed (bad endpoint syntax, for example).
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+/// A DEALER connected to `endpoint`, with our HWMs and no linger.
+pub fn dealer(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, zmq::Error> {
+    let s = ctx.socket(zmq::DEALER)?;
+    s.set_linger(0)?;
+    s.set_sndhwm(SOCKET_HWM)?;
+    s.set_rcvhwm(SOCKET_HWM)?;
+    s.set_immediate(true)?;
+    s.connect(endpoint)?;
+    Ok(s)
+}
+
+/// A SUB socket connected to `endpoint`, subscribed to `topics` (all when empty).
+pub fn subscriber(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    topics: &[&[u8]],
+) -> Result<zmq::Socket, zmq::Error> {
+    let s = ctx.socket(zmq::SUB)?;
+    s.set_linger(0)?;
+    s.set_rcvhwm(SOCKET_HWM)?;
+    if topics.is_empty() {
+        s.set_subscribe(b"")?;
+    }
+    for t in topics {
+        s.set_subscribe(t)?;
+    }
+    s.connect(endpoint)?;
+    Ok(s)
+}
+
+/// Lazy Pirate request/reply to the router.
+pub struct Requester {
+    ctx: zmq::Context,
+    endpoint: String,
+    socket: Option<zmq::Socket>,
+    next_id: u64,
+    /// Wait for one attempt's reply.
+    pub timeout: Duration,
+    /// Attempts before giving up.
+    pub attempts: u32,
+}
+
+impl Requester {
+    /// A requester for the router API at `endpoint`; connects lazily.
+    pub fn new(ctx: &zmq::Context, endpoint: &str) -> Self {
+        Requester {
+            ctx: ctx.clone(),
+            endpoint: endpoint.to_string(),
+            socket: None,
+            next_id: 1,
+            timeout: REQUEST_TIMEOUT,
+            attempts: REQUEST_ATTEMPTS,
+        }
+    }
+
+    /// The router address.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Sends `req` and waits for its reply with the default timeout.
+    pub fn request(&mut self, req: &Request) -> Result<Reply, TransportError> {
+        self.request_with(req, self.timeout)
+    }
+
+    /// Sends `req` and waits up to `timeout` per attempt.
+    pub fn request_with(&mut self, req: &Request, timeout: Duration) -> Result<Reply, TransportError> {
+        let started = Instant::now();
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = encode(id, req);
+        for _ in 0..self.attempts.max(1) {
+            if self.socket.is_none() {
+                self.socket = Some(dealer(&self.ctx, &self.endpoint)?);
+            }
+            let socket = self.socket.as_ref().unwrap();
+            // With `immediate`, a send blocks while nothing is connected: bound it.
+            socket.set_sndtimeo(timeout.as_millis().min(i32::MAX as u128) as i32)?;
+            if let Err(zmq::Error::EAGAIN) = socket.send(&frame[..], 0) {
+                self.socket = None;
+                continue;
+            }
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let mut items = [socket.as_poll_item(zmq::POLLIN)];
+                zmq::poll(&mut items, left.as_millis().max(1) as i64)?;
+                if !items[0].is_readable() {
+                    continue;
+                }
+                let bytes = socket.recv_bytes(0)?;
+                match decode::<FromRouter>(&bytes) {
+                    Ok((rid, FromRouter::Reply(reply))) if rid == id => {
+                        return match reply {
+                            Reply::Error(e) => Err(TransportError::Refused(e)),
+                            r => Ok(r),
+                        };
+                    }
+                    Ok(_) => continue, // a late reply to an earlier attempt, or a push
+                    Err(e) if e.id == Some(id) => return Err(TransportError::BadReply(e.error)),
+                    Err(_) => continue,
+                }
+            }
+            // No answer: the socket may be wedged on a dead connection; start afresh.
+            self.socket = None;
+        }
+        Err(TransportError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            attempts: self.attempts.max(1),
+            waited: started.elapsed(),
+        })
+    }
+}
