@@ -1,1 +1,286 @@
+//! The pypelinin client: submit pipelines, follow them, read their outcome.
+//!
+//! Every answer comes from request/reply with the router ([`Requester`] retries on a
+//! fresh socket when the router does not answer). Broadcasts are only used by
+//! [`PipelineManager::subscribe`] as a convenience: waiting never depends on one.
 
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use pypelinin_common::protocol::{
+    decode, Event, PipelineId, PipelineSummary, Reply, Request, REQUEST_TIMEOUT,
+};
+use pypelinin_common::status::PipelineStatus;
+use pypelinin_common::transport::{subscriber, Requester, TransportError};
+use pypelinin_common::{Data, PipelineSpec};
+
+pub use pypelinin_common::protocol::ProtocolError;
+
+/// Longest a single `Wait` request is held by the router; longer waits are split, so a
+/// router restart costs at most this much extra waiting.
+pub const WAIT_CHUNK: Duration = Duration::from_secs(5);
+
+/// What went wrong talking to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The router did not answer, or refused.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The pipeline did not finish in time.
+    #[error("pipeline {id} is still {state} after {waited:.1?}")]
+    Timeout {
+        /// The pipeline.
+        id: PipelineId,
+        /// Its state when the wait ended.
+        state: &'static str,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The router answered with something this client does not expect.
+    #[error("unexpected reply from router: {0}")]
+    Unexpected(String),
+}
+
+/// A failed job: its name and error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFailure {
+    /// The job's name.
+    pub job: String,
+    /// Its error.
+    pub error: String,
+}
+
+/// How a finished pipeline ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// Every job succeeded.
+    Succeeded(PipelineStatus),
+    /// At least one job failed; its descendants were skipped.
+    Failed {
+        /// Each failed job with its error.
+        failures: Vec<JobFailure>,
+        /// The whole status.
+        status: PipelineStatus,
+    },
+}
+
+impl Outcome {
+    fn from_status(status: PipelineStatus) -> Self {
+        use pypelinin_common::status::PipelineState;
+        if status.state == PipelineState::Succeeded {
+            Outcome::Succeeded(status)
+        } else {
+            let failures = status
+                .failed_jobs()
+                .into_iter()
+                .map(|(j, e)| JobFailure {
+                    job: j.to_string(),
+                    error: e.to_string(),
+                })
+                .collect();
+            Outcome::Failed { failures, status }
+        }
+    }
+
+    /// Whether every job succeeded.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded(_))
+    }
+
+    /// The full status, with each job's state, attempts and durations.
+    pub fn status(&self) -> &PipelineStatus {
+        match self {
+            Outcome::Succeeded(s) => s,
+            Outcome::Failed { status, .. } => status,
+        }
+    }
+}
+
+/// Submits pipelines to a cluster and follows them.
+pub struct PipelineManager {
+    requester: Requester,
+    ctx: zmq::Context,
+    broadcast: String,
+}
+
+impl PipelineManager {
+    /// A manager for the router at `api` (request/reply) and `broadcast` (events).
+    /// Connecting is lazy: an absent router shows up as an error on the first call.
+    pub fn connect(api: &str, broadcast: &str) -> Result<Self, ClientError> {
+        let ctx = zmq::Context::new();
+        Ok(PipelineManager {
+            requester: Requester::new(&ctx, api),
+            ctx,
+            broadcast: broadcast.to_string(),
+        })
+    }
+
+    /// Sets how long one attempt waits for the router, and how many attempts are made.
+    pub fn set_patience(&mut self, timeout: Duration, attempts: u32) {
+        self.requester.timeout = timeout;
+        self.requester.attempts = attempts;
+    }
+
+    /// Submits a pipeline; returns once the router has made it durable.
+    pub fn start(&mut self, pipeline: &PipelineSpec) -> Result<PipelineId, ClientError> {
+        let id = PipelineId::new();
+        match self.requester.request(&Request::Submit {
+            id,
+            pipeline: pipeline.clone(),
+        })? {
+            Reply::Submitted { id } => Ok(id),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The current status of a pipeline.
+    pub fn status(&mut self, id: PipelineId) -> Result<PipelineStatus, ClientError> {
+        match self.requester.request(&Request::Status { id })? {
+            Reply::Status(s) => Ok(s),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Waits until the pipeline is final, for at most `timeout`.
+    pub fn wait(&mut self, id: PipelineId, timeout: Duration) -> Result<Outcome, ClientError> {
+        let mut all = self.wait_all(&[id], timeout)?;
+        Ok(Outcome::from_status(all.remove(0)))
+    }
+
+    /// Waits until every pipeline is final, for at most `timeout`; statuses in order.
+    pub fn wait_all(
+        &mut self,
+        ids: &[PipelineId],
+        timeout: Duration,
+    ) -> Result<Vec<PipelineStatus>, ClientError> {
+        let started = Instant::now();
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let chunk = left.min(WAIT_CHUNK);
+            let req = Request::Wait {
+                ids: ids.to_vec(),
+                timeout_ms: chunk.as_millis() as u64,
+            };
+            let statuses = match self.requester.request_with(&req, chunk + REQUEST_TIMEOUT)? {
+                Reply::Statuses(s) => s,
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            };
+            let open = statuses.iter().find(|s| !s.state.is_final());
+            match open {
+                None => return Ok(statuses),
+                Some(s) if left.is_zero() || started.elapsed() >= timeout => {
+                    return Err(ClientError::Timeout {
+                        id: s.id,
+                        state: s.state.as_str(),
+                        waited: started.elapsed(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Outputs of the pipeline's succeeded jobs, as kept by the router.
+    pub fn outputs(&mut self, id: PipelineId) -> Result<BTreeMap<String, Data>, ClientError> {
+        match self.requester.request(&Request::Outputs { id })? {
+            Reply::Outputs(o) => Ok(o),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The most recent pipelines, newest first.
+    pub fn list(&mut self, limit: u32) -> Result<Vec<PipelineSummary>, ClientError> {
+        match self.requester.request(&Request::List { limit })? {
+            Reply::List(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Tells as pipelines finish, from the router's broadcasts.
+    ///
+    /// A broadcast can be lost (a slow subscriber, a reconnect): use this to react
+    /// quickly, and [`PipelineManager::wait`] or [`PipelineManager::status`] for truth.
+    pub fn subscribe(&self) -> Result<Finished, ClientError> {
+        let socket = subscriber(&self.ctx, &self.broadcast, &[b"pipeline.finished"])
+            .map_err(TransportError::from)?;
+        Ok(Finished { socket })
+    }
+}
+
+/// Pipelines finishing, as broadcast by the router.
+pub struct Finished {
+    socket: zmq::Socket,
+}
+
+impl Finished {
+    /// The next finished pipeline, waiting at most `timeout`.
+    pub fn next_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Option<(PipelineId, pypelinin_common::PipelineState)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
+            zmq::poll(&mut items, left.as_millis() as i64).ok()?;
+            if !items[0].is_readable() {
+                return None;
+            }
+            let parts = self.socket.recv_multipart(0).ok()?;
+            if let Some(Ok((_, Event::PipelineFinished { id, state }))) =
+                parts.get(1).map(|p| decode::<Event>(p))
+            {
+                return Some((id, state));
+            }
+        }
+    }
+}
+
+/// A readable table of a pipeline's jobs: name, worker, state, attempts, duration, error.
+pub fn render_table(status: &PipelineStatus) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "JOB".into(),
+        "WORKER".into(),
+        "STATE".into(),
+        "ATTEMPTS".into(),
+        "MS".into(),
+        "ERROR".into(),
+    ]];
+    for (name, j) in &status.jobs {
+        rows.push([
+            name.clone(),
+            j.worker.clone(),
+            j.state.as_str().into(),
+            j.attempts.to_string(),
+            j.duration_ms.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+            j.error.clone().unwrap_or_default(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let total = status
+        .duration_ms()
+        .map(|d| format!("{d} ms"))
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(out, "pipeline {}  {}  {}", status.id, status.state.as_str(), total);
+    for r in &rows {
+        let mut line = String::new();
+        for (k, (c, w)) in r.iter().zip(widths).enumerate() {
+            if k == 5 {
+                line.push_str(c);
+            } else {
+                let _ = write!(line, "{c:<w$}  ");
+            }
+        }
+        let _ = writeln!(out, "  {}", line.trim_end());
+    }
+    out
+}

@@ -205,6 +205,10 @@ pub struct BrokerHello {
     pub slots: u32,
     /// Attempts it is still running (after a router restart or a reconnect).
     pub running: Vec<JobRef>,
+    /// Attempts it finished but whose reports the router has not acknowledged yet;
+    /// it sends them right after this hello.
+    #[serde(default)]
+    pub unreported: Vec<JobRef>,
 }
 
 /// The outcome of one attempt.

@@ -1,1 +1,68 @@
-fn main(){}
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use pypelinin_common::protocol::ClusterConfig;
+use pypelinin_common::Shutdown;
+use router::{BoundRouter, Durability, RouterConfig};
+
+/// The pypelinin router: the central point of a cluster.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// API address (ZeroMQ ROUTER), bound. Port 0 picks a free port.
+    #[arg(long, env = "PYPELININ_API", default_value = "tcp://127.0.0.1:5555")]
+    api: String,
+    /// Broadcast address (ZeroMQ PUB), bound.
+    #[arg(long, env = "PYPELININ_BROADCAST", default_value = "tcp://127.0.0.1:5556")]
+    broadcast: String,
+    /// Directory of the sled database that keeps the cluster's state.
+    #[arg(long, env = "PYPELININ_DB", default_value = "pypelinin-router.db")]
+    db: PathBuf,
+    /// Cluster configuration handed to brokers (JSON: {"store": {...}, "monitoring_interval_ms": N}).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// flush: every acknowledged change is on disk first (default). background: sled's
+    /// 500 ms background flush; faster, loses the last changes in a crash.
+    #[arg(long, value_enum, default_value_t = Mode::Flush)]
+    durability: Mode,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Flush,
+    Background,
+}
+
+fn main() -> anyhow::Result<()> {
+    pypelinin_common::init_tracing();
+    let args = Args::parse();
+    let cluster = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<ClusterConfig>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => ClusterConfig::default(),
+    };
+    let config = RouterConfig {
+        api: args.api,
+        broadcast: args.broadcast,
+        db: args.db,
+        cluster,
+        durability: match args.durability {
+            Mode::Flush => Durability::Flush,
+            Mode::Background => Durability::Background,
+        },
+    };
+    let shutdown = Shutdown::on_signals()?;
+    let router = BoundRouter::bind(config)?;
+    // One line on stdout with the bound addresses: scripts and tests read it.
+    println!(
+        "router listening api={} broadcast={}",
+        router.api_endpoint, router.broadcast_endpoint
+    );
+    router.run(shutdown)?;
+    Ok(())
+}

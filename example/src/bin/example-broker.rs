@@ -1,1 +1,39 @@
-fn main(){}
+//! The example broker: every example and diagnostic worker, with the store the router's
+//! configuration names. A user's own broker binary looks just like this.
+
+use clap::Parser;
+use pypelinin_common::Shutdown;
+
+/// A pypelinin broker offering the example workers (Reader, WordCount, Links, Report)
+/// and the diagnostic ones (Noop, Echo, Sleep, Fail, Crash, Step, Join).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Router API address.
+    #[arg(long, env = "PYPELININ_API", default_value = "tcp://127.0.0.1:5555")]
+    api: String,
+    /// Router broadcast address.
+    #[arg(long, env = "PYPELININ_BROADCAST", default_value = "tcp://127.0.0.1:5556")]
+    broadcast: String,
+    /// Concurrent worker slots (default: number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// On SIGINT/SIGTERM, seconds to let running jobs finish before giving them back.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    pypelinin_common::init_tracing();
+    let args = Args::parse();
+    let mut config = broker::BrokerConfig::new(&args.api, &args.broadcast);
+    if let Some(n) = args.workers {
+        config.slots = n;
+    }
+    config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
+    let shutdown = Shutdown::on_signals()?;
+    example::workers::register(broker::Broker::new())
+        .store_factory(example::stores::store_from_config)
+        .run(config, shutdown)?;
+    Ok(())
+}

@@ -1,0 +1,513 @@
+//! The broker's event loop and worker threads.
+//!
+//! One I/O thread owns the DEALER socket to the router. Worker threads take jobs from a
+//! channel, run `retrieve → process → save`, and hand their reports back over an inproc
+//! PUSH socket each, which the I/O thread polls next to the router's socket: no socket
+//! is ever shared between threads and nothing waits on a timer to notice a result.
+//!
+//! Reliability: a finished job's report is kept until the router acknowledges it (the
+//! router acknowledges only once the result is durable). If the router falls silent, the
+//! broker reconnects on a fresh socket, says hello again with the jobs it runs and the
+//! reports it still holds, and resends them.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use pypelinin_common::protocol::{
+    decode, encode, Assignment, BrokerHello, ClusterConfig, FromRouter, JobInfo, JobRef,
+    JobReport, MonitoringReport, PipelineId, ProtocolError, Push, Reply, Request, SlotJob,
+    HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, PEER_LIVENESS, REQUEST_TIMEOUT,
+};
+use pypelinin_common::transport::dealer;
+use pypelinin_common::{now_ms, Data, Shutdown};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::api::{BoxError, Store, Worker};
+use crate::monitor::HostMonitor;
+
+/// How long a stopping broker waits for its running jobs before giving them back.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a broker connects and how much it runs at once.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Router API address.
+    pub api: String,
+    /// Router broadcast address (unused by the broker today: jobs come by direct push).
+    pub broadcast: String,
+    /// Concurrent worker slots.
+    pub slots: usize,
+    /// On shutdown, how long to let running jobs finish before giving them back.
+    pub drain_timeout: Duration,
+}
+
+impl BrokerConfig {
+    /// A config with one slot per CPU and the default drain timeout.
+    pub fn new(api: &str, broadcast: &str) -> Self {
+        BrokerConfig {
+            api: api.to_string(),
+            broadcast: broadcast.to_string(),
+            slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Why a broker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// ZeroMQ failed.
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+    /// The store could not be built from the router's configuration.
+    #[error("store from cluster configuration: {0}")]
+    Store(String),
+    /// The broker was given nothing to run.
+    #[error("a broker needs at least one worker and one slot")]
+    Empty,
+}
+
+type StoreFactory = Box<dyn Fn(&ClusterConfig) -> Result<Arc<dyn Store>, BoxError> + Send>;
+
+/// A broker: workers by name and a way to build the store.
+pub struct Broker {
+    workers: HashMap<String, Arc<dyn Worker>>,
+    store_factory: StoreFactory,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Messages from worker and monitor threads to the I/O thread.
+#[derive(Serialize, Deserialize)]
+enum Internal {
+    Done(JobReport),
+    Monitor(MonitoringReport),
+}
+
+type Slots = Arc<Mutex<Vec<Option<SlotJob>>>>;
+
+impl Broker {
+    /// A broker with no workers and the [`crate::ClusterStore`].
+    pub fn new() -> Self {
+        Broker {
+            workers: HashMap::new(),
+            store_factory: Box::new(|_| Ok(Arc::new(crate::ClusterStore))),
+        }
+    }
+
+    /// Offers `worker` under `name`.
+    pub fn worker(mut self, name: &str, worker: impl Worker) -> Self {
+        self.workers.insert(name.to_string(), Arc::new(worker));
+        self
+    }
+
+    /// Builds the store from the cluster configuration the router hands out.
+    pub fn store_factory<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&ClusterConfig) -> Result<Arc<dyn Store>, BoxError> + Send + 'static,
+    {
+        self.store_factory = Box::new(f);
+        self
+    }
+
+    /// Names of the workers offered, sorted.
+    pub fn worker_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.workers.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Runs until `shutdown` triggers, then drains: no new jobs, running ones finish
+    /// (up to `drain_timeout`) and are reported, the rest are given back.
+    pub fn run(self, config: BrokerConfig, shutdown: Shutdown) -> Result<(), BrokerError> {
+        if self.workers.is_empty() || config.slots == 0 {
+            return Err(BrokerError::Empty);
+        }
+        let host = sysinfo::System::host_name().unwrap_or_else(|| "unknown".into());
+        let name = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let mut io = Io::new(self, config, name, host)?;
+        let result = io.serve(&shutdown);
+        io.stop_threads();
+        result
+    }
+}
+
+struct Io {
+    ctx: zmq::Context,
+    config: BrokerConfig,
+    name: String,
+    host: String,
+    workers: Arc<HashMap<String, Arc<dyn Worker>>>,
+    store_factory: StoreFactory,
+    store: Option<Arc<dyn Store>>,
+    socket: zmq::Socket,
+    results: zmq::Socket,
+    results_endpoint: String,
+    next_id: u64,
+    last_heard: Instant,
+    last_beat: Instant,
+    hello_id: Option<u64>,
+    welcomed: bool,
+    running: HashMap<(PipelineId, u32), JobRef>,
+    unsent: Vec<JobReport>,
+    inflight: HashMap<u64, Vec<JobReport>>,
+    jobs_tx: Option<Sender<Assignment>>,
+    threads: Vec<JoinHandle<()>>,
+    slots: Slots,
+    done: Arc<AtomicU64>,
+    stop_monitor: Shutdown,
+}
+
+impl Io {
+    fn new(b: Broker, config: BrokerConfig, name: String, host: String) -> Result<Self, BrokerError> {
+        let ctx = zmq::Context::new();
+        let results = ctx.socket(zmq::PULL)?;
+        let results_endpoint = format!("inproc://results-{name}");
+        results.bind(&results_endpoint)?;
+        let socket = dealer(&ctx, &config.api)?;
+        socket.set_sndtimeo(REQUEST_TIMEOUT.as_millis() as i32)?;
+        let slots = Arc::new(Mutex::new(vec![None; config.slots]));
+        Ok(Io {
+            ctx,
+            name,
+            host,
+            workers: Arc::new(b.workers),
+            store_factory: b.store_factory,
+            store: None,
+            socket,
+            results,
+            results_endpoint,
+            next_id: 1,
+            last_heard: Instant::now(),
+            last_beat: Instant::now(),
+            hello_id: None,
+            welcomed: false,
+            running: HashMap::new(),
+            unsent: Vec::new(),
+            inflight: HashMap::new(),
+            jobs_tx: None,
+            threads: Vec::new(),
+            slots,
+            done: Arc::new(AtomicU64::new(0)),
+            stop_monitor: Shutdown::new(),
+            config,
+        })
+    }
+
+    fn serve(&mut self, shutdown: &Shutdown) -> Result<(), BrokerError> {
+        info!(broker = %self.name, api = %self.config.api, slots = self.config.slots, workers = ?self.worker_names(), "broker started");
+        self.hello()?;
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            if drain_deadline.is_none() && shutdown.is_triggered() {
+                info!(running = self.running.len(), "stopping: no new jobs, finishing running ones");
+                self.send(&Request::Drain)?;
+                drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+            }
+            if let Some(deadline) = drain_deadline {
+                let idle = self.running.is_empty() && self.unsent.is_empty() && self.inflight.is_empty();
+                if idle || Instant::now() >= deadline {
+                    if !idle {
+                        warn!(running = self.running.len(), unacked = self.unsent.len() + self.inflight.len(), "drain timeout: giving jobs back");
+                    }
+                    self.send(&Request::Bye)?;
+                    std::thread::sleep(Duration::from_millis(50));
+                    return Ok(());
+                }
+            }
+            if self.last_heard.elapsed() > HEARTBEAT_INTERVAL * PEER_LIVENESS {
+                warn!("router silent; reconnecting");
+                self.reconnect()?;
+            }
+            let mut items = [
+                self.socket.as_poll_item(zmq::POLLIN),
+                self.results.as_poll_item(zmq::POLLIN),
+            ];
+            zmq::poll(&mut items, HEARTBEAT_INTERVAL.as_millis() as i64 / 2)?;
+            while let Ok(bytes) = self.socket.recv_bytes(zmq::DONTWAIT) {
+                self.last_heard = Instant::now();
+                self.on_router(&bytes)?;
+            }
+            while let Ok(bytes) = self.results.recv_bytes(zmq::DONTWAIT) {
+                match rmp_serde::from_slice::<Internal>(&bytes) {
+                    Ok(Internal::Done(report)) => {
+                        self.running.remove(&(report.job.pipeline, report.job.job));
+                        self.unsent.push(report);
+                    }
+                    Ok(Internal::Monitor(m)) => {
+                        if self.welcomed {
+                            self.send(&Request::Monitor(m))?;
+                        }
+                    }
+                    Err(e) => error!(error = %e, "bad internal message"),
+                }
+            }
+            if self.welcomed && !self.unsent.is_empty() {
+                let reports = std::mem::take(&mut self.unsent);
+                let id = self.send(&Request::JobDone(reports.clone()))?;
+                self.inflight.insert(id, reports);
+            }
+            if self.last_beat.elapsed() >= HEARTBEAT_INTERVAL {
+                self.send(&Request::Heartbeat)?;
+            }
+        }
+    }
+
+    fn worker_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.workers.keys().map(|s| s.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    fn on_router(&mut self, bytes: &[u8]) -> Result<(), BrokerError> {
+        let (id, msg) = match decode::<FromRouter>(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e.error, "undecodable frame from router");
+                return Ok(());
+            }
+        };
+        match msg {
+            FromRouter::Push(Push::Assign(list)) => {
+                for a in list {
+                    self.running.insert((a.job.pipeline, a.job.job), a.job);
+                    match &self.jobs_tx {
+                        Some(tx) => {
+                            let _ = tx.send(a);
+                        }
+                        None => warn!("job assigned before the welcome; dropped, the lease will return it"),
+                    }
+                }
+            }
+            FromRouter::Push(other) => debug!(?other, "push meant for a pipeliner; ignored"),
+            FromRouter::Reply(reply) => {
+                let acked = self.inflight.remove(&id);
+                match reply {
+                    Reply::Welcome(config) if Some(id) == self.hello_id => {
+                        self.hello_id = None;
+                        self.welcomed = true;
+                        self.start_threads(&config)?;
+                        info!(store = %config.store, "welcomed by the router");
+                    }
+                    Reply::Error(ProtocolError::UnknownPeer) => {
+                        if let Some(reports) = acked {
+                            self.unsent.extend(reports);
+                        }
+                        if self.hello_id.is_none() {
+                            info!("router does not know us (restarted?); saying hello again");
+                            self.welcomed = false;
+                            self.hello()?;
+                        }
+                    }
+                    Reply::Error(ProtocolError::Stale(msg)) => {
+                        // The router gave these attempts to someone else: drop them.
+                        warn!(%msg, "reports refused as stale");
+                    }
+                    Reply::Error(e) => warn!(error = %e, "router refused a request"),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn hello(&mut self) -> Result<(), BrokerError> {
+        let unreported = self
+            .unsent
+            .iter()
+            .chain(self.inflight.values().flatten())
+            .map(|r| r.job)
+            .collect();
+        let hello = BrokerHello {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            workers: self.worker_names().iter().map(|s| s.to_string()).collect(),
+            slots: self.config.slots as u32,
+            running: self.running.values().copied().collect(),
+            unreported,
+        };
+        let id = self.send(&Request::BrokerHello(hello))?;
+        self.hello_id = Some(id);
+        Ok(())
+    }
+
+    fn reconnect(&mut self) -> Result<(), BrokerError> {
+        self.socket = dealer(&self.ctx, &self.config.api)?;
+        self.socket.set_sndtimeo(REQUEST_TIMEOUT.as_millis() as i32)?;
+        self.last_heard = Instant::now();
+        self.welcomed = false;
+        for (_, reports) in self.inflight.drain() {
+            self.unsent.extend(reports);
+        }
+        self.hello()
+    }
+
+    fn send(&mut self, req: &Request) -> Result<u64, BrokerError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.last_beat = Instant::now();
+        match self.socket.send(encode(id, req), 0) {
+            Ok(()) | Err(zmq::Error::EAGAIN) => Ok(id), // not connected: liveness will reconnect
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn start_threads(&mut self, config: &ClusterConfig) -> Result<(), BrokerError> {
+        if self.store.is_some() {
+            return Ok(());
+        }
+        let store = (self.store_factory)(config).map_err(|e| BrokerError::Store(e.to_string()))?;
+        self.store = Some(store.clone());
+        let (tx, rx) = crossbeam_channel::unbounded::<Assignment>();
+        self.jobs_tx = Some(tx);
+        for slot in 0..self.config.slots {
+            let push = self.ctx.socket(zmq::PUSH)?;
+            push.connect(&self.results_endpoint)?;
+            let (rx, store, workers, slots, done) = (
+                rx.clone(),
+                store.clone(),
+                self.workers.clone(),
+                self.slots.clone(),
+                self.done.clone(),
+            );
+            let name = format!("slot-{slot}");
+            let h = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || worker_loop(slot, rx, push, store, workers, slots, done))
+                .expect("spawn worker thread");
+            self.threads.push(h);
+        }
+        let push = self.ctx.socket(zmq::PUSH)?;
+        push.connect(&self.results_endpoint)?;
+        let mut monitor = HostMonitor::new(self.name.clone(), self.host.clone());
+        let (slots, done, stop) = (self.slots.clone(), self.done.clone(), self.stop_monitor.clone());
+        let every = Duration::from_millis(config.monitoring_interval_ms.max(100));
+        let h = std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || {
+                let mut next = Instant::now() + every.min(Duration::from_secs(1));
+                while !stop.is_triggered() {
+                    if Instant::now() < next {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                    next = Instant::now() + every;
+                    let report = monitor.report(slots.lock().unwrap().clone(), done.load(Ordering::Relaxed));
+                    if let Err(e) = store.save_monitoring(&report) {
+                        warn!(error = %e, "store could not save monitoring");
+                    }
+                    let bytes = rmp_serde::to_vec_named(&Internal::Monitor(report)).expect("encodes");
+                    let _ = push.send(bytes, 0);
+                }
+            })
+            .expect("spawn monitor thread");
+        self.threads.push(h);
+        Ok(())
+    }
+
+    fn stop_threads(&mut self) {
+        self.stop_monitor.trigger();
+        self.jobs_tx = None;
+        // Worker threads still inside a job are not joined: the process exit ends them,
+        // and the router already has their jobs back.
+        let slots = self.slots.lock().map(|s| s.iter().filter(|x| x.is_some()).count()).unwrap_or(0);
+        if slots == 0 {
+            for h in self.threads.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn worker_loop(
+    slot: usize,
+    jobs: Receiver<Assignment>,
+    push: zmq::Socket,
+    store: Arc<dyn Store>,
+    workers: Arc<HashMap<String, Arc<dyn Worker>>>,
+    slots: Slots,
+    done: Arc<AtomicU64>,
+) {
+    for a in jobs.iter() {
+        let started_ms = now_ms();
+        slots.lock().unwrap()[slot] = Some(SlotJob {
+            job: a.job,
+            name: a.info.name.clone(),
+            worker: a.info.worker.clone(),
+            started_ms,
+        });
+        let span = info_span!("job", pipeline = %a.info.pipeline, job = %a.info.name, attempt = a.job.attempt);
+        let result = span.in_scope(|| {
+            let r = run_job(&*store, &workers, &a.info);
+            if let Err(e) = &r {
+                warn!(error = %e, worker = %a.info.worker, "job failed");
+            }
+            r
+        });
+        slots.lock().unwrap()[slot] = None;
+        done.fetch_add(1, Ordering::Relaxed);
+        let report = JobReport {
+            job: a.job,
+            started_ms,
+            finished_ms: now_ms(),
+            result,
+        };
+        let bytes = rmp_serde::to_vec_named(&Internal::Done(report)).expect("encodes");
+        if push.send(bytes, 0).is_err() {
+            return;
+        }
+    }
+}
+
+/// `retrieve → process → save` for one job, with every failure turned into a message.
+fn run_job(
+    store: &dyn Store,
+    workers: &HashMap<String, Arc<dyn Worker>>,
+    info: &JobInfo,
+) -> Result<Data, String> {
+    let worker = workers
+        .get(&info.worker)
+        .ok_or_else(|| format!("this broker has no worker {:?}", info.worker))?;
+    let input = store
+        .retrieve(info)
+        .map_err(|e| format!("store could not retrieve the input: {e}"))?;
+    let output = match catch_unwind(AssertUnwindSafe(|| worker.process(info, input))) {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(panic) => return Err(format!("worker panicked: {}", panic_message(&*panic))),
+    };
+    let size = rmp_serde::to_vec(&output).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_OUTPUT_BYTES {
+        return Err(format!(
+            "output of {size} bytes exceeds the router's limit of {MAX_OUTPUT_BYTES}; save large outputs in your Store and return a reference"
+        ));
+    }
+    store
+        .save(info, &output)
+        .map_err(|e| format!("store could not save the output: {e}"))?;
+    Ok(output)
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
+}

@@ -1,0 +1,247 @@
+//! The router's event loop: sockets in, [`RouterState`] in the middle, sockets out.
+//!
+//! One turn: wait for frames (bounded by the next timer), take every frame already
+//! queued (up to [`MAX_BATCH`]), run timers, match work, commit to storage once, and
+//! only then send replies and pushes. Batching the commit is what lets a flushed,
+//! durable router keep up with thousands of requests per second.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pypelinin_common::protocol::{self, ClusterConfig, Event, ProtocolError, Request, SOCKET_HWM};
+use pypelinin_common::Shutdown;
+use tracing::{debug, error, info, warn};
+
+use crate::state::{ReplyTo, RouterState};
+use crate::store::{Durability, SledStore, StoreError};
+
+/// Most frames handled in one turn before committing and answering.
+pub const MAX_BATCH: usize = 4096;
+/// Longest poll when no timer is due, so that a shutdown is noticed promptly.
+pub const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// What a router needs to start.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// API address to bind (`tcp://127.0.0.1:0` picks a free port).
+    pub api: String,
+    /// Broadcast address to bind.
+    pub broadcast: String,
+    /// Directory of the sled database.
+    pub db: PathBuf,
+    /// Handed to brokers.
+    pub cluster: ClusterConfig,
+    /// When changes become durable.
+    pub durability: Durability,
+}
+
+/// Why the router stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A socket could not be set up.
+    #[error("zeromq on {endpoint}: {source}")]
+    Zmq {
+        /// The address concerned.
+        endpoint: String,
+        /// The error.
+        source: zmq::Error,
+    },
+    /// Storage failed: the router stops rather than acknowledge what it cannot keep.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A router whose sockets are bound and state loaded, ready to run.
+pub struct BoundRouter {
+    api: zmq::Socket,
+    publisher: zmq::Socket,
+    state: RouterState,
+    /// The API address actually bound.
+    pub api_endpoint: String,
+    /// The broadcast address actually bound.
+    pub broadcast_endpoint: String,
+    _ctx: zmq::Context,
+}
+
+fn zerr(endpoint: &str) -> impl Fn(zmq::Error) -> RouterError + '_ {
+    move |source| RouterError::Zmq {
+        endpoint: endpoint.to_string(),
+        source,
+    }
+}
+
+/// ZeroMQ spells "any free port" `*`; accept the usual `:0` too.
+fn bindable(endpoint: &str) -> String {
+    match endpoint.strip_suffix(":0") {
+        Some(head) if endpoint.starts_with("tcp://") => format!("{head}:*"),
+        _ => endpoint.to_string(),
+    }
+}
+
+impl BoundRouter {
+    /// Opens the database and binds both sockets.
+    pub fn bind(config: RouterConfig) -> Result<Self, RouterError> {
+        let store = SledStore::open(&config.db, config.durability)?;
+        let state = RouterState::load(Box::new(store), config.cluster.clone())?;
+        let ctx = zmq::Context::new();
+        let api = ctx.socket(zmq::ROUTER).map_err(zerr(&config.api))?;
+        let e = zerr(&config.api);
+        api.set_router_mandatory(true).map_err(&e)?;
+        api.set_sndhwm(SOCKET_HWM).map_err(&e)?;
+        api.set_rcvhwm(SOCKET_HWM).map_err(&e)?;
+        api.set_linger(1000).map_err(&e)?;
+        api.set_maxmsgsize(protocol::MAX_FRAME_BYTES as i64 + 1024)
+            .map_err(&e)?;
+        api.bind(&bindable(&config.api)).map_err(&e)?;
+        let publisher = ctx.socket(zmq::PUB).map_err(zerr(&config.broadcast))?;
+        let e = zerr(&config.broadcast);
+        publisher.set_sndhwm(SOCKET_HWM).map_err(&e)?;
+        publisher.set_linger(0).map_err(&e)?;
+        publisher.bind(&bindable(&config.broadcast)).map_err(&e)?;
+        let api_endpoint = last_endpoint(&api);
+        let broadcast_endpoint = last_endpoint(&publisher);
+        Ok(BoundRouter {
+            api,
+            publisher,
+            state,
+            api_endpoint,
+            broadcast_endpoint,
+            _ctx: ctx,
+        })
+    }
+
+    /// Serves until `shutdown` triggers.
+    pub fn run(mut self, shutdown: Shutdown) -> Result<(), RouterError> {
+        info!(api = %self.api_endpoint, broadcast = %self.broadcast_endpoint, "router serving");
+        let result = self.serve(&shutdown);
+        if let Err(e) = &result {
+            error!(error = %e, "router stopped on error");
+        }
+        result
+    }
+
+    fn serve(&mut self, shutdown: &Shutdown) -> Result<(), RouterError> {
+        let mut frames: Vec<zmq::Message> = Vec::with_capacity(4);
+        while !shutdown.is_triggered() {
+            let now = Instant::now();
+            let wait = self.state.next_timer(now).unwrap_or(IDLE_POLL).min(IDLE_POLL);
+            let mut items = [self.api.as_poll_item(zmq::POLLIN)];
+            zmq::poll(&mut items, wait.as_millis() as i64).map_err(zerr(&self.api_endpoint))?;
+            for _ in 0..MAX_BATCH {
+                if !self.recv(&mut frames)? {
+                    break;
+                }
+                self.on_frames(&frames)?;
+            }
+            self.state.tick(Instant::now())?;
+            self.state.dispatch()?;
+            self.state.commit()?;
+            self.flush_outbox()?;
+        }
+        info!(open_pipelines = self.state.open_pipelines(), "router stopping");
+        self.state.commit()?;
+        Ok(())
+    }
+
+    fn recv(&self, frames: &mut Vec<zmq::Message>) -> Result<bool, RouterError> {
+        frames.clear();
+        loop {
+            let mut msg = zmq::Message::new();
+            match self.api.recv(&mut msg, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => return Ok(!frames.is_empty()),
+                Err(e) => return Err(zerr(&self.api_endpoint)(e)),
+            }
+            let more = msg.get_more();
+            frames.push(msg);
+            if !more {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn on_frames(&mut self, frames: &[zmq::Message]) -> Result<(), RouterError> {
+        // [identity, payload] from a DEALER; [identity, "", payload] from a REQ.
+        let (peer, req, payload) = match frames {
+            [id, payload] => (id.to_vec(), false, &payload[..]),
+            [id, empty, payload] if empty.is_empty() => (id.to_vec(), true, &payload[..]),
+            [id, ..] => {
+                warn!(frames = frames.len(), "frame with an unexpected number of parts");
+                let to = ReplyTo { peer: id.to_vec(), req: false, id: 0 };
+                self.state.reply_error(
+                    &to,
+                    ProtocolError::Malformed(format!(
+                        "expected one payload frame, got {} frames",
+                        frames.len() - 1
+                    )),
+                );
+                return Ok(());
+            }
+            [] => return Ok(()),
+        };
+        match protocol::decode::<Request>(payload) {
+            Ok((id, request)) => {
+                let to = ReplyTo { peer, req, id };
+                self.state.handle(to, request)?;
+            }
+            Err(e) => {
+                warn!(error = %e.error, bytes = payload.len(), "undecodable frame");
+                let to = ReplyTo { peer, req, id: e.id.unwrap_or(0) };
+                self.state.reply_error(&to, e.error);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_outbox(&mut self) -> Result<(), RouterError> {
+        let (out, events) = self.state.drain_outbox();
+        for o in out {
+            let sent = self
+                .api
+                .send(&o.peer[..], zmq::SNDMORE | zmq::DONTWAIT)
+                .and_then(|_| {
+                    if o.req {
+                        self.api.send(&b""[..], zmq::SNDMORE | zmq::DONTWAIT)?;
+                    }
+                    self.api.send(&o.payload[..], zmq::DONTWAIT)
+                });
+            match sent {
+                Ok(()) => {}
+                Err(zmq::Error::EHOSTUNREACH) | Err(zmq::Error::EAGAIN) => {
+                    // Gone, or so far behind that its queue is full: treat it as dead;
+                    // what it held goes to others (committed on the next turn).
+                    debug!(peer = ?o.peer, "peer unreachable");
+                    self.state.drop_peer(&o.peer, "became unreachable")?;
+                }
+                Err(e) => return Err(zerr(&self.api_endpoint)(e)),
+            }
+        }
+        for ev in events {
+            self.publish(&ev);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, ev: &Event) {
+        let payload = protocol::encode(0, ev);
+        let r = self
+            .publisher
+            .send(ev.topic(), zmq::SNDMORE | zmq::DONTWAIT)
+            .and_then(|_| self.publisher.send(&payload[..], zmq::DONTWAIT));
+        if let Err(e) = r {
+            debug!(error = %e, "broadcast dropped");
+        }
+    }
+}
+
+fn last_endpoint(s: &zmq::Socket) -> String {
+    s.get_last_endpoint()
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default()
+}
+
+/// Binds and serves until `shutdown` triggers.
+pub fn run(config: RouterConfig, shutdown: Shutdown) -> Result<(), RouterError> {
+    BoundRouter::bind(config)?.run(shutdown)
+}

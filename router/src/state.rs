@@ -1,0 +1,1004 @@
+//! The router's state machine: every pipeline, job, broker and pipeliner.
+//!
+//! It has no sockets. The event loop ([`crate::server`]) feeds it requests and timer
+//! ticks; it answers by filling an outbox, which the loop sends only after
+//! [`RouterState::commit`] made every change durable.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use pypelinin_common::now_ms;
+use pypelinin_common::protocol::{
+    Advance, Assignment, BrokerHello, ClusterConfig, Event, FromRouter, JobChange, JobInfo,
+    JobRef, JobReport, MonitoringReport, PipelineId, PipelineSnapshot, PipelineSummary,
+    ProtocolError, Push, Reply, Request, HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, MAX_WAIT_MS,
+    PEER_LIVENESS,
+};
+use pypelinin_common::status::{Attempt, JobState, JobStatus, PipelineState, PipelineStatus};
+use pypelinin_common::Pipeline;
+use tracing::{debug, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::store::{JobRecord, PipelineRecord, StateStore, StoreError};
+
+/// A peer's ZeroMQ routing identity.
+pub type PeerId = Vec<u8>;
+
+/// Where a reply goes: the peer and whether it is a REQ socket (which needs the empty
+/// delimiter frame back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// Routing identity.
+    pub peer: PeerId,
+    /// REQ peers need an empty delimiter frame.
+    pub req: bool,
+    /// The request's id.
+    pub id: u64,
+}
+
+/// A frame ready to send: identity, optional delimiter, payload.
+pub struct Outgoing {
+    /// Routing identity.
+    pub peer: PeerId,
+    /// Whether to add the empty delimiter frame.
+    pub req: bool,
+    /// Encoded frame.
+    pub payload: Vec<u8>,
+}
+
+/// How long a peer may stay silent before it is declared dead.
+pub fn peer_timeout() -> Duration {
+    HEARTBEAT_INTERVAL * PEER_LIVENESS
+}
+
+struct PipelineEntry {
+    rec: PipelineRecord,
+    dag: Pipeline,
+    jobs: Vec<JobRecord>,
+    owner: Option<PeerId>,
+    done: u32,
+}
+
+impl PipelineEntry {
+    fn status(&self) -> PipelineStatus {
+        let jobs = self
+            .dag
+            .names()
+            .iter()
+            .zip(&self.jobs)
+            .enumerate()
+            .map(|(i, (name, j))| {
+                let last = j.history.last();
+                let status = JobStatus {
+                    worker: self.dag.job(i as u32).worker.clone(),
+                    state: j.state,
+                    attempts: j.attempt(),
+                    error: j.error.clone(),
+                    started_ms: last.map(|a| a.started_ms),
+                    finished_ms: last.and_then(|a| a.finished_ms),
+                    duration_ms: last
+                        .and_then(|a| a.finished_ms.map(|f| f.saturating_sub(a.started_ms))),
+                    history: j.history.clone(),
+                };
+                (name.clone(), status)
+            })
+            .collect();
+        PipelineStatus {
+            id: self.rec.id,
+            state: self.rec.state,
+            submitted_ms: self.rec.submitted_ms,
+            finished_ms: self.rec.finished_ms,
+            jobs,
+        }
+    }
+}
+
+struct BrokerPeer {
+    name: String,
+    workers: Vec<String>,
+    credit: u32,
+    draining: bool,
+    running: HashSet<(PipelineId, u32)>,
+    rotate: usize,
+    monitor: Option<MonitoringReport>,
+}
+
+struct PipelinerPeer {
+    id: Uuid,
+    capacity: u32,
+    owned: HashSet<PipelineId>,
+}
+
+enum Role {
+    Broker(BrokerPeer),
+    Pipeliner(PipelinerPeer),
+}
+
+struct Peer {
+    role: Role,
+    last_seen: Instant,
+}
+
+struct Waiter {
+    to: ReplyTo,
+    ids: Vec<PipelineId>,
+    pending: usize,
+    deadline: Instant,
+}
+
+/// Counters for logs and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    /// Reports refused because their attempt was no longer current.
+    pub stale_reports: u64,
+    /// Attempts given back to the queue because their broker died or left.
+    pub requeued: u64,
+}
+
+/// All of the router's state.
+pub struct RouterState {
+    store: Box<dyn StateStore>,
+    config: ClusterConfig,
+    pipelines: HashMap<PipelineId, PipelineEntry>,
+    order: BTreeMap<u64, PipelineId>,
+    next_seq: u64,
+    peers: HashMap<PeerId, Peer>,
+    queues: HashMap<String, VecDeque<(PipelineId, u32)>>,
+    delayed: BinaryHeap<Reverse<(u64, PipelineId, u32)>>,
+    unowned: VecDeque<PipelineId>,
+    orphans: HashMap<(PipelineId, u32), Instant>,
+    waiters: HashMap<u64, Waiter>,
+    waiting_on: HashMap<PipelineId, Vec<u64>>,
+    next_waiter: u64,
+    outbox: Vec<Outgoing>,
+    assigns: HashMap<PeerId, Vec<Assignment>>,
+    takes: HashMap<PeerId, Vec<PipelineSnapshot>>,
+    changes: HashMap<PeerId, Vec<JobChange>>,
+    events: Vec<Event>,
+    /// Counters for operators and tests.
+    pub counters: Counters,
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl RouterState {
+    /// Loads the state kept in `store`.
+    pub fn load(store: Box<dyn StateStore>, config: ClusterConfig) -> Result<Self> {
+        let mut s = RouterState {
+            store,
+            config,
+            pipelines: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 1,
+            peers: HashMap::new(),
+            queues: HashMap::new(),
+            delayed: BinaryHeap::new(),
+            unowned: VecDeque::new(),
+            orphans: HashMap::new(),
+            waiters: HashMap::new(),
+            waiting_on: HashMap::new(),
+            next_waiter: 1,
+            outbox: Vec::new(),
+            assigns: HashMap::new(),
+            takes: HashMap::new(),
+            changes: HashMap::new(),
+            events: Vec::new(),
+            counters: Counters::default(),
+        };
+        let grace = Instant::now() + peer_timeout() * 2;
+        let (mut open, mut running) = (0, 0);
+        for (rec, jobs) in s.store.load()? {
+            let dag = Pipeline::new(rec.spec.clone()).map_err(|e| StoreError::Corrupt {
+                key: rec.id.to_string(),
+                message: e.to_string(),
+            })?;
+            let id = rec.id;
+            s.next_seq = s.next_seq.max(rec.seq + 1);
+            s.order.insert(rec.seq, id);
+            let done = jobs.iter().filter(|j| j.state.is_final()).count() as u32;
+            if !rec.state.is_final() {
+                open += 1;
+                s.unowned.push_back(id);
+                for (i, j) in jobs.iter().enumerate() {
+                    match j.state {
+                        JobState::Queued if j.enqueued => s.schedule(id, i as u32, j.not_before_ms),
+                        JobState::Running => {
+                            // Its broker may still be running it: wait for it to say hello.
+                            running += 1;
+                            s.orphans.insert((id, i as u32), grace);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let entry = PipelineEntry { rec, dag, jobs, owner: None, done };
+            s.pipelines.insert(id, entry);
+        }
+        info!(
+            pipelines = s.pipelines.len(),
+            open, running, "router state loaded"
+        );
+        Ok(s)
+    }
+
+    /// Handles one request from `to.peer`.
+    pub fn handle(&mut self, to: ReplyTo, req: Request) -> Result<()> {
+        let now = Instant::now();
+        if let Some(p) = self.peers.get_mut(&to.peer) {
+            p.last_seen = now;
+        }
+        let reply = match req {
+            Request::Submit { id, pipeline } => self.submit(id, pipeline)?,
+            Request::Status { id } => match self.pipelines.get(&id) {
+                Some(p) => Reply::Status(p.status()),
+                None => Reply::Error(ProtocolError::UnknownPipeline(id)),
+            },
+            Request::Wait { ids, timeout_ms } => match self.wait(&to, ids, timeout_ms, now) {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+            Request::Outputs { id } => self.outputs(id)?,
+            Request::List { limit } => Reply::List(self.list(limit as usize)),
+            Request::BrokerHello(h) => self.broker_hello(&to.peer, h, now)?,
+            Request::JobDone(reports) => self.job_done(&to.peer, reports)?,
+            Request::Monitor(m) => match self.broker_mut(&to.peer) {
+                Some(b) => {
+                    b.monitor = Some(m);
+                    Reply::Ok
+                }
+                None => Reply::Error(ProtocolError::UnknownPeer),
+            },
+            Request::Drain => match self.broker_mut(&to.peer) {
+                Some(b) => {
+                    b.draining = true;
+                    b.credit = 0;
+                    Reply::Ok
+                }
+                None => Reply::Error(ProtocolError::UnknownPeer),
+            },
+            Request::PipelinerHello {
+                pipeliner,
+                capacity,
+            } => self.pipeliner_hello(&to.peer, pipeliner, capacity, now),
+            Request::Advance(list) => self.advance(&to.peer, list)?,
+            Request::Heartbeat => {
+                if self.peers.contains_key(&to.peer) {
+                    Reply::Ok
+                } else {
+                    Reply::Error(ProtocolError::UnknownPeer)
+                }
+            }
+            Request::Bye => {
+                self.drop_peer(&to.peer, "said bye")?;
+                Reply::Ok
+            }
+        };
+        self.reply(&to, reply);
+        Ok(())
+    }
+
+    /// Answers a frame that could not be decoded.
+    pub fn reply_error(&mut self, to: &ReplyTo, error: ProtocolError) {
+        self.reply(to, Reply::Error(error));
+    }
+
+    fn reply(&mut self, to: &ReplyTo, reply: Reply) {
+        self.outbox.push(Outgoing {
+            peer: to.peer.clone(),
+            req: to.req,
+            payload: pypelinin_common::protocol::encode(to.id, &FromRouter::Reply(reply)),
+        });
+    }
+
+    fn broker_mut(&mut self, peer: &PeerId) -> Option<&mut BrokerPeer> {
+        match self.peers.get_mut(peer) {
+            Some(Peer {
+                role: Role::Broker(b),
+                ..
+            }) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn submit(&mut self, id: PipelineId, spec: pypelinin_common::PipelineSpec) -> Result<Reply> {
+        if let Some(p) = self.pipelines.get(&id) {
+            return Ok(if p.rec.spec == spec {
+                Reply::Submitted { id }
+            } else {
+                Reply::Error(ProtocolError::Conflict(format!(
+                    "pipeline {id} exists with another spec"
+                )))
+            });
+        }
+        let dag = match Pipeline::new(spec) {
+            Ok(d) => d,
+            Err(e) => {
+                info!(pipeline = %id, error = %e, "pipeline refused");
+                return Ok(Reply::Error(ProtocolError::InvalidPipeline(e.to_string())));
+            }
+        };
+        let rec = PipelineRecord {
+            id,
+            spec: dag.spec().clone(),
+            state: PipelineState::Queued,
+            seq: self.next_seq,
+            submitted_ms: now_ms(),
+            finished_ms: None,
+        };
+        self.next_seq += 1;
+        let jobs = vec![JobRecord::new(); dag.len()];
+        for (i, j) in jobs.iter().enumerate() {
+            self.store.put_job(id, i as u32, j)?;
+        }
+        self.store.put_pipeline(&rec)?;
+        self.order.insert(rec.seq, id);
+        debug!(pipeline = %id, jobs = dag.len(), "pipeline accepted");
+        self.pipelines.insert(
+            id,
+            PipelineEntry {
+                rec,
+                dag,
+                jobs,
+                owner: None,
+                done: 0,
+            },
+        );
+        self.unowned.push_back(id);
+        self.events.push(Event::PipelineSubmitted { id });
+        Ok(Reply::Submitted { id })
+    }
+
+    fn wait(
+        &mut self,
+        to: &ReplyTo,
+        ids: Vec<PipelineId>,
+        timeout_ms: u64,
+        now: Instant,
+    ) -> Option<Reply> {
+        let mut pending = 0;
+        for id in &ids {
+            match self.pipelines.get(id) {
+                None => return Some(Reply::Error(ProtocolError::UnknownPipeline(*id))),
+                Some(p) if !p.rec.state.is_final() => pending += 1,
+                Some(_) => {}
+            }
+        }
+        if pending == 0 || timeout_ms == 0 {
+            return Some(self.statuses(&ids));
+        }
+        let key = self.next_waiter;
+        self.next_waiter += 1;
+        for id in &ids {
+            if !self.pipelines[id].rec.state.is_final() {
+                self.waiting_on.entry(*id).or_default().push(key);
+            }
+        }
+        let deadline = now + Duration::from_millis(timeout_ms.min(MAX_WAIT_MS));
+        self.waiters.insert(
+            key,
+            Waiter {
+                to: to.clone(),
+                ids,
+                pending,
+                deadline,
+            },
+        );
+        None
+    }
+
+    fn statuses(&self, ids: &[PipelineId]) -> Reply {
+        Reply::Statuses(ids.iter().map(|id| self.pipelines[id].status()).collect())
+    }
+
+    fn outputs(&self, id: PipelineId) -> Result<Reply> {
+        let Some(p) = self.pipelines.get(&id) else {
+            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        };
+        let mut out = BTreeMap::new();
+        for (i, j) in p.jobs.iter().enumerate() {
+            if j.state == JobState::Succeeded {
+                if let Some(o) = self.store.get_output(id, i as u32)? {
+                    out.insert(p.dag.name(i as u32).to_string(), o);
+                }
+            }
+        }
+        Ok(Reply::Outputs(out))
+    }
+
+    fn list(&self, limit: usize) -> Vec<PipelineSummary> {
+        self.order
+            .values()
+            .rev()
+            .take(limit)
+            .map(|id| {
+                let p = &self.pipelines[id];
+                PipelineSummary {
+                    id: *id,
+                    state: p.rec.state,
+                    submitted_ms: p.rec.submitted_ms,
+                    finished_ms: p.rec.finished_ms,
+                    jobs: p.jobs.len() as u32,
+                    done: p.done,
+                }
+            })
+            .collect()
+    }
+
+    fn broker_hello(&mut self, peer: &PeerId, h: BrokerHello, now: Instant) -> Result<Reply> {
+        if self.peers.contains_key(peer) {
+            self.drop_peer(peer, "said hello again")?;
+        }
+        let mut running = HashSet::new();
+        for r in h.running.iter().chain(&h.unreported) {
+            if self.is_current(r, &h.name) {
+                self.orphans.remove(&(r.pipeline, r.job));
+                if h.running.contains(r) {
+                    running.insert((r.pipeline, r.job));
+                }
+            }
+        }
+        info!(broker = %h.name, host = %h.host, slots = h.slots, workers = ?h.workers, adopted = running.len(), "broker joined");
+        let credit = h.slots.saturating_sub(h.running.len() as u32);
+        self.peers.insert(
+            peer.clone(),
+            Peer {
+                role: Role::Broker(BrokerPeer {
+                    name: h.name,
+                    workers: h.workers,
+                    credit,
+                    draining: false,
+                    running,
+                    rotate: 0,
+                    monitor: None,
+                }),
+                last_seen: now,
+            },
+        );
+        Ok(Reply::Welcome(self.config.clone()))
+    }
+
+    fn pipeliner_hello(&mut self, peer: &PeerId, id: Uuid, capacity: u32, now: Instant) -> Reply {
+        // A pipeliner that says hello again lost its state: give its pipelines back whole.
+        let owned = match self.peers.remove(peer) {
+            Some(Peer {
+                role: Role::Pipeliner(p),
+                ..
+            }) => p.owned,
+            Some(Peer {
+                role: Role::Broker(_),
+                ..
+            }) => {
+                return Reply::Error(ProtocolError::Refused(
+                    "this connection is a broker".into(),
+                ))
+            }
+            None => HashSet::new(),
+        };
+        for pid in &owned {
+            if let Some(snap) = self.snapshot(*pid) {
+                self.takes.entry(peer.clone()).or_default().push(snap);
+            }
+        }
+        info!(pipeliner = %id, capacity, "pipeliner joined");
+        self.peers.insert(
+            peer.clone(),
+            Peer {
+                role: Role::Pipeliner(PipelinerPeer {
+                    id,
+                    capacity: capacity.max(1),
+                    owned,
+                }),
+                last_seen: now,
+            },
+        );
+        Reply::Ok
+    }
+
+    fn snapshot(&self, id: PipelineId) -> Option<PipelineSnapshot> {
+        let p = self.pipelines.get(&id)?;
+        Some(PipelineSnapshot {
+            id,
+            spec: p.rec.spec.clone(),
+            states: p.jobs.iter().map(|j| j.state).collect(),
+        })
+    }
+
+    fn job_done(&mut self, peer: &PeerId, reports: Vec<JobReport>) -> Result<Reply> {
+        if self.broker_mut(peer).is_none() {
+            return Ok(Reply::Error(ProtocolError::UnknownPeer));
+        }
+        let mut stale = Vec::new();
+        for r in reports {
+            let key = (r.job.pipeline, r.job.job);
+            let b = self.broker_mut(peer).expect("checked above");
+            if b.running.remove(&key) && !b.draining {
+                b.credit += 1;
+            }
+            let broker = b.name.clone();
+            // The attempt number and the broker's name fence the report: a broker whose
+            // lease expired, or a report resent after a reconnect, changes nothing.
+            if !self.is_current(&r.job, &broker) {
+                self.counters.stale_reports += 1;
+                warn!(pipeline = %r.job.pipeline, job = r.job.job, attempt = r.job.attempt, %broker, "stale report ignored");
+                stale.push(r.job);
+                continue;
+            }
+            self.finish_attempt(r)?;
+        }
+        Ok(if stale.is_empty() {
+            Reply::Ok
+        } else {
+            Reply::Error(ProtocolError::Stale(format!(
+                "{} report(s) for attempts that are no longer current",
+                stale.len()
+            )))
+        })
+    }
+
+    fn is_current(&self, r: &JobRef, broker: &str) -> bool {
+        self.pipelines.get(&r.pipeline).is_some_and(|p| {
+            p.jobs.get(r.job as usize).is_some_and(|j| {
+                j.state == JobState::Running
+                    && j.attempt() == r.attempt
+                    && j.history.last().is_some_and(|a| a.broker == broker)
+            })
+        })
+    }
+
+    fn finish_attempt(&mut self, r: JobReport) -> Result<()> {
+        let (id, i) = (r.job.pipeline, r.job.job);
+        let p = self.pipelines.get_mut(&id).expect("current attempt");
+        let name = p.dag.name(i).to_string();
+        let _span = info_span!("job", pipeline = %id, job = %name, attempt = r.job.attempt).entered();
+        let retries = p.dag.retries(i);
+        let delay = p.dag.retry_delay_ms(i);
+        let j = &mut p.jobs[i as usize];
+        let last = j.history.last_mut().expect("running job has an attempt");
+        last.finished_ms = Some(r.finished_ms.max(last.started_ms));
+        let result = r.result.and_then(|out| {
+            let size = rmp_serde::to_vec(&out).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > MAX_OUTPUT_BYTES {
+                Err(format!(
+                    "output of {size} bytes exceeds the router's limit of {MAX_OUTPUT_BYTES}; keep large outputs in your own Store"
+                ))
+            } else {
+                Ok(out)
+            }
+        });
+        match result {
+            Ok(output) => {
+                j.state = JobState::Succeeded;
+                j.error = None;
+                self.store.put_output(id, i, &output)?;
+            }
+            Err(error) => {
+                last.error = Some(error.clone());
+                j.error = Some(error.clone());
+                j.failures += 1;
+                if j.failures <= retries {
+                    let backoff = delay.saturating_mul(1u64 << (j.failures - 1).min(20));
+                    j.state = JobState::Queued;
+                    j.not_before_ms = now_ms() + backoff;
+                    info!(%error, retry_in_ms = backoff, "attempt failed, will retry");
+                    let nb = j.not_before_ms;
+                    self.store.put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+                    self.schedule(id, i, nb);
+                    return Ok(());
+                }
+                warn!(%error, "job failed");
+                j.state = JobState::Failed;
+            }
+        }
+        let state = j.state;
+        self.job_final(id, i, state)
+    }
+
+    /// Records that job `i` reached a final state and tells its pipeliner.
+    fn job_final(&mut self, id: PipelineId, i: u32, state: JobState) -> Result<()> {
+        let p = self.pipelines.get_mut(&id).expect("known pipeline");
+        p.done += 1;
+        self.store.put_job(id, i, &p.jobs[i as usize])?;
+        if let Some(owner) = p.owner.clone() {
+            self.changes.entry(owner).or_default().push(JobChange {
+                pipeline: id,
+                job: i,
+                state,
+            });
+        }
+        Ok(())
+    }
+
+    fn schedule(&mut self, id: PipelineId, i: u32, not_before_ms: u64) {
+        if not_before_ms > now_ms() {
+            self.delayed.push(Reverse((not_before_ms, id, i)));
+        } else {
+            let worker = self.pipelines[&id].dag.job(i).worker.clone();
+            self.queues.entry(worker).or_default().push_back((id, i));
+        }
+    }
+
+    fn advance(&mut self, peer: &PeerId, list: Vec<Advance>) -> Result<Reply> {
+        match self.peers.get(peer) {
+            Some(Peer {
+                role: Role::Pipeliner(_),
+                ..
+            }) => {}
+            _ => return Ok(Reply::Error(ProtocolError::UnknownPeer)),
+        }
+        let mut stale = Vec::new();
+        for a in list {
+            let owned = self
+                .pipelines
+                .get(&a.pipeline)
+                .is_some_and(|p| p.owner.as_ref() == Some(peer));
+            if !owned {
+                stale.push(a.pipeline);
+                continue;
+            }
+            self.apply_advance(a)?;
+        }
+        Ok(if stale.is_empty() {
+            Reply::Ok
+        } else {
+            Reply::Error(ProtocolError::Stale(format!(
+                "not the owner of pipeline(s) {stale:?}"
+            )))
+        })
+    }
+
+    fn apply_advance(&mut self, a: Advance) -> Result<()> {
+        let id = a.pipeline;
+        let _span = info_span!("pipeline", pipeline = %id).entered();
+        for i in a.enqueue {
+            let p = &self.pipelines[&id];
+            let Some(j) = p.jobs.get(i as usize) else { continue };
+            let ready = j.state == JobState::Queued
+                && !j.enqueued
+                && p.dag
+                    .parents(i)
+                    .iter()
+                    .all(|&q| p.jobs[q as usize].state == JobState::Succeeded);
+            if !ready {
+                debug!(job = i, "enqueue ignored: not ready or already queued");
+                continue;
+            }
+            let p = self.pipelines.get_mut(&id).unwrap();
+            p.jobs[i as usize].enqueued = true;
+            self.store.put_job(id, i, &p.jobs[i as usize])?;
+            self.schedule(id, i, 0);
+        }
+        for i in a.skip {
+            let p = &self.pipelines[&id];
+            let Some(j) = p.jobs.get(i as usize) else { continue };
+            let blocked_by = p.dag.parents(i).iter().copied().find(|&q| {
+                matches!(p.jobs[q as usize].state, JobState::Failed | JobState::Skipped)
+            });
+            let (Some(q), false) = (blocked_by, j.enqueued || j.state != JobState::Queued) else {
+                debug!(job = i, "skip ignored: job can still run");
+                continue;
+            };
+            let reason = format!("not run: {} {}", p.dag.name(q), p.jobs[q as usize].state.as_str());
+            let p = self.pipelines.get_mut(&id).unwrap();
+            let j = &mut p.jobs[i as usize];
+            j.state = JobState::Skipped;
+            j.error = Some(reason);
+            self.job_final(id, i, JobState::Skipped)?;
+        }
+        if a.finish {
+            let p = self.pipelines.get_mut(&id).unwrap();
+            if p.done as usize != p.jobs.len() || p.rec.state.is_final() {
+                debug!("finish ignored: jobs still open");
+                return Ok(());
+            }
+            let failed = p.jobs.iter().any(|j| j.state != JobState::Succeeded);
+            let state = if failed {
+                PipelineState::Failed
+            } else {
+                PipelineState::Succeeded
+            };
+            self.close_pipeline(id, state)?;
+        }
+        Ok(())
+    }
+
+    fn close_pipeline(&mut self, id: PipelineId, state: PipelineState) -> Result<()> {
+        let p = self.pipelines.get_mut(&id).unwrap();
+        p.rec.state = state;
+        p.rec.finished_ms = Some(now_ms());
+        self.store.put_pipeline(&p.rec)?;
+        info!(pipeline = %id, state = state.as_str(), ms = p.rec.finished_ms.unwrap() - p.rec.submitted_ms, "pipeline finished");
+        if let Some(owner) = p.owner.take() {
+            if let Some(Peer {
+                role: Role::Pipeliner(pl),
+                ..
+            }) = self.peers.get_mut(&owner)
+            {
+                pl.owned.remove(&id);
+            }
+        }
+        self.events.push(Event::PipelineFinished { id, state });
+        for key in self.waiting_on.remove(&id).unwrap_or_default() {
+            let done = self.waiters.get_mut(&key).map(|w| {
+                w.pending -= 1;
+                w.pending == 0
+            });
+            if done == Some(true) {
+                let w = self.waiters.remove(&key).unwrap();
+                let reply = self.statuses(&w.ids);
+                self.reply(&w.to, reply);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a peer: its running jobs go back to the queue, its pipelines to others.
+    pub fn drop_peer(&mut self, peer: &PeerId, why: &str) -> Result<()> {
+        let Some(p) = self.peers.remove(peer) else {
+            return Ok(());
+        };
+        self.assigns.remove(peer);
+        self.takes.remove(peer);
+        self.changes.remove(peer);
+        match p.role {
+            Role::Broker(b) => {
+                info!(broker = %b.name, why, running = b.running.len(), "broker gone");
+                for (id, i) in b.running {
+                    self.requeue(id, i, &format!("broker {} {why}", b.name))?;
+                }
+            }
+            Role::Pipeliner(pl) => {
+                info!(pipeliner = %pl.id, why, pipelines = pl.owned.len(), "pipeliner gone");
+                for id in pl.owned {
+                    if let Some(e) = self.pipelines.get_mut(&id) {
+                        e.owner = None;
+                        self.unowned.push_back(id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a running attempt back to the queue (its broker is gone); the attempt
+    /// number moves on, so a late report from the old broker is stale.
+    fn requeue(&mut self, id: PipelineId, i: u32, why: &str) -> Result<()> {
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(());
+        };
+        let j = &mut p.jobs[i as usize];
+        if j.state != JobState::Running {
+            return Ok(());
+        }
+        if let Some(last) = j.history.last_mut() {
+            last.finished_ms = Some(now_ms());
+            last.error = Some(format!("lost: {why}"));
+        }
+        j.state = JobState::Queued;
+        j.not_before_ms = 0;
+        self.counters.requeued += 1;
+        self.store.put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+        self.schedule(id, i, 0);
+        Ok(())
+    }
+
+    /// Timers: retry delays, waits, silent peers, orphaned attempts.
+    pub fn tick(&mut self, now: Instant) -> Result<()> {
+        let wall = now_ms();
+        while let Some(Reverse((t, id, i))) = self.delayed.peek().copied() {
+            if t > wall {
+                break;
+            }
+            self.delayed.pop();
+            self.schedule(id, i, 0);
+        }
+        let expired: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            let w = self.waiters.remove(&k).unwrap();
+            for id in &w.ids {
+                if let Some(v) = self.waiting_on.get_mut(id) {
+                    v.retain(|x| *x != k);
+                }
+            }
+            let reply = self.statuses(&w.ids);
+            self.reply(&w.to, reply);
+        }
+        let silent: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_seen) > peer_timeout())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for peer in silent {
+            self.drop_peer(&peer, "fell silent")?;
+        }
+        let lost: Vec<(PipelineId, u32)> = self
+            .orphans
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (id, i) in lost {
+            self.orphans.remove(&(id, i));
+            self.requeue(id, i, "did not come back after the router restarted")?;
+        }
+        Ok(())
+    }
+
+    /// When the next timer is due, to bound the event loop's poll.
+    pub fn next_timer(&self, now: Instant) -> Option<Duration> {
+        let wall = now_ms();
+        let retry = self
+            .delayed
+            .peek()
+            .map(|Reverse((t, _, _))| Duration::from_millis(t.saturating_sub(wall)));
+        let wait = self
+            .waiters
+            .values()
+            .map(|w| w.deadline.saturating_duration_since(now))
+            .min();
+        [retry, wait].into_iter().flatten().min()
+    }
+
+    /// Matches queued jobs with brokers' free slots and open pipelines with pipeliners.
+    pub fn dispatch(&mut self) -> Result<()> {
+        self.assign_pipelines()?;
+        let brokers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| matches!(&p.role, Role::Broker(b) if b.credit > 0))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for peer in brokers {
+            loop {
+                let Some(Peer {
+                    role: Role::Broker(b),
+                    ..
+                }) = self.peers.get_mut(&peer)
+                else {
+                    break;
+                };
+                if b.credit == 0 {
+                    break;
+                }
+                let n = b.workers.len();
+                let mut next = None;
+                for k in 0..n {
+                    let w = &b.workers[(b.rotate + k) % n];
+                    if let Some(q) = self.queues.get_mut(w) {
+                        if let Some(job) = q.pop_front() {
+                            next = Some(job);
+                            b.rotate = (b.rotate + k + 1) % n;
+                            break;
+                        }
+                    }
+                }
+                let Some((id, i)) = next else { break };
+                b.credit -= 1;
+                b.running.insert((id, i));
+                let name = b.name.clone();
+                let a = self.start_attempt(id, i, name)?;
+                self.assigns.entry(peer.clone()).or_default().push(a);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_attempt(&mut self, id: PipelineId, i: u32, broker: String) -> Result<Assignment> {
+        let p = self.pipelines.get_mut(&id).expect("queued job's pipeline");
+        let j = &mut p.jobs[i as usize];
+        let number = j.attempt() + 1;
+        j.state = JobState::Running;
+        j.history.push(Attempt {
+            number,
+            broker,
+            started_ms: now_ms(),
+            finished_ms: None,
+            error: None,
+        });
+        self.store.put_job(id, i, &p.jobs[i as usize])?;
+        let p = &self.pipelines[&id];
+        let mut parents = BTreeMap::new();
+        for &q in p.dag.parents(i) {
+            if let Some(out) = self.store.get_output(id, q)? {
+                parents.insert(p.dag.name(q).to_string(), out);
+            }
+        }
+        let job = JobRef {
+            pipeline: id,
+            job: i,
+            attempt: number,
+        };
+        Ok(Assignment {
+            job,
+            info: JobInfo {
+                pipeline: id,
+                name: p.dag.name(i).to_string(),
+                worker: p.dag.job(i).worker.clone(),
+                attempt: number,
+                data: p.dag.job_data(i),
+                parents,
+                timeout_ms: p.dag.timeout_ms(i),
+            },
+        })
+    }
+
+    fn assign_pipelines(&mut self) -> Result<()> {
+        while let Some(&id) = self.unowned.front() {
+            let open = self
+                .pipelines
+                .get(&id)
+                .is_some_and(|p| !p.rec.state.is_final() && p.owner.is_none());
+            if !open {
+                self.unowned.pop_front();
+                continue;
+            }
+            let best = self
+                .peers
+                .iter_mut()
+                .filter_map(|(k, p)| match &mut p.role {
+                    Role::Pipeliner(pl) if (pl.owned.len() as u32) < pl.capacity => {
+                        Some((k, pl))
+                    }
+                    _ => None,
+                })
+                .min_by_key(|(_, pl)| pl.owned.len());
+            let Some((peer, pl)) = best else { break };
+            pl.owned.insert(id);
+            let peer = peer.clone();
+            self.unowned.pop_front();
+            let p = self.pipelines.get_mut(&id).unwrap();
+            p.owner = Some(peer.clone());
+            if p.rec.state == PipelineState::Queued {
+                p.rec.state = PipelineState::Running;
+                self.store.put_pipeline(&p.rec)?;
+            }
+            let snap = self.snapshot(id).unwrap();
+            self.takes.entry(peer).or_default().push(snap);
+        }
+        Ok(())
+    }
+
+    /// Makes every change durable; only then may the outbox be sent.
+    pub fn commit(&mut self) -> Result<()> {
+        self.store.commit()
+    }
+
+    /// Frames to send now (after [`RouterState::commit`]) and events to publish.
+    pub fn drain_outbox(&mut self) -> (Vec<Outgoing>, Vec<Event>) {
+        for (peer, list) in self.assigns.drain() {
+            self.outbox.push(push(peer, Push::Assign(list)));
+        }
+        for (peer, list) in self.takes.drain() {
+            self.outbox.push(push(peer, Push::Take(list)));
+        }
+        for (peer, list) in self.changes.drain() {
+            self.outbox.push(push(peer, Push::Changed(list)));
+        }
+        (
+            std::mem::take(&mut self.outbox),
+            std::mem::take(&mut self.events),
+        )
+    }
+
+    /// Pipelines not yet final.
+    pub fn open_pipelines(&self) -> usize {
+        self.pipelines
+            .values()
+            .filter(|p| !p.rec.state.is_final())
+            .count()
+    }
+}
+
+fn push(peer: PeerId, p: Push) -> Outgoing {
+    Outgoing {
+        peer,
+        req: false,
+        payload: pypelinin_common::protocol::encode(0, &FromRouter::Push(p)),
+    }
+}
