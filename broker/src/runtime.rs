@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use pypelinin_common::protocol::{
     decode, encode, Assignment, BrokerHello, ClusterConfig, FromRouter, JobInfo, JobRef,
     JobReport, MonitoringReport, PipelineId, ProtocolError, Push, Reply, Request, SlotJob,
-    HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, PEER_LIVENESS, REQUEST_TIMEOUT,
+    HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, PEER_LIVENESS,
 };
 use pypelinin_common::transport::dealer;
 use pypelinin_common::{now_ms, Data, Shutdown};
@@ -179,7 +179,6 @@ impl Io {
         let results_endpoint = format!("inproc://results-{name}");
         results.bind(&results_endpoint)?;
         let socket = dealer(&ctx, &config.api)?;
-        socket.set_sndtimeo(REQUEST_TIMEOUT.as_millis() as i32)?;
         let slots = Arc::new(Mutex::new(vec![None; config.slots]));
         Ok(Io {
             ctx,
@@ -256,10 +255,17 @@ impl Io {
                     Err(e) => error!(error = %e, "bad internal message"),
                 }
             }
+            if !self.welcomed && self.hello_id.is_none() {
+                self.hello()?;
+            }
             if self.welcomed && !self.unsent.is_empty() {
                 let reports = std::mem::take(&mut self.unsent);
-                let id = self.send(&Request::JobDone(reports.clone()))?;
-                self.inflight.insert(id, reports);
+                match self.send(&Request::JobDone(reports.clone()))? {
+                    Some(id) => {
+                        self.inflight.insert(id, reports);
+                    }
+                    None => self.unsent = reports,
+                }
             }
             if self.last_beat.elapsed() >= HEARTBEAT_INTERVAL {
                 self.send(&Request::Heartbeat)?;
@@ -340,14 +346,12 @@ impl Io {
             running: self.running.values().copied().collect(),
             unreported,
         };
-        let id = self.send(&Request::BrokerHello(hello))?;
-        self.hello_id = Some(id);
+        self.hello_id = self.send(&Request::BrokerHello(hello))?;
         Ok(())
     }
 
     fn reconnect(&mut self) -> Result<(), BrokerError> {
         self.socket = dealer(&self.ctx, &self.config.api)?;
-        self.socket.set_sndtimeo(REQUEST_TIMEOUT.as_millis() as i32)?;
         self.last_heard = Instant::now();
         self.welcomed = false;
         for (_, reports) in self.inflight.drain() {
@@ -356,12 +360,15 @@ impl Io {
         self.hello()
     }
 
-    fn send(&mut self, req: &Request) -> Result<u64, BrokerError> {
+    /// Sends without blocking; `None` when there is no connection to the router (the
+    /// loop tries again: nothing that matters is dropped for good).
+    fn send(&mut self, req: &Request) -> Result<Option<u64>, BrokerError> {
         let id = self.next_id;
         self.next_id += 1;
         self.last_beat = Instant::now();
-        match self.socket.send(encode(id, req), 0) {
-            Ok(()) | Err(zmq::Error::EAGAIN) => Ok(id), // not connected: liveness will reconnect
+        match self.socket.send(encode(id, req), zmq::DONTWAIT) {
+            Ok(()) => Ok(Some(id)),
+            Err(zmq::Error::EAGAIN) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
     decode, encode, Advance, FromRouter, PipelineId, ProtocolError, Push, Reply, Request,
-    HEARTBEAT_INTERVAL, PEER_LIVENESS, REQUEST_TIMEOUT,
+    HEARTBEAT_INTERVAL, PEER_LIVENESS,
 };
 use pypelinin_common::transport::dealer;
 use pypelinin_common::Shutdown;
@@ -52,7 +52,7 @@ struct Conn {
     next_id: u64,
     last_heard: Instant,
     last_beat: Instant,
-    welcomed: bool,
+    hello_sent: bool,
 }
 
 /// Walks pipelines until `shutdown` triggers.
@@ -106,11 +106,11 @@ pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerE
                     warn!("got jobs meant for a broker; ignored");
                 }
                 Ok((_, FromRouter::Reply(reply))) => match reply {
-                    Reply::Ok => conn.welcomed = true,
+                    Reply::Ok => {}
                     Reply::Error(ProtocolError::UnknownPeer) => {
                         info!("router does not know us (restarted?); saying hello again");
                         walks.clear();
-                        send(&mut conn, &hello(me, config.capacity))?;
+                        conn.hello_sent = send(&mut conn, &hello(me, config.capacity))?;
                     }
                     Reply::Error(ProtocolError::Stale(msg)) => {
                         debug!(%msg, "decision refused as stale");
@@ -120,6 +120,9 @@ pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerE
                 Err(e) => warn!(error = %e.error, "undecodable frame from router"),
             }
         }
+        if !conn.hello_sent {
+            conn.hello_sent = send(&mut conn, &hello(me, config.capacity))?;
+        }
         // Finished pipelines leave the walk set: the router closes them on `finish`.
         out.retain(|a| !a.enqueue.is_empty() || !a.skip.is_empty() || a.finish);
         for a in &out {
@@ -127,8 +130,9 @@ pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerE
                 walks.remove(&a.pipeline);
             }
         }
-        if !out.is_empty() {
-            send(&mut conn, &Request::Advance(out))?;
+        if !out.is_empty() && !send(&mut conn, &Request::Advance(out))? {
+            // Lost with the connection: the router will hand the pipelines out again.
+            walks.clear();
         }
         if conn.last_beat.elapsed() >= HEARTBEAT_INTERVAL {
             send(&mut conn, &Request::Heartbeat)?;
@@ -150,25 +154,25 @@ fn hello(me: Uuid, capacity: u32) -> Request {
 
 fn connect(ctx: &zmq::Context, config: &PipelinerConfig, me: Uuid) -> Result<Conn, PipelinerError> {
     let socket = dealer(ctx, &config.api)?;
-    socket.set_sndtimeo(REQUEST_TIMEOUT.as_millis() as i32)?;
     let mut conn = Conn {
         socket,
         next_id: 1,
         last_heard: Instant::now(),
         last_beat: Instant::now(),
-        welcomed: false,
+        hello_sent: false,
     };
-    send(&mut conn, &hello(me, config.capacity))?;
+    conn.hello_sent = send(&mut conn, &hello(me, config.capacity))?;
     Ok(conn)
 }
 
-fn send(conn: &mut Conn, req: &Request) -> Result<(), PipelinerError> {
+fn send(conn: &mut Conn, req: &Request) -> Result<bool, PipelinerError> {
     let id = conn.next_id;
     conn.next_id += 1;
     conn.last_beat = Instant::now();
-    match conn.socket.send(encode(id, req), 0) {
-        // Not connected yet: the liveness check reconnects and rebuilds.
-        Err(zmq::Error::EAGAIN) => Ok(()),
-        r => Ok(r?),
+    match conn.socket.send(encode(id, req), zmq::DONTWAIT) {
+        Ok(()) => Ok(true),
+        // No connection: decisions are rebuilt from the router's snapshot after hello.
+        Err(zmq::Error::EAGAIN) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
