@@ -1,1 +1,216 @@
+//! Test harness: a real cluster of separate processes on loopback.
+//!
+//! [`Cluster::start`] runs the real binaries (`pypelinin-router`, `pypelinin-pipeliner`,
+//! `example-broker`) on ephemeral ports with a temporary database and store, and stops
+//! every process it started, by PID, when dropped.
 
+#![warn(missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::{Data, PipelineStatus};
+
+/// Where cargo put the workspace's binaries, building them once if they are missing.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // target/<profile>/deps/<test binary> → target/<profile>
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let names = ["pypelinin-router", "pypelinin-pipeliner", "example-broker", "pypelinin"];
+        if names.iter().any(|n| !dir.join(n).exists()) {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(root).args(["build", "--bins"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "building the cluster binaries failed");
+        }
+        dir
+    });
+    dir.join(name)
+}
+
+/// A child process that is killed (by PID) and reaped when dropped.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `bin(name)` with `args`; stderr goes to `log`.
+    pub fn spawn(name: &str, args: &[&str], log: &Path) -> Proc {
+        let err = std::fs::File::create(log).expect("log file");
+        let child = Command::new(bin(name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+
+    /// The PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by PID (`libc` free: through `kill(1)`).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running cluster: router, pipeliners and brokers, each its own process.
+pub struct Cluster {
+    /// Router API address.
+    pub api: String,
+    /// Router broadcast address.
+    pub broadcast: String,
+    /// The router.
+    pub router: Proc,
+    /// Pipeliners.
+    pub pipeliners: Vec<Proc>,
+    /// Brokers.
+    pub brokers: Vec<Proc>,
+    /// Temporary directory: database, store, logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a router, one pipeliner and `brokers` brokers of `slots` slots each, with
+    /// the JSON file store under the temp dir.
+    pub fn start(brokers: usize, slots: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("cluster.json");
+        let store = serde_json::json!({
+            "store": {"kind": "json", "dir": dir.path().join("store")},
+            "monitoring_interval_ms": 500
+        });
+        std::fs::write(&config, store.to_string()).unwrap();
+        let db = dir.path().join("db");
+        let mut router = Proc::spawn(
+            "pypelinin-router",
+            &[
+                "--api", "tcp://127.0.0.1:0",
+                "--broadcast", "tcp://127.0.0.1:0",
+                "--db", db.to_str().unwrap(),
+                "--config", config.to_str().unwrap(),
+            ],
+            &dir.path().join("router.log"),
+        );
+        let (api, broadcast) = read_endpoints(&mut router);
+        let mut c = Cluster { api, broadcast, router, pipeliners: vec![], brokers: vec![], dir };
+        c.add_pipeliner();
+        for _ in 0..brokers {
+            c.add_broker(slots);
+        }
+        c
+    }
+
+    /// Starts one more pipeliner.
+    pub fn add_pipeliner(&mut self) {
+        let log = self.dir.path().join(format!("pipeliner-{}.log", self.pipeliners.len()));
+        let p = Proc::spawn(
+            "pypelinin-pipeliner",
+            &["--api", &self.api, "--broadcast", &self.broadcast],
+            &log,
+        );
+        self.pipeliners.push(p);
+    }
+
+    /// Starts one more broker with `slots` slots.
+    pub fn add_broker(&mut self, slots: usize) {
+        let log = self.dir.path().join(format!("broker-{}.log", self.brokers.len()));
+        let p = Proc::spawn(
+            "example-broker",
+            &["--api", &self.api, "--broadcast", &self.broadcast, "--workers", &slots.to_string()],
+            &log,
+        );
+        self.brokers.push(p);
+    }
+
+    /// A client for this cluster.
+    pub fn client(&self) -> client::PipelineManager {
+        client::PipelineManager::connect(&self.api, &self.broadcast).expect("client")
+    }
+
+    /// The output the JSON store saved for `job`, if any.
+    pub fn stored_output(&self, id: PipelineId, job: &str) -> Option<Data> {
+        let path = self.dir.path().join("store").join(id.to_string()).join(format!("{job}.json"));
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(serde_json::from_str(&text).expect("stored output is JSON"))
+    }
+
+    /// A log file's text, for failure messages.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+}
+
+/// Reads the router's `router listening api=… broadcast=…` line.
+fn read_endpoints(router: &mut Proc) -> (String, String) {
+    let out = router.child.stdout.take().expect("router stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("router prints its endpoints");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            .to_string()
+    };
+    (field("api="), field("broadcast="))
+}
+
+/// Checks the invariants every finished, successful run must hold: every job ran
+/// exactly once, and none started before all its parents had finished.
+pub fn assert_ran_once_in_order(status: &PipelineStatus, spec: &pypelinin_common::PipelineSpec) {
+    for (name, job) in &status.jobs {
+        assert_eq!(job.attempts, 1, "job {name} ran {} times", job.attempts);
+        assert_eq!(job.history.len(), 1, "job {name}: {:?}", job.history);
+        let started = job.history[0].started_ms;
+        for parent in &spec.jobs[name].after {
+            let p = &status.jobs[parent];
+            let finished = p.finished_ms.expect("parent finished");
+            assert!(
+                started >= finished,
+                "job {name} started at {started} before its parent {parent} finished at {finished}"
+            );
+        }
+    }
+}
