@@ -8,8 +8,8 @@
 #![warn(missing_docs)]
 
 mod api;
-mod runtime;
 mod monitor;
+mod runtime;
 
 pub use api::{BoxError, ClusterStore, Store, Worker};
 pub use pypelinin_common::protocol::{ClusterConfig, JobInfo, MonitoringReport};

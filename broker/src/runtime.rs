@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use pypelinin_common::protocol::{
-    decode, encode, Assignment, BrokerHello, ClusterConfig, FromRouter, JobInfo, JobRef,
-    JobReport, MonitoringReport, PipelineId, ProtocolError, Push, Reply, Request, SlotJob,
-    HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, PEER_LIVENESS,
+    decode, encode, Assignment, BrokerHello, ClusterConfig, FromRouter, JobInfo, JobRef, JobReport,
+    MonitoringReport, PipelineId, ProtocolError, Push, Reply, Request, SlotJob, HEARTBEAT_INTERVAL,
+    MAX_OUTPUT_BYTES, PEER_LIVENESS,
 };
 use pypelinin_common::transport::dealer;
 use pypelinin_common::{now_ms, Data, Shutdown};
@@ -173,7 +173,12 @@ struct Io {
 }
 
 impl Io {
-    fn new(b: Broker, config: BrokerConfig, name: String, host: String) -> Result<Self, BrokerError> {
+    fn new(
+        b: Broker,
+        config: BrokerConfig,
+        name: String,
+        host: String,
+    ) -> Result<Self, BrokerError> {
         let ctx = zmq::Context::new();
         let results = ctx.socket(zmq::PULL)?;
         let results_endpoint = format!("inproc://results-{name}");
@@ -213,15 +218,23 @@ impl Io {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             if drain_deadline.is_none() && shutdown.is_triggered() {
-                info!(running = self.running.len(), "stopping: no new jobs, finishing running ones");
+                info!(
+                    running = self.running.len(),
+                    "stopping: no new jobs, finishing running ones"
+                );
                 self.send(&Request::Drain)?;
                 drain_deadline = Some(Instant::now() + self.config.drain_timeout);
             }
             if let Some(deadline) = drain_deadline {
-                let idle = self.running.is_empty() && self.unsent.is_empty() && self.inflight.is_empty();
+                let idle =
+                    self.running.is_empty() && self.unsent.is_empty() && self.inflight.is_empty();
                 if idle || Instant::now() >= deadline {
                     if !idle {
-                        warn!(running = self.running.len(), unacked = self.unsent.len() + self.inflight.len(), "drain timeout: giving jobs back");
+                        warn!(
+                            running = self.running.len(),
+                            unacked = self.unsent.len() + self.inflight.len(),
+                            "drain timeout: giving jobs back"
+                        );
                     }
                     self.send(&Request::Bye)?;
                     std::thread::sleep(Duration::from_millis(50));
@@ -295,7 +308,9 @@ impl Io {
                         Some(tx) => {
                             let _ = tx.send(a);
                         }
-                        None => warn!("job assigned before the welcome; dropped, the lease will return it"),
+                        None => warn!(
+                            "job assigned before the welcome; dropped, the lease will return it"
+                        ),
                     }
                 }
             }
@@ -401,7 +416,11 @@ impl Io {
         let push = self.ctx.socket(zmq::PUSH)?;
         push.connect(&self.results_endpoint)?;
         let mut monitor = HostMonitor::new(self.name.clone(), self.host.clone());
-        let (slots, done, stop) = (self.slots.clone(), self.done.clone(), self.stop_monitor.clone());
+        let (slots, done, stop) = (
+            self.slots.clone(),
+            self.done.clone(),
+            self.stop_monitor.clone(),
+        );
         let every = Duration::from_millis(config.monitoring_interval_ms.max(100));
         let h = std::thread::Builder::new()
             .name("monitor".into())
@@ -413,11 +432,13 @@ impl Io {
                         continue;
                     }
                     next = Instant::now() + every;
-                    let report = monitor.report(slots.lock().unwrap().clone(), done.load(Ordering::Relaxed));
+                    let report =
+                        monitor.report(slots.lock().unwrap().clone(), done.load(Ordering::Relaxed));
                     if let Err(e) = store.save_monitoring(&report) {
                         warn!(error = %e, "store could not save monitoring");
                     }
-                    let bytes = rmp_serde::to_vec_named(&Internal::Monitor(report)).expect("encodes");
+                    let bytes =
+                        rmp_serde::to_vec_named(&Internal::Monitor(report)).expect("encodes");
                     let _ = push.send(bytes, 0);
                 }
             })
@@ -431,7 +452,11 @@ impl Io {
         self.jobs_tx = None;
         // Worker threads still inside a job are not joined: the process exit ends them,
         // and the router already has their jobs back.
-        let slots = self.slots.lock().map(|s| s.iter().filter(|x| x.is_some()).count()).unwrap_or(0);
+        let slots = self
+            .slots
+            .lock()
+            .map(|s| s.iter().filter(|x| x.is_some()).count())
+            .unwrap_or(0);
         if slots == 0 {
             for h in self.threads.drain(..) {
                 let _ = h.join();
@@ -497,7 +522,9 @@ fn run_job(
         Ok(Err(e)) => return Err(e.to_string()),
         Err(panic) => return Err(format!("worker panicked: {}", panic_message(&*panic))),
     };
-    let size = rmp_serde::to_vec(&output).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = rmp_serde::to_vec(&output)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > MAX_OUTPUT_BYTES {
         return Err(format!(
             "output of {size} bytes exceeds the router's limit of {MAX_OUTPUT_BYTES}; save large outputs in your Store and return a reference"

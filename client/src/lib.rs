@@ -255,7 +255,9 @@ pub fn render_table(status: &PipelineStatus) -> String {
             j.worker.clone(),
             j.state.as_str().into(),
             j.attempts.to_string(),
-            j.duration_ms.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+            j.duration_ms
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into()),
             j.error.clone().unwrap_or_default(),
         ]);
     }
@@ -270,7 +272,13 @@ pub fn render_table(status: &PipelineStatus) -> String {
         .duration_ms()
         .map(|d| format!("{d} ms"))
         .unwrap_or_else(|| "-".into());
-    let _ = writeln!(out, "pipeline {}  {}  {}", status.id, status.state.as_str(), total);
+    let _ = writeln!(
+        out,
+        "pipeline {}  {}  {}",
+        status.id,
+        status.state.as_str(),
+        total
+    );
     for r in &rows {
         let mut line = String::new();
         for (k, (c, w)) in r.iter().zip(widths).enumerate() {

@@ -14,10 +14,20 @@ use pypelinin_common::{Pipeline, PipelineSpec};
 #[command(name = "pypelinin", version, about)]
 struct Args {
     /// Router API address.
-    #[arg(long, env = "PYPELININ_API", default_value = "tcp://127.0.0.1:5555", global = true)]
+    #[arg(
+        long,
+        env = "PYPELININ_API",
+        default_value = "tcp://127.0.0.1:5555",
+        global = true
+    )]
     api: String,
     /// Router broadcast address.
-    #[arg(long, env = "PYPELININ_BROADCAST", default_value = "tcp://127.0.0.1:5556", global = true)]
+    #[arg(
+        long,
+        env = "PYPELININ_BROADCAST",
+        default_value = "tcp://127.0.0.1:5556",
+        global = true
+    )]
     broadcast: String,
     #[command(subcommand)]
     command: Command,
@@ -80,7 +90,8 @@ fn main() -> ExitCode {
 }
 
 fn read_pipeline(file: &PathBuf) -> anyhow::Result<PipelineSpec> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let spec = PipelineSpec::from_json(&text).with_context(|| format!("{}", file.display()))?;
     Pipeline::new(spec.clone()).with_context(|| format!("{}", file.display()))?;
     Ok(spec)
@@ -89,7 +100,12 @@ fn read_pipeline(file: &PathBuf) -> anyhow::Result<PipelineSpec> {
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut pm = PipelineManager::connect(&args.api, &args.broadcast)?;
     match args.command {
-        Command::Submit { file, wait, json, timeout } => {
+        Command::Submit {
+            file,
+            wait,
+            json,
+            timeout,
+        } => {
             let spec = read_pipeline(&file)?;
             let id = pm.start(&spec)?;
             if !wait {
@@ -109,7 +125,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             };
             print_status(outcome.status(), json)?;
-            Ok(if outcome.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if outcome.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Status { id, json } => {
             let s = pm.status(id)?;
@@ -128,7 +148,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{:<36}  {:<9}  {:>9}", "PIPELINE", "STATE", "DONE");
                 for p in list {
-                    println!("{:<36}  {:<9}  {:>4}/{:<4}", p.id, p.state.as_str(), p.done, p.jobs);
+                    println!(
+                        "{:<36}  {:<9}  {:>4}/{:<4}",
+                        p.id,
+                        p.state.as_str(),
+                        p.done,
+                        p.jobs
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -348,7 +348,10 @@ impl Pipeline {
         for (i, name) in self.names.iter().enumerate() {
             let job = &self.spec.jobs[name];
             let (label, color) = match states.and_then(|s| s.get(i)) {
-                Some(st) => (format!("{name}\\n{} · {}", job.worker, st.as_str()), st.color()),
+                Some(st) => (
+                    format!("{name}\\n{} · {}", job.worker, st.as_str()),
+                    st.color(),
+                ),
                 None => (format!("{name}\\n{}", job.worker), "white"),
             };
             let _ = writeln!(
@@ -403,8 +406,13 @@ mod tests {
 
     #[test]
     fn diamond_is_valid_and_indexed_by_name() {
-        let p = Pipeline::new(spec(&[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])]))
-            .unwrap();
+        let p = Pipeline::new(spec(&[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["a"]),
+            ("d", &["b", "c"]),
+        ]))
+        .unwrap();
         assert_eq!(p.names(), ["a", "b", "c", "d"]);
         assert_eq!(p.parents(3), [1, 2]);
         assert_eq!(p.children(0), [1, 2]);
@@ -418,14 +426,22 @@ mod tests {
         assert_eq!(Pipeline::new(spec(&[])).unwrap_err(), PipelineError::Empty);
         assert_eq!(
             Pipeline::new(spec(&[("a", &["zz"])])).unwrap_err(),
-            PipelineError::UnknownParent { job: "a".into(), parent: "zz".into() }
+            PipelineError::UnknownParent {
+                job: "a".into(),
+                parent: "zz".into()
+            }
         );
         assert_eq!(
             Pipeline::new(spec(&[("a", &["b"]), ("b", &["a"])])).unwrap_err(),
             PipelineError::NoStart
         );
-        let err = Pipeline::new(spec(&[("s", &[]), ("a", &["s", "c"]), ("b", &["a"]), ("c", &["b"])]))
-            .unwrap_err();
+        let err = Pipeline::new(spec(&[
+            ("s", &[]),
+            ("a", &["s", "c"]),
+            ("b", &["a"]),
+            ("c", &["b"]),
+        ]))
+        .unwrap_err();
         match err {
             PipelineError::Cycle { cycle } => {
                 assert_eq!(cycle.first(), cycle.last());
@@ -437,7 +453,12 @@ mod tests {
             other => panic!("expected a cycle, got {other:?}"),
         }
         let err = Pipeline::new(spec(&[("s", &[]), ("a", &["a"])])).unwrap_err();
-        assert_eq!(err, PipelineError::Cycle { cycle: vec!["a".into(), "a".into()] });
+        assert_eq!(
+            err,
+            PipelineError::Cycle {
+                cycle: vec!["a".into(), "a".into()]
+            }
+        );
     }
 
     #[test]
@@ -451,7 +472,8 @@ mod tests {
         let report = p.index_of("report").unwrap();
         assert_eq!(p.job_data(report)["top"], 10);
         assert_eq!(p.job_data(report)["document"], "a.txt");
-        let err = PipelineSpec::from_json("{\"jobs\": {\n \"a\": {\"wrker\": \"x\"}}}").unwrap_err();
+        let err =
+            PipelineSpec::from_json("{\"jobs\": {\n \"a\": {\"wrker\": \"x\"}}}").unwrap_err();
         assert!(matches!(err, PipelineError::Parse { line: 2, .. }), "{err}");
     }
 

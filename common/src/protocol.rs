@@ -52,6 +52,10 @@ use crate::status::{JobState, PipelineState, PipelineStatus};
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest frame any peer accepts, in bytes. Larger frames are refused unread.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
+/// Largest message the router reads at all: a larger one closes the sender's
+/// connection unread (ZeroMQ's `maxmsgsize`), bounding the memory a peer can make the
+/// router spend. Frames between [`MAX_FRAME_BYTES`] and this get `Error(TooLarge)`.
+pub const MAX_RECEIVE_BYTES: usize = 4 * MAX_FRAME_BYTES;
 /// Deepest nesting of maps and arrays a decoder follows (bounds stack use on garbage).
 pub const MAX_DEPTH: usize = 128;
 /// Largest job output the router keeps, encoded. Larger outputs belong in the user's store.
@@ -562,7 +566,13 @@ mod tests {
     fn round_trips_requests_and_replies() {
         let spec = PipelineSpec::default().job("a", "Noop", &[]);
         let id = PipelineId::new();
-        let bytes = encode(7, &Request::Submit { id, pipeline: spec.clone() });
+        let bytes = encode(
+            7,
+            &Request::Submit {
+                id,
+                pipeline: spec.clone(),
+            },
+        );
         let (rid, req): (u64, Request) = decode(&bytes).unwrap();
         assert_eq!(rid, 7);
         match req {
@@ -572,9 +582,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let bytes = encode(0, &FromRouter::Reply(Reply::Error(ProtocolError::UnknownPeer)));
+        let bytes = encode(
+            0,
+            &FromRouter::Reply(Reply::Error(ProtocolError::UnknownPeer)),
+        );
         let (_, back): (u64, FromRouter) = decode(&bytes).unwrap();
-        assert!(matches!(back, FromRouter::Reply(Reply::Error(ProtocolError::UnknownPeer))));
+        assert!(matches!(
+            back,
+            FromRouter::Reply(Reply::Error(ProtocolError::UnknownPeer))
+        ));
     }
 
     #[test]
@@ -593,14 +609,32 @@ mod tests {
         }
         let e = decode::<Request>(&encode(5, &Future::Frobnicate { x: 1 })).unwrap_err();
         assert_eq!(e.id, Some(5));
-        assert!(matches!(e.error, ProtocolError::UnknownCommand(_)), "{:?}", e.error);
+        assert!(
+            matches!(e.error, ProtocolError::UnknownCommand(_)),
+            "{:?}",
+            e.error
+        );
 
-        let old = rmp_serde::to_vec_named(&Frame { v: 99, id: 3, body: Request::Heartbeat }).unwrap();
+        let old = rmp_serde::to_vec_named(&Frame {
+            v: 99,
+            id: 3,
+            body: Request::Heartbeat,
+        })
+        .unwrap();
         let e = decode::<Request>(&old).unwrap_err();
-        assert_eq!(e.error, ProtocolError::Version { got: 99, want: PROTOCOL_VERSION });
+        assert_eq!(
+            e.error,
+            ProtocolError::Version {
+                got: 99,
+                want: PROTOCOL_VERSION
+            }
+        );
 
         let big = vec![0u8; MAX_FRAME_BYTES + 1];
-        assert!(matches!(decode::<Request>(&big).unwrap_err().error, ProtocolError::TooLarge { .. }));
+        assert!(matches!(
+            decode::<Request>(&big).unwrap_err().error,
+            ProtocolError::TooLarge { .. }
+        ));
 
         // 10k nested arrays: refused by the depth bound, not by a stack overflow.
         let mut deep = vec![0x91u8; 10_000];

@@ -158,6 +158,7 @@ impl PipelineStatus {
 
     /// Wall time from acceptance to the final state, if reached.
     pub fn duration_ms(&self) -> Option<u64> {
-        self.finished_ms.map(|f| f.saturating_sub(self.submitted_ms))
+        self.finished_ms
+            .map(|f| f.saturating_sub(self.submitted_ms))
     }
 }

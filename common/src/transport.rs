@@ -102,7 +102,11 @@ impl Requester {
     }
 
     /// Sends `req` and waits up to `timeout` per attempt.
-    pub fn request_with(&mut self, req: &Request, timeout: Duration) -> Result<Reply, TransportError> {
+    pub fn request_with(
+        &mut self,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, TransportError> {
         let started = Instant::now();
         let id = self.next_id;
         self.next_id += 1;

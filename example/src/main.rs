@@ -85,15 +85,25 @@ fn main() -> anyhow::Result<()> {
         },
         durability: router::Durability::Flush,
     })?;
-    let (api, broadcast) = (router.api_endpoint.clone(), router.broadcast_endpoint.clone());
-    println!("demo cluster: router api={api} broadcast={broadcast}, db in {}", tmp.path().display());
+    let (api, broadcast) = (
+        router.api_endpoint.clone(),
+        router.broadcast_endpoint.clone(),
+    );
+    println!(
+        "demo cluster: router api={api} broadcast={broadcast}, db in {}",
+        tmp.path().display()
+    );
     let mut threads: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
     let s = shutdown.clone();
     threads.push(std::thread::spawn(move || Ok(router.run(s)?)));
     let (a, b, s) = (api.clone(), broadcast.clone(), shutdown.clone());
     threads.push(std::thread::spawn(move || {
         Ok(pipeliner::run(
-            pipeliner::PipelinerConfig { api: a, broadcast: b, capacity: pipeliner::DEFAULT_CAPACITY },
+            pipeliner::PipelinerConfig {
+                api: a,
+                broadcast: b,
+                capacity: pipeliner::DEFAULT_CAPACITY,
+            },
             s,
         )?)
     }));
@@ -111,7 +121,8 @@ fn main() -> anyhow::Result<()> {
     let result = run_demo(&api, &broadcast);
     shutdown.trigger();
     for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("a daemon thread panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a daemon thread panicked"))??;
     }
     result
 }

@@ -138,7 +138,10 @@ pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerE
             send(&mut conn, &Request::Heartbeat)?;
         }
     }
-    info!(pipelines = walks.len(), "pipeliner stopping; giving its pipelines back");
+    info!(
+        pipelines = walks.len(),
+        "pipeliner stopping; giving its pipelines back"
+    );
     let _ = send(&mut conn, &Request::Bye);
     // Let the bye leave before the socket closes.
     std::thread::sleep(Duration::from_millis(50));

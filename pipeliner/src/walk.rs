@@ -94,10 +94,12 @@ impl Walk {
             return None;
         }
         let parents = self.dag.parents(i);
-        if parents
-            .iter()
-            .any(|&p| matches!(self.states[p as usize], JobState::Failed | JobState::Skipped))
-        {
+        if parents.iter().any(|&p| {
+            matches!(
+                self.states[p as usize],
+                JobState::Failed | JobState::Skipped
+            )
+        }) {
             self.set(i, JobState::Skipped);
             a.skip.push(i);
             return Some(JobState::Skipped);
@@ -158,8 +160,14 @@ mod tests {
 
     #[test]
     fn a_failure_skips_descendants_and_other_branches_finish() {
-        let mut w = walk(vec![JobState::Succeeded, JobState::Running, JobState::Running,
-            JobState::Queued, JobState::Queued, JobState::Running]);
+        let mut w = walk(vec![
+            JobState::Succeeded,
+            JobState::Running,
+            JobState::Running,
+            JobState::Queued,
+            JobState::Queued,
+            JobState::Running,
+        ]);
         assert!(w.plan_all().enqueue.is_empty());
         let mut a = Advance::default();
         w.on_change(1, JobState::Failed, &mut a);
@@ -177,8 +185,14 @@ mod tests {
 
     #[test]
     fn rebuilt_from_a_snapshot_it_resumes_where_the_last_one_stopped() {
-        let mut w = walk(vec![JobState::Succeeded, JobState::Succeeded, JobState::Succeeded,
-            JobState::Queued, JobState::Queued, JobState::Succeeded]);
+        let mut w = walk(vec![
+            JobState::Succeeded,
+            JobState::Succeeded,
+            JobState::Succeeded,
+            JobState::Queued,
+            JobState::Queued,
+            JobState::Succeeded,
+        ]);
         let a = w.plan_all();
         assert_eq!(a.enqueue, vec![3]);
         assert!(a.skip.is_empty() && !a.finish);

@@ -14,7 +14,11 @@ struct Args {
     #[arg(long, env = "PYPELININ_API", default_value = "tcp://127.0.0.1:5555")]
     api: String,
     /// Broadcast address (ZeroMQ PUB), bound.
-    #[arg(long, env = "PYPELININ_BROADCAST", default_value = "tcp://127.0.0.1:5556")]
+    #[arg(
+        long,
+        env = "PYPELININ_BROADCAST",
+        default_value = "tcp://127.0.0.1:5556"
+    )]
     broadcast: String,
     /// Directory of the sled database that keeps the cluster's state.
     #[arg(long, env = "PYPELININ_DB", default_value = "pypelinin-router.db")]

@@ -90,7 +90,7 @@ impl BoundRouter {
         api.set_sndhwm(SOCKET_HWM).map_err(&e)?;
         api.set_rcvhwm(SOCKET_HWM).map_err(&e)?;
         api.set_linger(1000).map_err(&e)?;
-        api.set_maxmsgsize(protocol::MAX_FRAME_BYTES as i64 + 1024)
+        api.set_maxmsgsize(protocol::MAX_RECEIVE_BYTES as i64)
             .map_err(&e)?;
         api.bind(&bindable(&config.api)).map_err(&e)?;
         let publisher = ctx.socket(zmq::PUB).map_err(zerr(&config.broadcast))?;
@@ -124,7 +124,11 @@ impl BoundRouter {
         let mut frames: Vec<zmq::Message> = Vec::with_capacity(4);
         while !shutdown.is_triggered() {
             let now = Instant::now();
-            let wait = self.state.next_timer(now).unwrap_or(IDLE_POLL).min(IDLE_POLL);
+            let wait = self
+                .state
+                .next_timer(now)
+                .unwrap_or(IDLE_POLL)
+                .min(IDLE_POLL);
             let mut items = [self.api.as_poll_item(zmq::POLLIN)];
             zmq::poll(&mut items, wait.as_millis() as i64).map_err(zerr(&self.api_endpoint))?;
             for _ in 0..MAX_BATCH {
@@ -138,7 +142,10 @@ impl BoundRouter {
             self.state.commit()?;
             self.flush_outbox()?;
         }
-        info!(open_pipelines = self.state.open_pipelines(), "router stopping");
+        info!(
+            open_pipelines = self.state.open_pipelines(),
+            "router stopping"
+        );
         self.state.commit()?;
         Ok(())
     }
@@ -166,8 +173,15 @@ impl BoundRouter {
             [id, payload] => (id.to_vec(), false, &payload[..]),
             [id, empty, payload] if empty.is_empty() => (id.to_vec(), true, &payload[..]),
             [id, ..] => {
-                warn!(frames = frames.len(), "frame with an unexpected number of parts");
-                let to = ReplyTo { peer: id.to_vec(), req: false, id: 0 };
+                warn!(
+                    frames = frames.len(),
+                    "frame with an unexpected number of parts"
+                );
+                let to = ReplyTo {
+                    peer: id.to_vec(),
+                    req: false,
+                    id: 0,
+                };
                 self.state.reply_error(
                     &to,
                     ProtocolError::Malformed(format!(
@@ -186,7 +200,11 @@ impl BoundRouter {
             }
             Err(e) => {
                 warn!(error = %e.error, bytes = payload.len(), "undecodable frame");
-                let to = ReplyTo { peer, req, id: e.id.unwrap_or(0) };
+                let to = ReplyTo {
+                    peer,
+                    req,
+                    id: e.id.unwrap_or(0),
+                };
                 self.state.reply_error(&to, e.error);
             }
         }

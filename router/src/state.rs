@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use pypelinin_common::now_ms;
 use pypelinin_common::protocol::{
-    Advance, Assignment, BrokerHello, ClusterConfig, Event, FromRouter, JobChange, JobInfo,
-    JobRef, JobReport, MonitoringReport, PipelineId, PipelineSnapshot, PipelineSummary,
-    ProtocolError, Push, Reply, Request, HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, MAX_WAIT_MS,
-    PEER_LIVENESS,
+    Advance, Assignment, BrokerHello, ClusterConfig, Event, FromRouter, JobChange, JobInfo, JobRef,
+    JobReport, MonitoringReport, PipelineId, PipelineSnapshot, PipelineSummary, ProtocolError,
+    Push, Reply, Request, HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, MAX_WAIT_MS, PEER_LIVENESS,
 };
 use pypelinin_common::status::{Attempt, JobState, JobStatus, PipelineState, PipelineStatus};
 use pypelinin_common::Pipeline;
@@ -212,7 +211,13 @@ impl RouterState {
                     }
                 }
             }
-            let entry = PipelineEntry { rec, dag, jobs, owner: None, done };
+            let entry = PipelineEntry {
+                rec,
+                dag,
+                jobs,
+                owner: None,
+                done,
+            };
             s.pipelines.insert(id, entry);
         }
         info!(
@@ -469,9 +474,7 @@ impl RouterState {
                 role: Role::Broker(_),
                 ..
             }) => {
-                return Reply::Error(ProtocolError::Refused(
-                    "this connection is a broker".into(),
-                ))
+                return Reply::Error(ProtocolError::Refused("this connection is a broker".into()))
             }
             None => HashSet::new(),
         };
@@ -550,7 +553,8 @@ impl RouterState {
         let (id, i) = (r.job.pipeline, r.job.job);
         let p = self.pipelines.get_mut(&id).expect("current attempt");
         let name = p.dag.name(i).to_string();
-        let _span = info_span!("job", pipeline = %id, job = %name, attempt = r.job.attempt).entered();
+        let _span =
+            info_span!("job", pipeline = %id, job = %name, attempt = r.job.attempt).entered();
         let retries = p.dag.retries(i);
         let delay = p.dag.retry_delay_ms(i);
         let j = &mut p.jobs[i as usize];
@@ -582,7 +586,8 @@ impl RouterState {
                     j.not_before_ms = now_ms() + backoff;
                     info!(%error, retry_in_ms = backoff, "attempt failed, will retry");
                     let nb = j.not_before_ms;
-                    self.store.put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+                    self.store
+                        .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
                     self.schedule(id, i, nb);
                     return Ok(());
                 }
@@ -652,7 +657,9 @@ impl RouterState {
         let _span = info_span!("pipeline", pipeline = %id).entered();
         for i in a.enqueue {
             let p = &self.pipelines[&id];
-            let Some(j) = p.jobs.get(i as usize) else { continue };
+            let Some(j) = p.jobs.get(i as usize) else {
+                continue;
+            };
             let ready = j.state == JobState::Queued
                 && !j.enqueued
                 && p.dag
@@ -670,15 +677,24 @@ impl RouterState {
         }
         for i in a.skip {
             let p = &self.pipelines[&id];
-            let Some(j) = p.jobs.get(i as usize) else { continue };
+            let Some(j) = p.jobs.get(i as usize) else {
+                continue;
+            };
             let blocked_by = p.dag.parents(i).iter().copied().find(|&q| {
-                matches!(p.jobs[q as usize].state, JobState::Failed | JobState::Skipped)
+                matches!(
+                    p.jobs[q as usize].state,
+                    JobState::Failed | JobState::Skipped
+                )
             });
             let (Some(q), false) = (blocked_by, j.enqueued || j.state != JobState::Queued) else {
                 debug!(job = i, "skip ignored: job can still run");
                 continue;
             };
-            let reason = format!("not run: {} {}", p.dag.name(q), p.jobs[q as usize].state.as_str());
+            let reason = format!(
+                "not run: {} {}",
+                p.dag.name(q),
+                p.jobs[q as usize].state.as_str()
+            );
             let p = self.pipelines.get_mut(&id).unwrap();
             let j = &mut p.jobs[i as usize];
             j.state = JobState::Skipped;
@@ -777,7 +793,8 @@ impl RouterState {
         j.state = JobState::Queued;
         j.not_before_ms = 0;
         self.counters.requeued += 1;
-        self.store.put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+        self.store
+            .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
         self.schedule(id, i, 0);
         Ok(())
     }
@@ -855,14 +872,11 @@ impl RouterState {
             .map(|(k, _)| k.clone())
             .collect();
         for peer in brokers {
-            loop {
-                let Some(Peer {
-                    role: Role::Broker(b),
-                    ..
-                }) = self.peers.get_mut(&peer)
-                else {
-                    break;
-                };
+            while let Some(Peer {
+                role: Role::Broker(b),
+                ..
+            }) = self.peers.get_mut(&peer)
+            {
                 if b.credit == 0 {
                     break;
                 }
@@ -942,9 +956,7 @@ impl RouterState {
                 .peers
                 .iter_mut()
                 .filter_map(|(k, p)| match &mut p.role {
-                    Role::Pipeliner(pl) if (pl.owned.len() as u32) < pl.capacity => {
-                        Some((k, pl))
-                    }
+                    Role::Pipeliner(pl) if (pl.owned.len() as u32) < pl.capacity => Some((k, pl)),
                     _ => None,
                 })
                 .min_by_key(|(_, pl)| pl.owned.len());

@@ -174,7 +174,11 @@ impl StateStore for SledStore {
             if jobs.len() != rec.spec.jobs.len() {
                 return Err(StoreError::Corrupt {
                     key: rec.id.to_string(),
-                    message: format!("{} job records for {} jobs", jobs.len(), rec.spec.jobs.len()),
+                    message: format!(
+                        "{} job records for {} jobs",
+                        jobs.len(),
+                        rec.spec.jobs.len()
+                    ),
                 });
             }
             out.push((rec, jobs));

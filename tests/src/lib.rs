@@ -21,8 +21,17 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         // target/<profile>/deps/<test binary> → target/<profile>
         let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
-        let names = ["pypelinin-router", "pypelinin-pipeliner", "example-broker", "pypelinin"];
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let names = [
+            "pypelinin-router",
+            "pypelinin-pipeliner",
+            "example-broker",
+            "pypelinin",
+        ];
         if names.iter().any(|n| !dir.join(n).exists()) {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
             let mut cmd = Command::new(env!("CARGO"));
@@ -58,7 +67,10 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Proc { child, name: name.to_string() }
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     /// The PID.
@@ -68,7 +80,9 @@ impl Proc {
 
     /// Sends a signal by PID (`libc` free: through `kill(1)`).
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
     }
 
     /// Waits up to `timeout` for the process to exit; its exit code, if it did.
@@ -127,15 +141,26 @@ impl Cluster {
         let mut router = Proc::spawn(
             "pypelinin-router",
             &[
-                "--api", "tcp://127.0.0.1:0",
-                "--broadcast", "tcp://127.0.0.1:0",
-                "--db", db.to_str().unwrap(),
-                "--config", config.to_str().unwrap(),
+                "--api",
+                "tcp://127.0.0.1:0",
+                "--broadcast",
+                "tcp://127.0.0.1:0",
+                "--db",
+                db.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
             ],
             &dir.path().join("router.log"),
         );
         let (api, broadcast) = read_endpoints(&mut router);
-        let mut c = Cluster { api, broadcast, router, pipeliners: vec![], brokers: vec![], dir };
+        let mut c = Cluster {
+            api,
+            broadcast,
+            router,
+            pipeliners: vec![],
+            brokers: vec![],
+            dir,
+        };
         c.add_pipeliner();
         for _ in 0..brokers {
             c.add_broker(slots);
@@ -145,7 +170,10 @@ impl Cluster {
 
     /// Starts one more pipeliner.
     pub fn add_pipeliner(&mut self) {
-        let log = self.dir.path().join(format!("pipeliner-{}.log", self.pipeliners.len()));
+        let log = self
+            .dir
+            .path()
+            .join(format!("pipeliner-{}.log", self.pipeliners.len()));
         let p = Proc::spawn(
             "pypelinin-pipeliner",
             &["--api", &self.api, "--broadcast", &self.broadcast],
@@ -156,10 +184,20 @@ impl Cluster {
 
     /// Starts one more broker with `slots` slots.
     pub fn add_broker(&mut self, slots: usize) {
-        let log = self.dir.path().join(format!("broker-{}.log", self.brokers.len()));
+        let log = self
+            .dir
+            .path()
+            .join(format!("broker-{}.log", self.brokers.len()));
         let p = Proc::spawn(
             "example-broker",
-            &["--api", &self.api, "--broadcast", &self.broadcast, "--workers", &slots.to_string()],
+            &[
+                "--api",
+                &self.api,
+                "--broadcast",
+                &self.broadcast,
+                "--workers",
+                &slots.to_string(),
+            ],
             &log,
         );
         self.brokers.push(p);
@@ -172,7 +210,12 @@ impl Cluster {
 
     /// The output the JSON store saved for `job`, if any.
     pub fn stored_output(&self, id: PipelineId, job: &str) -> Option<Data> {
-        let path = self.dir.path().join("store").join(id.to_string()).join(format!("{job}.json"));
+        let path = self
+            .dir
+            .path()
+            .join("store")
+            .join(id.to_string())
+            .join(format!("{job}.json"));
         let text = std::fs::read_to_string(path).ok()?;
         Some(serde_json::from_str(&text).expect("stored output is JSON"))
     }
@@ -187,7 +230,9 @@ impl Cluster {
 fn read_endpoints(router: &mut Proc) -> (String, String) {
     let out = router.child.stdout.take().expect("router stdout");
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).expect("router prints its endpoints");
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("router prints its endpoints");
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))

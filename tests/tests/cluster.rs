@@ -62,7 +62,9 @@ fn a_diamond_joins_both_branches() {
 fn a_500_job_fan_out_with_one_join() {
     let c = Cluster::start(2, 2);
     let mut pm = c.client();
-    let mut spec = PipelineSpec::default().with_data("i", json!(3)).job("root", "Step", &[]);
+    let mut spec = PipelineSpec::default()
+        .with_data("i", json!(3))
+        .job("root", "Step", &[]);
     let names: Vec<String> = (0..500).map(|k| format!("f{k:03}")).collect();
     for n in &names {
         spec = spec.job(n, "Step", &["root"]);
@@ -78,7 +80,10 @@ fn a_500_job_fan_out_with_one_join() {
         assert_eq!(n_of(&c, id, n), 2, "{n}");
     }
     let join = c.stored_output(id, "join").unwrap();
-    assert_eq!((join["n"].as_u64(), join["k"].as_u64()), (Some(3), Some(500)));
+    assert_eq!(
+        (join["n"].as_u64(), join["k"].as_u64()),
+        (Some(3), Some(500))
+    );
     // Both brokers took part.
     let brokers: std::collections::HashSet<_> = outcome
         .status()
@@ -128,8 +133,16 @@ fn a_failing_job_fails_its_pipeline_skips_descendants_and_lets_other_branches_fi
         .job("after_after", "Noop", &["after_bad"])
         .job("side", "Sleep", &["start"])
         .job("side2", "Noop", &["side"]);
-    spec.jobs.get_mut("bad").unwrap().data.insert("message".into(), json!("disk on fire"));
-    spec.jobs.get_mut("side").unwrap().data.insert("ms".into(), json!(300));
+    spec.jobs
+        .get_mut("bad")
+        .unwrap()
+        .data
+        .insert("message".into(), json!("disk on fire"));
+    spec.jobs
+        .get_mut("side")
+        .unwrap()
+        .data
+        .insert("ms".into(), json!(300));
     let id = pm.start(&spec).unwrap();
     let outcome = pm.wait(id, WAIT).unwrap();
     let client::Outcome::Failed { failures, status } = outcome else {
@@ -141,9 +154,16 @@ fn a_failing_job_fails_its_pipeline_skips_descendants_and_lets_other_branches_fi
     let st = |j: &str| status.jobs[j].state;
     assert_eq!(st("after_bad"), JobState::Skipped);
     assert_eq!(st("after_after"), JobState::Skipped);
-    assert_eq!(status.jobs["after_bad"].attempts, 0, "skipped jobs never run");
+    assert_eq!(
+        status.jobs["after_bad"].attempts, 0,
+        "skipped jobs never run"
+    );
     assert_eq!(st("side"), JobState::Succeeded);
-    assert_eq!(st("side2"), JobState::Succeeded, "the other branch must finish");
+    assert_eq!(
+        st("side2"),
+        JobState::Succeeded,
+        "the other branch must finish"
+    );
     assert!(c.stored_output(id, "after_bad").is_none());
 }
 
@@ -152,14 +172,20 @@ fn a_panicking_worker_fails_its_job_and_the_broker_keeps_serving() {
     let c = Cluster::start(1, 1);
     let mut pm = c.client();
     let mut spec = PipelineSpec::default().job("boom", "Crash", &[]);
-    spec.jobs.get_mut("boom").unwrap().data.insert("message".into(), json!("kaboom"));
+    spec.jobs
+        .get_mut("boom")
+        .unwrap()
+        .data
+        .insert("message".into(), json!("kaboom"));
     let id = pm.start(&spec).unwrap();
     let outcome = pm.wait(id, WAIT).unwrap();
     assert!(!outcome.is_success());
     let err = outcome.status().jobs["boom"].error.clone().unwrap();
     assert!(err.contains("panicked") && err.contains("kaboom"), "{err}");
     // Same broker, next pipeline.
-    let id = pm.start(&PipelineSpec::default().job("ok", "Noop", &[])).unwrap();
+    let id = pm
+        .start(&PipelineSpec::default().job("ok", "Noop", &[]))
+        .unwrap();
     assert!(pm.wait(id, WAIT).unwrap().is_success());
 }
 
@@ -167,7 +193,9 @@ fn a_panicking_worker_fails_its_job_and_the_broker_keeps_serving() {
 fn jobs_for_a_worker_no_broker_offers_wait_instead_of_failing() {
     let c = Cluster::start(1, 1);
     let mut pm = c.client();
-    let id = pm.start(&PipelineSpec::default().job("x", "NobodyHasThis", &[])).unwrap();
+    let id = pm
+        .start(&PipelineSpec::default().job("x", "NobodyHasThis", &[]))
+        .unwrap();
     let err = pm.wait(id, Duration::from_millis(800)).unwrap_err();
     assert!(matches!(err, client::ClientError::Timeout { .. }), "{err}");
     let s = pm.status(id).unwrap();
@@ -180,15 +208,26 @@ fn invalid_pipelines_are_refused_with_a_reason() {
     let c = Cluster::start(0, 1);
     let mut pm = c.client();
     let refused = |pm: &mut client::PipelineManager, spec: PipelineSpec| match pm.start(&spec) {
-        Err(client::ClientError::Transport(pypelinin_common::transport::TransportError::Refused(
-            client::ProtocolError::InvalidPipeline(msg),
-        ))) => msg,
+        Err(client::ClientError::Transport(
+            pypelinin_common::transport::TransportError::Refused(
+                client::ProtocolError::InvalidPipeline(msg),
+            ),
+        )) => msg,
         other => panic!("expected a refusal, got {other:?}"),
     };
     let msg = refused(&mut pm, PipelineSpec::default());
     assert!(msg.contains("no jobs"), "{msg}");
-    let msg = refused(&mut pm, PipelineSpec::default().job("s", "W", &[]).job("a", "W", &["s", "b"]).job("b", "W", &["a"]));
-    assert!(msg.contains("cycle") && msg.contains("a -> b -> a") || msg.contains("b -> a -> b"), "{msg}");
+    let msg = refused(
+        &mut pm,
+        PipelineSpec::default()
+            .job("s", "W", &[])
+            .job("a", "W", &["s", "b"])
+            .job("b", "W", &["a"]),
+    );
+    assert!(
+        msg.contains("cycle") && msg.contains("a -> b -> a") || msg.contains("b -> a -> b"),
+        "{msg}"
+    );
     let msg = refused(&mut pm, PipelineSpec::default().job("a", "W", &["ghost"]));
     assert!(msg.contains("ghost"), "{msg}");
 }

@@ -13,7 +13,11 @@ struct Args {
     #[arg(long, env = "PYPELININ_API", default_value = "tcp://127.0.0.1:5555")]
     api: String,
     /// Router broadcast address.
-    #[arg(long, env = "PYPELININ_BROADCAST", default_value = "tcp://127.0.0.1:5556")]
+    #[arg(
+        long,
+        env = "PYPELININ_BROADCAST",
+        default_value = "tcp://127.0.0.1:5556"
+    )]
     broadcast: String,
     /// Concurrent worker slots (default: number of CPUs).
     #[arg(long)]
