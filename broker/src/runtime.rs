@@ -10,7 +10,7 @@
 //! broker reconnects on a fresh socket, says hello again with the jobs it runs and the
 //! reports it still holds, and resends them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,9 +30,23 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::api::{BoxError, Store, Worker};
 use crate::monitor::HostMonitor;
+use crate::slot::{Ended, SlotProcess};
 
 /// How long a stopping broker waits for its running jobs before giving them back.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where workers run: see [`crate::slot`] for the trade-off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Each slot runs jobs in a child process: a crash, abort, segfault, memory
+    /// exhaustion or hang ends only that attempt. The default.
+    #[default]
+    Process,
+    /// Jobs run on the broker's threads: no pipe hop per job, but a worker that aborts
+    /// or segfaults takes the broker down, and a hung worker holds its slot forever
+    /// (its attempt is still reported as timed out when it returns).
+    Thread,
+}
 
 /// Where a broker connects and how much it runs at once.
 #[derive(Clone, Debug)]
@@ -45,6 +59,11 @@ pub struct BrokerConfig {
     pub slots: usize,
     /// On shutdown, how long to let running jobs finish before giving them back.
     pub drain_timeout: Duration,
+    /// Where workers run.
+    pub isolation: Isolation,
+    /// Address-space limit of each slot process, in bytes (process isolation only);
+    /// a worker that goes past it fails its attempt instead of starving the host.
+    pub slot_memory_bytes: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -55,6 +74,8 @@ impl BrokerConfig {
             broadcast: broadcast.to_string(),
             slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            isolation: Isolation::Process,
+            slot_memory_bytes: None,
         }
     }
 }
@@ -129,7 +150,15 @@ impl Broker {
 
     /// Runs until `shutdown` triggers, then drains: no new jobs, running ones finish
     /// (up to `drain_timeout`) and are reported, the rest are given back.
+    ///
+    /// With [`Isolation::Process`], the broker starts its own executable again (same
+    /// arguments, [`crate::slot::CHILD_ENV`] set) for each slot, and in that child this
+    /// call serves jobs and never returns: call `run` early in `main`, before anything
+    /// with side effects other than parsing arguments and starting logs.
     pub fn run(self, config: BrokerConfig, shutdown: Shutdown) -> Result<(), BrokerError> {
+        if std::env::var_os(crate::slot::CHILD_ENV).is_some() {
+            crate::slot::child_main(&self.workers, &*self.store_factory);
+        }
         if self.workers.is_empty() || config.slots == 0 {
             return Err(BrokerError::Empty);
         }
@@ -139,6 +168,10 @@ impl Broker {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..6]
         );
+        let mut config = config;
+        if config.isolation == Isolation::Process && config.slot_memory_bytes.is_none() {
+            config.slot_memory_bytes = Some(default_slot_memory(config.slots));
+        }
         let mut io = Io::new(self, config, name, host)?;
         let result = io.serve(&shutdown);
         io.stop_threads();
@@ -166,6 +199,8 @@ struct Io {
     unsent: Vec<JobReport>,
     inflight: HashMap<u64, Vec<JobReport>>,
     jobs_tx: Option<Sender<Assignment>>,
+    cancels: Vec<Sender<JobRef>>,
+    revoked: Arc<Mutex<HashSet<JobRef>>>,
     threads: Vec<JoinHandle<()>>,
     slots: Slots,
     done: Arc<AtomicU64>,
@@ -204,6 +239,8 @@ impl Io {
             unsent: Vec::new(),
             inflight: HashMap::new(),
             jobs_tx: None,
+            cancels: Vec::new(),
+            revoked: Arc::new(Mutex::new(HashSet::new())),
             threads: Vec::new(),
             slots,
             done: Arc::new(AtomicU64::new(0)),
@@ -314,6 +351,23 @@ impl Io {
                     }
                 }
             }
+            FromRouter::Push(Push::Revoke(list)) => {
+                let slots = self.slots.lock().unwrap().clone();
+                for job in list {
+                    info!(pipeline = %job.pipeline, job = job.job, attempt = job.attempt, "attempt revoked");
+                    match slots
+                        .iter()
+                        .position(|s| s.as_ref().is_some_and(|s| s.job == job))
+                    {
+                        Some(k) => {
+                            let _ = self.cancels[k].send(job);
+                        }
+                        None => {
+                            self.revoked.lock().unwrap().insert(job);
+                        }
+                    }
+                }
+            }
             FromRouter::Push(other) => debug!(?other, "push meant for a pipeliner; ignored"),
             FromRouter::Reply(reply) => {
                 let acked = self.inflight.remove(&id);
@@ -399,17 +453,31 @@ impl Io {
         for slot in 0..self.config.slots {
             let push = self.ctx.socket(zmq::PUSH)?;
             push.connect(&self.results_endpoint)?;
-            let (rx, store, workers, slots, done) = (
-                rx.clone(),
-                store.clone(),
-                self.workers.clone(),
-                self.slots.clone(),
-                self.done.clone(),
-            );
-            let name = format!("slot-{slot}");
+            let (cancel_tx, cancel_rx) = crossbeam_channel::unbounded();
+            self.cancels.push(cancel_tx);
+            let mode = match self.config.isolation {
+                Isolation::Thread => Mode::Thread {
+                    store: store.clone(),
+                    workers: self.workers.clone(),
+                },
+                Isolation::Process => Mode::Process {
+                    config: config.clone(),
+                    memory: self.config.slot_memory_bytes,
+                    child: None,
+                },
+            };
+            let ctx = SlotCtx {
+                slot,
+                push,
+                slots: self.slots.clone(),
+                done: self.done.clone(),
+                cancel: cancel_rx,
+                revoked: self.revoked.clone(),
+            };
+            let rx = rx.clone();
             let h = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || worker_loop(slot, rx, push, store, workers, slots, done))
+                .name(format!("slot-{slot}"))
+                .spawn(move || slot_loop(ctx, mode, rx))
                 .expect("spawn worker thread");
             self.threads.push(h);
         }
@@ -465,18 +533,31 @@ impl Io {
     }
 }
 
-fn worker_loop(
+enum Mode {
+    Thread {
+        store: Arc<dyn Store>,
+        workers: Arc<HashMap<String, Arc<dyn Worker>>>,
+    },
+    Process {
+        config: ClusterConfig,
+        memory: Option<u64>,
+        child: Option<SlotProcess>,
+    },
+}
+
+struct SlotCtx {
     slot: usize,
-    jobs: Receiver<Assignment>,
     push: zmq::Socket,
-    store: Arc<dyn Store>,
-    workers: Arc<HashMap<String, Arc<dyn Worker>>>,
     slots: Slots,
     done: Arc<AtomicU64>,
-) {
+    cancel: Receiver<JobRef>,
+    revoked: Arc<Mutex<HashSet<JobRef>>>,
+}
+
+fn slot_loop(ctx: SlotCtx, mut mode: Mode, jobs: Receiver<Assignment>) {
     for a in jobs.iter() {
         let started_ms = now_ms();
-        slots.lock().unwrap()[slot] = Some(SlotJob {
+        ctx.slots.lock().unwrap()[ctx.slot] = Some(SlotJob {
             job: a.job,
             name: a.info.name.clone(),
             worker: a.info.worker.clone(),
@@ -484,14 +565,18 @@ fn worker_loop(
         });
         let span = info_span!("job", pipeline = %a.info.pipeline, job = %a.info.name, attempt = a.job.attempt);
         let result = span.in_scope(|| {
-            let r = run_job(&*store, &workers, &a.info);
+            let r = if ctx.revoked.lock().unwrap().remove(&a.job) {
+                Err("cancelled".to_string())
+            } else {
+                run_in(&mut mode, &a, &ctx.cancel)
+            };
             if let Err(e) = &r {
                 warn!(error = %e, worker = %a.info.worker, "job failed");
             }
             r
         });
-        slots.lock().unwrap()[slot] = None;
-        done.fetch_add(1, Ordering::Relaxed);
+        ctx.slots.lock().unwrap()[ctx.slot] = None;
+        ctx.done.fetch_add(1, Ordering::Relaxed);
         let report = JobReport {
             job: a.job,
             started_ms,
@@ -499,14 +584,48 @@ fn worker_loop(
             result,
         };
         let bytes = rmp_serde::to_vec_named(&Internal::Done(report)).expect("encodes");
-        if push.send(bytes, 0).is_err() {
+        if ctx.push.send(bytes, 0).is_err() {
             return;
         }
     }
 }
 
+fn run_in(mode: &mut Mode, a: &Assignment, cancel: &Receiver<JobRef>) -> Result<Data, String> {
+    let timeout = a.info.timeout_ms.map(Duration::from_millis);
+    match mode {
+        Mode::Thread { store, workers } => {
+            let t0 = Instant::now();
+            let r = run_job(&**store, workers, &a.info);
+            match timeout {
+                Some(t) if t0.elapsed() > t => Err(format!(
+                    "timed out after {} ms (thread isolation cannot stop a worker: it ran for {} ms)",
+                    t.as_millis(),
+                    t0.elapsed().as_millis()
+                )),
+                _ => r,
+            }
+        }
+        Mode::Process {
+            config,
+            memory,
+            child,
+        } => {
+            if child.is_none() {
+                *child = Some(SlotProcess::spawn(config, *memory)?);
+            }
+            match child.as_mut().unwrap().run(a.job, &a.info, timeout, cancel) {
+                Ended::Returned(r) => r,
+                Ended::Lost(why) => {
+                    *child = None;
+                    Err(why)
+                }
+            }
+        }
+    }
+}
+
 /// `retrieve → process → save` for one job, with every failure turned into a message.
-fn run_job(
+pub(crate) fn run_job(
     store: &dyn Store,
     workers: &HashMap<String, Arc<dyn Worker>>,
     info: &JobInfo,
@@ -544,4 +663,12 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     } else {
         "(no message)".into()
     }
+}
+
+/// Each slot's share of the host's memory, and at least 1 GiB of address space (which
+/// counts reservations a process never touches).
+fn default_slot_memory(slots: usize) -> u64 {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    (sys.total_memory() / slots.max(1) as u64).max(1 << 30)
 }

@@ -319,6 +319,8 @@ pub enum Push {
     Take(Vec<PipelineSnapshot>),
     /// Job state changes in pipelines the receiving pipeliner walks.
     Changed(Vec<JobChange>),
+    /// Stop these attempts (their pipeline was cancelled); their reports will be stale.
+    Revoke(Vec<JobRef>),
 }
 
 /// A job given to a broker.

@@ -65,7 +65,7 @@ fn failing_pipeline() -> PipelineSpec {
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("RUST_LOG", "warn");
+        std::env::set_var("RUST_LOG", "error");
     }
     pypelinin_common::init_tracing();
     let args = Args::parse();
@@ -110,6 +110,9 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..2 {
         let mut config = broker::BrokerConfig::new(&api, &broadcast);
         config.slots = 2;
+        // The demo's brokers are threads of this process, which cannot re-run itself
+        // as a slot child: no process isolation here (example-broker has it).
+        config.isolation = broker::Isolation::Thread;
         let s = shutdown.clone();
         threads.push(std::thread::spawn(move || {
             Ok(example::workers::register(broker::Broker::new())

@@ -34,6 +34,7 @@ pub const WORKER_NAMES: &[&str] = &[
     "Sleep",
     "Fail",
     "Crash",
+    "Flaky",
     "Step",
     "Join",
 ];
@@ -53,6 +54,7 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Worker>> {
         "Sleep" => Arc::new(Sleep),
         "Fail" => Arc::new(Fail),
         "Crash" => Arc::new(Crash),
+        "Flaky" => Arc::new(Flaky),
         "Step" => Arc::new(Step),
         "Join" => Arc::new(Join),
         _ => return None,
@@ -418,15 +420,55 @@ impl Worker for Fail {
     }
 }
 
-/// Panics with `data["message"]`, or a default message.
+/// Misbehaves as `data["mode"]` says: `panic` (the default, with `data["message"]`),
+/// `abort` (the process aborts), `segfault` (writes through a null pointer), `oom`
+/// (allocates until memory runs out), `hang` (never returns), `exit` (exits the process).
 ///
-/// Exists to check that a panicking worker fails its job without taking the broker down.
+/// Exists to check that no worker can take its broker down: with process isolation each
+/// of these fails only its own attempt.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Crash;
 
 impl Worker for Crash {
     fn process(&self, _job: &JobInfo, input: Data) -> Result<Data, BoxError> {
-        panic!("{}", message(&input, "Crash worker panicked as asked"))
+        let mode = input.get("mode").and_then(Value::as_str).unwrap_or("panic");
+        match mode {
+            "panic" => panic!("{}", message(&input, "Crash worker panicked as asked")),
+            "abort" => std::process::abort(),
+            "exit" => std::process::exit(3),
+            "segfault" => {
+                // SAFETY: none; crashing the process is the point of this mode.
+                unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+                unreachable!()
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 64 << 20]);
+                }
+            }
+            "hang" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            other => Err(format!("unknown Crash mode {other:?}").into()),
+        }
+    }
+}
+
+/// Fails its first `data["fail_attempts"]` attempts (default 1), then succeeds with
+/// `{"attempt": n}`.
+///
+/// Exists to test retries: a job with `retries` at least `fail_attempts` succeeds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flaky;
+
+impl Worker for Flaky {
+    fn process(&self, job: &JobInfo, input: Data) -> Result<Data, BoxError> {
+        let fail = count_setting(&input, "fail_attempts", 1)?;
+        if u64::from(job.attempt) <= fail {
+            return Err(format!("flaky failure on attempt {}", job.attempt).into());
+        }
+        Ok(object(json!({ "attempt": job.attempt })))
     }
 }
 
@@ -728,7 +770,7 @@ mod tests {
     #[test]
     fn every_registered_name_resolves_to_a_worker() {
         let unique: HashSet<&str> = WORKER_NAMES.iter().copied().collect();
-        assert_eq!(unique.len(), 11);
+        assert_eq!(unique.len(), 12);
         for name in WORKER_NAMES {
             assert!(by_name(name).is_some(), "{name}");
         }

@@ -102,7 +102,7 @@ pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerE
                     }
                     out.extend(touched.into_values());
                 }
-                Ok((_, FromRouter::Push(Push::Assign(_)))) => {
+                Ok((_, FromRouter::Push(Push::Assign(_) | Push::Revoke(_)))) => {
                     warn!("got jobs meant for a broker; ignored");
                 }
                 Ok((_, FromRouter::Reply(reply))) => match reply {

@@ -25,6 +25,20 @@ struct Args {
     /// On SIGINT/SIGTERM, seconds to let running jobs finish before giving them back.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// process: each slot runs jobs in a supervised child process (crash isolation);
+    /// thread: in the broker's threads (faster, no isolation).
+    #[arg(long, value_enum, default_value_t = IsolationArg::Process)]
+    isolation: IsolationArg,
+    /// Memory limit of each slot process, in MiB (default: the host's memory / slots,
+    /// at least 1024).
+    #[arg(long)]
+    slot_memory_mb: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum IsolationArg {
+    Process,
+    Thread,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +49,11 @@ fn main() -> anyhow::Result<()> {
         config.slots = n;
     }
     config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
+    config.isolation = match args.isolation {
+        IsolationArg::Process => broker::Isolation::Process,
+        IsolationArg::Thread => broker::Isolation::Thread,
+    };
+    config.slot_memory_bytes = args.slot_memory_mb.map(|mb| mb << 20);
     let shutdown = Shutdown::on_signals()?;
     example::workers::register(broker::Broker::new())
         .store_factory(example::stores::store_from_config)
