@@ -6,6 +6,10 @@ use pypelinin_common::Data;
 /// Any error a user's worker or store returns; its message becomes the job's error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Builds a broker's [`Store`] from the cluster configuration the router hands out.
+pub type StoreFactory = dyn Fn(&pypelinin_common::protocol::ClusterConfig) -> Result<std::sync::Arc<dyn Store>, BoxError>
+    + Send;
+
 /// A unit of work: turns the input its store retrieved into an output.
 ///
 /// Workers run on the broker's worker threads, several at once, so they are `Sync`.

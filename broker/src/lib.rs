@@ -12,7 +12,7 @@ mod monitor;
 mod runtime;
 pub mod slot;
 
-pub use api::{BoxError, ClusterStore, Store, Worker};
+pub use api::{BoxError, ClusterStore, Store, StoreFactory, Worker};
 pub use pypelinin_common::protocol::{ClusterConfig, JobInfo, MonitoringReport};
 pub use pypelinin_common::Data;
 pub use runtime::{Broker, BrokerConfig, BrokerError, Isolation, DEFAULT_DRAIN_TIMEOUT};

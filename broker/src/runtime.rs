@@ -28,7 +28,7 @@ use pypelinin_common::{now_ms, Data, Shutdown};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, info_span, warn};
 
-use crate::api::{BoxError, Store, Worker};
+use crate::api::{BoxError, Store, StoreFactory, Worker};
 use crate::monitor::HostMonitor;
 use crate::slot::{Ended, SlotProcess};
 
@@ -94,12 +94,10 @@ pub enum BrokerError {
     Empty,
 }
 
-type StoreFactory = Box<dyn Fn(&ClusterConfig) -> Result<Arc<dyn Store>, BoxError> + Send>;
-
 /// A broker: workers by name and a way to build the store.
 pub struct Broker {
     workers: HashMap<String, Arc<dyn Worker>>,
-    store_factory: StoreFactory,
+    store_factory: Box<StoreFactory>,
 }
 
 impl Default for Broker {
@@ -185,7 +183,7 @@ struct Io {
     name: String,
     host: String,
     workers: Arc<HashMap<String, Arc<dyn Worker>>>,
-    store_factory: StoreFactory,
+    store_factory: Box<StoreFactory>,
     store: Option<Arc<dyn Store>>,
     socket: zmq::Socket,
     results: zmq::Socket,

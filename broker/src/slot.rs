@@ -24,7 +24,7 @@ use pypelinin_common::Data;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{BoxError, Store, Worker};
+use crate::api::{StoreFactory, Worker};
 
 /// Set in a slot child's environment; its presence makes `Broker::run` serve one slot.
 pub const CHILD_ENV: &str = "PYPELININ_BROKER_SLOT";
@@ -70,10 +70,7 @@ fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
 }
 
 /// Serves one slot in a child process; never returns.
-pub fn child_main(
-    workers: &HashMap<String, Arc<dyn Worker>>,
-    factory: &dyn Fn(&ClusterConfig) -> Result<Arc<dyn Store>, BoxError>,
-) -> ! {
+pub fn child_main(workers: &HashMap<String, Arc<dyn Worker>>, factory: &StoreFactory) -> ! {
     // Frames go to the original stdout; anything a worker prints goes to stderr.
     // SAFETY: plain descriptor calls on descriptors this process owns.
     let frames_fd = unsafe { libc::dup(1) };

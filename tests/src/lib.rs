@@ -26,13 +26,9 @@ pub fn bin(name: &str) -> PathBuf {
             .and_then(Path::parent)
             .expect("target dir")
             .to_path_buf();
-        let names = [
-            "pypelinin-router",
-            "pypelinin-pipeliner",
-            "example-broker",
-            "pypelinin",
-        ];
-        if names.iter().any(|n| !dir.join(n).exists()) {
+        // Always ask cargo (a no-op when up to date): `cargo test` does not build other
+        // packages' binaries, and stale ones would test old code.
+        {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
             let mut cmd = Command::new(env!("CARGO"));
             cmd.current_dir(root).args(["build", "--bins"]);
