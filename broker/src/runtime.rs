@@ -284,7 +284,13 @@ impl Io {
                 self.socket.as_poll_item(zmq::POLLIN),
                 self.results.as_poll_item(zmq::POLLIN),
             ];
-            zmq::poll(&mut items, HEARTBEAT_INTERVAL.as_millis() as i64 / 2)?;
+            // Until welcomed, look again soon: the hello may not have left yet.
+            let wait = if self.welcomed {
+                HEARTBEAT_INTERVAL / 2
+            } else {
+                Duration::from_millis(20)
+            };
+            pypelinin_common::transport::poll(&mut items, wait.as_millis() as i64)?;
             while let Ok(bytes) = self.socket.recv_bytes(zmq::DONTWAIT) {
                 self.last_heard = Instant::now();
                 self.on_router(&bytes)?;

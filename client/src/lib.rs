@@ -183,6 +183,15 @@ impl PipelineManager {
         }
     }
 
+    /// Cancels a pipeline: running jobs are stopped, no new ones start. Returns its
+    /// status; cancelling a finished pipeline changes nothing.
+    pub fn cancel(&mut self, id: PipelineId) -> Result<PipelineStatus, ClientError> {
+        match self.requester.request(&Request::Cancel { id })? {
+            Reply::Status(s) => Ok(s),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Outputs of the pipeline's succeeded jobs, as kept by the router.
     pub fn outputs(&mut self, id: PipelineId) -> Result<BTreeMap<String, Data>, ClientError> {
         match self.requester.request(&Request::Outputs { id })? {
@@ -225,7 +234,7 @@ impl Finished {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            zmq::poll(&mut items, left.as_millis() as i64).ok()?;
+            pypelinin_common::transport::poll(&mut items, left.as_millis() as i64).ok()?;
             if !items[0].is_readable() {
                 return None;
             }

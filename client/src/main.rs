@@ -57,6 +57,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cancels a pipeline: running jobs are stopped, no new ones start.
+    Cancel {
+        /// The pipeline id.
+        id: PipelineId,
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the outputs the router keeps for a pipeline's succeeded jobs (JSON).
     Outputs {
         /// The pipeline id.
@@ -133,6 +141,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Status { id, json } => {
             let s = pm.status(id)?;
+            print_status(&s, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id, json } => {
+            let s = pm.cancel(id)?;
             print_status(&s, json)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -23,6 +23,7 @@
 //! | client | [`Request::Wait`] | `Statuses`, once every id is final or the timeout passed | — |
 //! | client | [`Request::Outputs`] | `Outputs` | — |
 //! | client | [`Request::List`] | `List` | — |
+//! | client | [`Request::Cancel`] | `Status` | `Revoke` to the brokers running its jobs |
 //! | broker | [`Request::BrokerHello`] | `Welcome` (the cluster configuration) | `Assign` while it has free slots |
 //! | broker | [`Request::JobDone`] | `Ok` (the result is durable) | more `Assign` |
 //! | broker | [`Request::Monitor`] | `Ok` | — |
@@ -165,6 +166,12 @@ pub enum Request {
     },
     /// The outputs the router keeps for a pipeline's succeeded jobs.
     Outputs {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// Stop a pipeline: running jobs are stopped, no new ones start. Replies with its
+    /// status; cancelling a finished pipeline changes nothing.
+    Cancel {
         /// The pipeline.
         id: PipelineId,
     },

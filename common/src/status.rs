@@ -21,8 +21,10 @@ pub enum JobState {
     Succeeded,
     /// Every attempt failed.
     Failed,
-    /// Not run because a job it depends on failed (or the pipeline was cancelled).
+    /// Not run because a job it depends on failed.
     Skipped,
+    /// Stopped or never started because its pipeline was cancelled.
+    Cancelled,
 }
 
 impl JobState {
@@ -34,6 +36,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Skipped => "skipped",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -41,7 +44,7 @@ impl JobState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Skipped
+            JobState::Succeeded | JobState::Failed | JobState::Skipped | JobState::Cancelled
         )
     }
 
@@ -53,6 +56,7 @@ impl JobState {
             JobState::Succeeded => "#86efac",
             JobState::Failed => "#fca5a5",
             JobState::Skipped => "#fde68a",
+            JobState::Cancelled => "#d1d5db",
         }
     }
 }
@@ -69,6 +73,8 @@ pub enum PipelineState {
     Succeeded,
     /// At least one job failed; its descendants were skipped.
     Failed,
+    /// Cancelled by a user: running jobs were stopped, no new ones started.
+    Cancelled,
 }
 
 impl PipelineState {
@@ -79,12 +85,16 @@ impl PipelineState {
             PipelineState::Running => "running",
             PipelineState::Succeeded => "succeeded",
             PipelineState::Failed => "failed",
+            PipelineState::Cancelled => "cancelled",
         }
     }
 
     /// Whether the pipeline will never change state again.
     pub fn is_final(self) -> bool {
-        matches!(self, PipelineState::Succeeded | PipelineState::Failed)
+        matches!(
+            self,
+            PipelineState::Succeeded | PipelineState::Failed | PipelineState::Cancelled
+        )
     }
 }
 

@@ -36,6 +36,15 @@ pub enum TransportError {
     Zmq(#[from] zmq::Error),
 }
 
+/// `zmq::poll` that treats a signal's interruption (EINTR) as a wake-up with nothing
+/// ready, so that SIGTERM reaches the caller's shutdown check instead of an error.
+pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> Result<i32, zmq::Error> {
+    match zmq::poll(items, timeout_ms) {
+        Err(zmq::Error::EINTR) => Ok(0),
+        r => r,
+    }
+}
+
 /// A DEALER connected to `endpoint`, with our HWMs and no linger.
 pub fn dealer(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, zmq::Error> {
     let s = ctx.socket(zmq::DEALER)?;
@@ -129,7 +138,7 @@ impl Requester {
                     break;
                 }
                 let mut items = [socket.as_poll_item(zmq::POLLIN)];
-                zmq::poll(&mut items, left.as_millis().max(1) as i64)?;
+                poll(&mut items, left.as_millis().max(1) as i64)?;
                 if !items[0].is_readable() {
                     continue;
                 }

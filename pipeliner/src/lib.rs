@@ -71,7 +71,12 @@ pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerE
             continue;
         }
         let mut items = [conn.socket.as_poll_item(zmq::POLLIN)];
-        zmq::poll(&mut items, HEARTBEAT_INTERVAL.as_millis() as i64 / 2)?;
+        let wait = if conn.hello_sent {
+            HEARTBEAT_INTERVAL / 2
+        } else {
+            Duration::from_millis(20)
+        };
+        pypelinin_common::transport::poll(&mut items, wait.as_millis() as i64)?;
         let mut out: Vec<Advance> = Vec::new();
         while let Ok(bytes) = conn.socket.recv_bytes(zmq::DONTWAIT) {
             conn.last_heard = Instant::now();

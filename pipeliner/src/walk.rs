@@ -97,7 +97,7 @@ impl Walk {
         if parents.iter().any(|&p| {
             matches!(
                 self.states[p as usize],
-                JobState::Failed | JobState::Skipped
+                JobState::Failed | JobState::Skipped | JobState::Cancelled
             )
         }) {
             self.set(i, JobState::Skipped);

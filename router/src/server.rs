@@ -130,7 +130,8 @@ impl BoundRouter {
                 .unwrap_or(IDLE_POLL)
                 .min(IDLE_POLL);
             let mut items = [self.api.as_poll_item(zmq::POLLIN)];
-            zmq::poll(&mut items, wait.as_millis() as i64).map_err(zerr(&self.api_endpoint))?;
+            pypelinin_common::transport::poll(&mut items, wait.as_millis() as i64)
+                .map_err(zerr(&self.api_endpoint))?;
             for _ in 0..MAX_BATCH {
                 if !self.recv(&mut frames)? {
                     break;

@@ -98,7 +98,8 @@ struct BrokerPeer {
     workers: Vec<String>,
     credit: u32,
     draining: bool,
-    running: HashSet<(PipelineId, u32)>,
+    /// Attempts assigned and not yet reported: each holds one of the broker's slots.
+    running: HashSet<JobRef>,
     rotate: usize,
     monitor: Option<MonitoringReport>,
 }
@@ -154,6 +155,8 @@ pub struct RouterState {
     assigns: HashMap<PeerId, Vec<Assignment>>,
     takes: HashMap<PeerId, Vec<PipelineSnapshot>>,
     changes: HashMap<PeerId, Vec<JobChange>>,
+    revokes: HashMap<PeerId, Vec<JobRef>>,
+    deadlines: BinaryHeap<Reverse<(Instant, PipelineId, u32, u32)>>,
     events: Vec<Event>,
     /// Counters for operators and tests.
     pub counters: Counters,
@@ -182,6 +185,8 @@ impl RouterState {
             assigns: HashMap::new(),
             takes: HashMap::new(),
             changes: HashMap::new(),
+            revokes: HashMap::new(),
+            deadlines: BinaryHeap::new(),
             events: Vec::new(),
             counters: Counters::default(),
         };
@@ -196,21 +201,12 @@ impl RouterState {
             s.next_seq = s.next_seq.max(rec.seq + 1);
             s.order.insert(rec.seq, id);
             let done = jobs.iter().filter(|j| j.state.is_final()).count() as u32;
-            if !rec.state.is_final() {
-                open += 1;
-                s.unowned.push_back(id);
-                for (i, j) in jobs.iter().enumerate() {
-                    match j.state {
-                        JobState::Queued if j.enqueued => s.schedule(id, i as u32, j.not_before_ms),
-                        JobState::Running => {
-                            // Its broker may still be running it: wait for it to say hello.
-                            running += 1;
-                            s.orphans.insert((id, i as u32), grace);
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            let is_open = !rec.state.is_final();
+            let todo: Vec<(u32, JobState, bool, u64)> = jobs
+                .iter()
+                .enumerate()
+                .map(|(i, j)| (i as u32, j.state, j.enqueued, j.not_before_ms))
+                .collect();
             let entry = PipelineEntry {
                 rec,
                 dag,
@@ -219,6 +215,21 @@ impl RouterState {
                 done,
             };
             s.pipelines.insert(id, entry);
+            if is_open {
+                open += 1;
+                s.unowned.push_back(id);
+                for (i, state, enqueued, not_before_ms) in todo {
+                    match state {
+                        JobState::Queued if enqueued => s.schedule(id, i, not_before_ms),
+                        JobState::Running => {
+                            // Its broker may still be running it: wait for it to say hello.
+                            running += 1;
+                            s.orphans.insert((id, i), grace);
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
         info!(
             pipelines = s.pipelines.len(),
@@ -245,6 +256,7 @@ impl RouterState {
             },
             Request::Outputs { id } => self.outputs(id)?,
             Request::List { limit } => Reply::List(self.list(limit as usize)),
+            Request::Cancel { id } => self.cancel(id)?,
             Request::BrokerHello(h) => self.broker_hello(&to.peer, h, now)?,
             Request::JobDone(reports) => self.job_done(&to.peer, reports)?,
             Request::Monitor(m) => match self.broker_mut(&to.peer) {
@@ -439,7 +451,7 @@ impl RouterState {
             if self.is_current(r, &h.name) {
                 self.orphans.remove(&(r.pipeline, r.job));
                 if h.running.contains(r) {
-                    running.insert((r.pipeline, r.job));
+                    running.insert(*r);
                 }
             }
         }
@@ -513,9 +525,8 @@ impl RouterState {
         }
         let mut stale = Vec::new();
         for r in reports {
-            let key = (r.job.pipeline, r.job.job);
             let b = self.broker_mut(peer).expect("checked above");
-            if b.running.remove(&key) && !b.draining {
+            if b.running.remove(&r.job) && !b.draining {
                 b.credit += 1;
             }
             let broker = b.name.clone();
@@ -748,6 +759,83 @@ impl RouterState {
         Ok(())
     }
 
+    /// Cancels a pipeline: queued jobs never start, running ones are revoked.
+    fn cancel(&mut self, id: PipelineId) -> Result<Reply> {
+        let Some(p) = self.pipelines.get(&id) else {
+            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        };
+        if !p.rec.state.is_final() {
+            info!(pipeline = %id, "cancelling pipeline");
+            for i in 0..p.jobs.len() as u32 {
+                let state = self.pipelines[&id].jobs[i as usize].state;
+                if state.is_final() {
+                    continue;
+                }
+                if state == JobState::Running {
+                    self.revoke(id, i);
+                }
+                let j = &mut self.pipelines.get_mut(&id).unwrap().jobs[i as usize];
+                if state == JobState::Running {
+                    if let Some(last) = j.history.last_mut() {
+                        last.finished_ms = Some(now_ms());
+                        last.error = Some("cancelled".into());
+                    }
+                }
+                j.state = JobState::Cancelled;
+                j.error = Some("cancelled".into());
+                self.job_final(id, i, JobState::Cancelled)?;
+            }
+            self.close_pipeline(id, PipelineState::Cancelled)?;
+        }
+        Ok(Reply::Status(self.pipelines[&id].status()))
+    }
+
+    /// Tells the broker running job `i` to stop it.
+    fn revoke(&mut self, id: PipelineId, i: u32) {
+        let attempt = self.pipelines[&id].jobs[i as usize].attempt();
+        let holder = self.peers.iter().find_map(|(k, p)| match &p.role {
+            Role::Broker(b) if b.running.iter().any(|r| r.pipeline == id && r.job == i) => {
+                Some(k.clone())
+            }
+            _ => None,
+        });
+        if let Some(peer) = holder {
+            self.revokes.entry(peer).or_default().push(JobRef {
+                pipeline: id,
+                job: i,
+                attempt,
+            });
+        }
+    }
+
+    /// An attempt ran past its timeout and a lease more with no report: fail it here.
+    fn overdue(&mut self, id: PipelineId, i: u32, attempt: u32) -> Result<()> {
+        let current = self.pipelines.get(&id).is_some_and(|p| {
+            let j = &p.jobs[i as usize];
+            j.state == JobState::Running && j.attempt() == attempt
+        });
+        if !current {
+            return Ok(());
+        }
+        self.revoke(id, i);
+        let p = &self.pipelines[&id];
+        let t = p.dag.timeout_ms(i).unwrap_or(0);
+        let broker = p.jobs[i as usize].history.last().map(|a| a.broker.clone());
+        warn!(pipeline = %id, job = i, attempt, ?broker, "attempt overdue: failing it");
+        self.finish_attempt(JobReport {
+            job: JobRef {
+                pipeline: id,
+                job: i,
+                attempt,
+            },
+            started_ms: 0,
+            finished_ms: now_ms(),
+            result: Err(format!(
+                "timed out after {t} ms (no report from its broker within a lease after that)"
+            )),
+        })
+    }
+
     /// Forgets a peer: its running jobs go back to the queue, its pipelines to others.
     pub fn drop_peer(&mut self, peer: &PeerId, why: &str) -> Result<()> {
         let Some(p) = self.peers.remove(peer) else {
@@ -759,7 +847,12 @@ impl RouterState {
         match p.role {
             Role::Broker(b) => {
                 info!(broker = %b.name, why, running = b.running.len(), "broker gone");
-                for (id, i) in b.running {
+                for JobRef {
+                    pipeline: id,
+                    job: i,
+                    ..
+                } in b.running
+                {
                     self.requeue(id, i, &format!("broker {} {why}", b.name))?;
                 }
             }
@@ -834,6 +927,13 @@ impl RouterState {
         for peer in silent {
             self.drop_peer(&peer, "fell silent")?;
         }
+        while let Some(Reverse((at, id, i, attempt))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.overdue(id, i, attempt)?;
+        }
         let lost: Vec<(PipelineId, u32)> = self
             .orphans
             .iter()
@@ -893,10 +993,26 @@ impl RouterState {
                     }
                 }
                 let Some((id, i)) = next else { break };
+                let runnable = self
+                    .pipelines
+                    .get(&id)
+                    .is_some_and(|p| p.jobs[i as usize].state == JobState::Queued);
+                if !runnable {
+                    continue; // cancelled while it waited in the queue
+                }
+                let Some(Peer {
+                    role: Role::Broker(b),
+                    ..
+                }) = self.peers.get_mut(&peer)
+                else {
+                    break;
+                };
                 b.credit -= 1;
-                b.running.insert((id, i));
                 let name = b.name.clone();
                 let a = self.start_attempt(id, i, name)?;
+                if let Some(b) = self.broker_mut(&peer) {
+                    b.running.insert(a.job);
+                }
                 self.assigns.entry(peer.clone()).or_default().push(a);
             }
         }
@@ -916,6 +1032,12 @@ impl RouterState {
             error: None,
         });
         self.store.put_job(id, i, &p.jobs[i as usize])?;
+        if let Some(t) = p.dag.timeout_ms(i) {
+            // A backstop: brokers stop a job at its timeout and report; this fires only
+            // if no report came within a lease after that.
+            let at = Instant::now() + Duration::from_millis(t) + peer_timeout();
+            self.deadlines.push(Reverse((at, id, i, number)));
+        }
         let p = &self.pipelines[&id];
         let mut parents = BTreeMap::new();
         for &q in p.dag.parents(i) {
@@ -991,6 +1113,9 @@ impl RouterState {
         }
         for (peer, list) in self.changes.drain() {
             self.outbox.push(push(peer, Push::Changed(list)));
+        }
+        for (peer, list) in self.revokes.drain() {
+            self.outbox.push(push(peer, Push::Revoke(list)));
         }
         (
             std::mem::take(&mut self.outbox),

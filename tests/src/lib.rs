@@ -120,6 +120,10 @@ pub struct Cluster {
     pub brokers: Vec<Proc>,
     /// Temporary directory: database, store, logs.
     pub dir: tempfile::TempDir,
+    /// Extra arguments for every broker started from now on.
+    pub broker_args: Vec<String>,
+    router_args: Vec<String>,
+    restarts: usize,
 }
 
 impl Cluster {
@@ -134,21 +138,25 @@ impl Cluster {
         });
         std::fs::write(&config, store.to_string()).unwrap();
         let db = dir.path().join("db");
-        let mut router = Proc::spawn(
-            "pypelinin-router",
-            &[
-                "--api",
-                "tcp://127.0.0.1:0",
-                "--broadcast",
-                "tcp://127.0.0.1:0",
-                "--db",
-                db.to_str().unwrap(),
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            &dir.path().join("router.log"),
-        );
-        let (api, broadcast) = read_endpoints(&mut router);
+        let router_args: Vec<String> = [
+            "--db",
+            db.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut args = vec![
+            "--api",
+            "tcp://127.0.0.1:0",
+            "--broadcast",
+            "tcp://127.0.0.1:0",
+        ];
+        args.extend(router_args.iter().map(|s| s.as_str()));
+        let log = dir.path().join("router.log");
+        let mut router = Proc::spawn("pypelinin-router", &args, &log);
+        let (api, broadcast) = read_endpoints(&mut router, &log);
         let mut c = Cluster {
             api,
             broadcast,
@@ -156,12 +164,50 @@ impl Cluster {
             pipeliners: vec![],
             brokers: vec![],
             dir,
+            broker_args: vec![],
+            router_args,
+            restarts: 0,
         };
         c.add_pipeliner();
         for _ in 0..brokers {
             c.add_broker(slots);
         }
         c
+    }
+
+    /// Starts `brokers` brokers of `slots` slots each, with `broker_args` added.
+    pub fn start_with(brokers: usize, slots: usize, broker_args: &[&str]) -> Cluster {
+        let mut c = Cluster::start(0, slots);
+        c.broker_args = broker_args.iter().map(|s| s.to_string()).collect();
+        for _ in 0..brokers {
+            c.add_broker(slots);
+        }
+        c
+    }
+
+    /// Kills the router with SIGKILL and starts it again on the same addresses and
+    /// database.
+    pub fn kill_and_restart_router(&mut self) {
+        self.router.signal("KILL");
+        self.router
+            .wait_exit(Duration::from_secs(10))
+            .expect("router dies on SIGKILL");
+        self.restarts += 1;
+        let mut args = vec![
+            "--api",
+            self.api.as_str(),
+            "--broadcast",
+            self.broadcast.as_str(),
+        ];
+        args.extend(self.router_args.iter().map(|s| s.as_str()));
+        let log = self
+            .dir
+            .path()
+            .join(format!("router-{}.log", self.restarts));
+        let mut router = Proc::spawn("pypelinin-router", &args, &log);
+        let (api, _) = read_endpoints(&mut router, &log);
+        assert_eq!(api, self.api);
+        self.router = router;
     }
 
     /// Starts one more pipeliner.
@@ -184,18 +230,17 @@ impl Cluster {
             .dir
             .path()
             .join(format!("broker-{}.log", self.brokers.len()));
-        let p = Proc::spawn(
-            "example-broker",
-            &[
-                "--api",
-                &self.api,
-                "--broadcast",
-                &self.broadcast,
-                "--workers",
-                &slots.to_string(),
-            ],
-            &log,
-        );
+        let slots = slots.to_string();
+        let mut args = vec![
+            "--api",
+            self.api.as_str(),
+            "--broadcast",
+            self.broadcast.as_str(),
+            "--workers",
+            slots.as_str(),
+        ];
+        args.extend(self.broker_args.iter().map(|s| s.as_str()));
+        let p = Proc::spawn("example-broker", &args, &log);
         self.brokers.push(p);
     }
 
@@ -223,7 +268,7 @@ impl Cluster {
 }
 
 /// Reads the router's `router listening api=… broadcast=…` line.
-fn read_endpoints(router: &mut Proc) -> (String, String) {
+fn read_endpoints(router: &mut Proc, log: &Path) -> (String, String) {
     let out = router.child.stdout.take().expect("router stdout");
     let mut line = String::new();
     BufReader::new(out)
@@ -232,7 +277,10 @@ fn read_endpoints(router: &mut Proc) -> (String, String) {
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            .unwrap_or_else(|| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("no {k} in {line:?}; router log:\n{text}")
+            })
             .to_string()
     };
     (field("api="), field("broadcast="))

@@ -1,0 +1,323 @@
+//! Losing nothing: crash isolation, timeouts, retries, cancel, and processes that die.
+
+use std::time::{Duration, Instant};
+
+use cluster_harness::{assert_ran_once_in_order, Cluster};
+use pypelinin_common::status::{JobState, PipelineState};
+use pypelinin_common::{JobSpec, PipelineSpec};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn job(worker: &str, after: &[&str], data: serde_json::Value) -> JobSpec {
+    JobSpec {
+        worker: worker.into(),
+        after: after.iter().map(|s| s.to_string()).collect(),
+        data: data.as_object().cloned().unwrap_or_default(),
+        ..JobSpec::default()
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn workers_that_abort_segfault_exit_exhaust_memory_or_hang_fail_only_their_attempt() {
+    let mut c = Cluster::start_with(1, 2, &["--slot-memory-mb", "256"]);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default();
+    for mode in ["panic", "abort", "segfault", "exit", "oom"] {
+        spec.jobs
+            .insert(mode.into(), job("Crash", &[], json!({"mode": mode})));
+    }
+    let mut hang = job("Crash", &[], json!({"mode": "hang"}));
+    hang.timeout_ms = Some(400);
+    spec.jobs.insert("hang".into(), hang);
+    spec.jobs.insert("fine".into(), job("Noop", &[], json!({})));
+    let id = pm.start(&spec).unwrap();
+    let status = pm.wait(id, WAIT).unwrap().status().clone();
+    assert_eq!(status.state, PipelineState::Failed);
+    let err = |j: &str| status.jobs[j].error.clone().unwrap_or_default();
+    assert_eq!(status.jobs["fine"].state, JobState::Succeeded);
+    assert!(err("panic").contains("panicked"), "{}", err("panic"));
+    assert!(err("abort").contains("SIGABRT"), "{}", err("abort"));
+    assert!(err("segfault").contains("SIGSEGV"), "{}", err("segfault"));
+    assert!(
+        err("exit").contains("exited with code 3"),
+        "{}",
+        err("exit")
+    );
+    assert!(err("oom").contains("SIGABRT"), "{}", err("oom"));
+    assert!(
+        err("hang").contains("timed out after 400 ms"),
+        "{}",
+        err("hang")
+    );
+    for j in ["panic", "abort", "segfault", "exit", "oom", "hang"] {
+        assert_eq!(status.jobs[j].state, JobState::Failed, "{j}");
+    }
+    assert!(c.brokers[0].alive(), "the broker survives all of it");
+    let id = pm
+        .start(&PipelineSpec::default().job("after", "Echo", &[]))
+        .unwrap();
+    assert!(pm.wait(id, WAIT).unwrap().is_success(), "and keeps serving");
+}
+
+#[test]
+fn retries_back_off_and_record_every_attempt() {
+    let c = Cluster::start(1, 2);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec {
+        retry_delay_ms: Some(150),
+        ..PipelineSpec::default()
+    };
+    let mut flaky = job("Flaky", &[], json!({"fail_attempts": 2}));
+    flaky.retries = Some(2);
+    spec.jobs.insert("flaky".into(), flaky);
+    spec.jobs
+        .insert("child".into(), job("Echo", &["flaky"], json!({})));
+    let id = pm.start(&spec).unwrap();
+    let outcome = pm.wait(id, WAIT).unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    let f = &outcome.status().jobs["flaky"];
+    assert_eq!(f.attempts, 3);
+    assert_eq!(f.history.len(), 3);
+    assert!(f.history[0].error.as_deref().unwrap().contains("attempt 1"));
+    assert!(f.history[1].error.as_deref().unwrap().contains("attempt 2"));
+    assert!(f.history[2].error.is_none());
+    let gap = |a: usize| f.history[a + 1].started_ms - f.history[a].finished_ms.unwrap();
+    assert!(gap(0) >= 150, "first retry after the delay: {}", gap(0));
+    assert!(
+        gap(1) >= 300,
+        "second retry after twice the delay: {}",
+        gap(1)
+    );
+    assert_eq!(
+        pm.outputs(id).unwrap()["child"]["parents"]["flaky"]["attempt"],
+        3
+    );
+
+    let mut spec = PipelineSpec::default();
+    let mut fail = job("Fail", &[], json!({"message": "always"}));
+    fail.retries = Some(1);
+    spec.jobs.insert("fail".into(), fail);
+    let id = pm.start(&spec).unwrap();
+    let outcome = pm.wait(id, WAIT).unwrap();
+    assert!(!outcome.is_success());
+    assert_eq!(
+        outcome.status().jobs["fail"].attempts,
+        2,
+        "1 + retries attempts, then failed"
+    );
+}
+
+#[test]
+fn cancel_stops_running_jobs_and_frees_their_slots() {
+    let c = Cluster::start(1, 2);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default();
+    spec.jobs
+        .insert("long1".into(), job("Sleep", &[], json!({"ms": 60_000})));
+    spec.jobs
+        .insert("long2".into(), job("Sleep", &[], json!({"ms": 60_000})));
+    spec.jobs
+        .insert("after".into(), job("Noop", &["long1"], json!({})));
+    let id = pm.start(&spec).unwrap();
+    wait_until("both jobs running", Duration::from_secs(30), || {
+        let s = pm.status(id).unwrap();
+        s.jobs["long1"].state == JobState::Running && s.jobs["long2"].state == JobState::Running
+    });
+    let s = pm.cancel(id).unwrap();
+    assert_eq!(s.state, PipelineState::Cancelled);
+    for j in ["long1", "long2", "after"] {
+        assert_eq!(s.jobs[j].state, JobState::Cancelled, "{j}");
+    }
+    // Both slots come back quickly: the sleeping children were killed, not waited for.
+    let t0 = Instant::now();
+    let ids: Vec<_> = (0..2)
+        .map(|_| {
+            pm.start(&PipelineSpec::default().job("x", "Sleep", &[]))
+                .unwrap()
+        })
+        .collect();
+    let done = pm.wait_all(&ids, Duration::from_secs(20)).unwrap();
+    assert!(done.iter().all(|s| s.state == PipelineState::Succeeded));
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        pm.cancel(id).unwrap().state,
+        PipelineState::Cancelled,
+        "idempotent"
+    );
+}
+
+fn sleep_chains(n: usize, len: usize, ms: u64) -> Vec<PipelineSpec> {
+    (0..n)
+        .map(|k| {
+            let mut p = PipelineSpec::default()
+                .with_data("ms", json!(ms))
+                .with_data("k", json!(k));
+            for j in 0..len {
+                let name = format!("s{j}");
+                let prev = format!("s{}", j.wrapping_sub(1));
+                let after: Vec<&str> = if j == 0 { vec![] } else { vec![prev.as_str()] };
+                p = p.job(&name, "Sleep", &after);
+            }
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn a_router_killed_mid_run_restarts_and_every_pipeline_finishes() {
+    let mut c = Cluster::start(2, 2);
+    let mut pm = c.client();
+    let specs = sleep_chains(30, 3, 40);
+    let ids: Vec<_> = specs.iter().map(|s| pm.start(s).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before: Vec<_> = ids.iter().map(|id| pm.status(*id).unwrap()).collect();
+    let done_before: usize = before
+        .iter()
+        .map(|s| {
+            s.jobs
+                .values()
+                .filter(|j| j.state == JobState::Succeeded)
+                .count()
+        })
+        .sum();
+    c.kill_and_restart_router();
+    eprintln!("{}", c.log("router-1.log"));
+    let after = pm.wait_all(&ids, WAIT).unwrap();
+    let mut reruns = 0;
+    for ((s, spec), b) in after.iter().zip(&specs).zip(&before) {
+        assert_eq!(s.state, PipelineState::Succeeded, "{}", s.id);
+        for (name, j) in &s.jobs {
+            if b.jobs[name].state == JobState::Succeeded {
+                assert_eq!(
+                    j.history, b.jobs[name].history,
+                    "{name} succeeded before the crash: never again"
+                );
+            }
+            reruns += j.attempts as usize - 1;
+        }
+        if s.jobs.values().all(|j| j.attempts == 1) {
+            assert_ran_once_in_order(s, spec);
+        }
+    }
+    eprintln!("router kill -9: {done_before} jobs had succeeded before; {reruns} attempts re-run after the restart");
+}
+
+#[test]
+fn jobs_of_a_killed_broker_move_to_another_and_its_late_reports_are_refused() {
+    let c = Cluster::start(2, 1);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default();
+    for k in 0..4 {
+        spec.jobs
+            .insert(format!("j{k}"), job("Sleep", &[], json!({"ms": 1500})));
+    }
+    let id = pm.start(&spec).unwrap();
+    wait_until("two jobs running", Duration::from_secs(30), || {
+        pm.status(id)
+            .unwrap()
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running)
+            .count()
+            == 2
+    });
+    let victim = pm
+        .status(id)
+        .unwrap()
+        .jobs
+        .values()
+        .find(|j| j.state == JobState::Running)
+        .map(|j| j.history[0].broker.clone())
+        .unwrap();
+    let pid: u32 = victim.split('-').rev().nth(1).unwrap().parse().unwrap();
+    let k = c
+        .brokers
+        .iter()
+        .position(|b| b.pid() == pid)
+        .expect("victim is one of ours");
+    c.brokers[k].signal("KILL");
+    let outcome = pm.wait(id, WAIT).unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    let moved: Vec<_> = outcome
+        .status()
+        .jobs
+        .values()
+        .filter(|j| j.attempts == 2)
+        .collect();
+    assert!(
+        !moved.is_empty(),
+        "the killed broker's job ran again elsewhere"
+    );
+    for j in moved {
+        assert_eq!(j.history[0].broker, victim);
+        assert!(j.history[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("fell silent"));
+        assert_ne!(j.history[1].broker, victim);
+    }
+}
+
+#[test]
+fn a_killed_pipeliner_is_replaced_and_the_pipeline_goes_on() {
+    let mut c = Cluster::start(1, 2);
+    let mut pm = c.client();
+    let spec = sleep_chains(1, 6, 250).remove(0);
+    let id = pm.start(&spec).unwrap();
+    wait_until("the chain to start", Duration::from_secs(30), || {
+        pm.status(id).unwrap().jobs["s1"].state != JobState::Queued
+    });
+    c.pipeliners[0].signal("KILL");
+    c.add_pipeliner();
+    let outcome = pm.wait(id, WAIT).unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_ran_once_in_order(outcome.status(), &spec);
+}
+
+#[test]
+fn a_broker_asked_to_stop_finishes_its_job_then_exits_cleanly() {
+    let mut c = Cluster::start(1, 1);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default();
+    spec.jobs
+        .insert("work".into(), job("Sleep", &[], json!({"ms": 1000})));
+    spec.jobs
+        .insert("next".into(), job("Noop", &["work"], json!({})));
+    let id = pm.start(&spec).unwrap();
+    wait_until("the job to run", Duration::from_secs(30), || {
+        pm.status(id).unwrap().jobs["work"].state == JobState::Running
+    });
+    c.brokers[0].signal("TERM");
+    let st = c.brokers[0]
+        .wait_exit(Duration::from_secs(20))
+        .expect("broker exits");
+    assert!(
+        st.success(),
+        "clean exit: {st:?}\n{}",
+        c.log("broker-0.log")
+    );
+    let s = pm.status(id).unwrap();
+    assert_eq!(
+        s.jobs["work"].state,
+        JobState::Succeeded,
+        "finished, not abandoned"
+    );
+    assert_eq!(s.jobs["work"].attempts, 1);
+    assert_eq!(
+        s.jobs["next"].state,
+        JobState::Queued,
+        "a draining broker takes no new job"
+    );
+    c.add_broker(1);
+    assert!(pm.wait(id, WAIT).unwrap().is_success());
+}
