@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use pypelinin_common::protocol::{
     decode, encode, Assignment, BrokerHello, ClusterConfig, FromRouter, JobInfo, JobRef, JobReport,
     MonitoringReport, PipelineId, ProtocolError, Push, Reply, Request, SlotJob, HEARTBEAT_INTERVAL,
-    MAX_OUTPUT_BYTES, PEER_LIVENESS,
+    MAX_OUTPUT_BYTES, PEER_LIVENESS, REQUEST_TIMEOUT,
 };
 use pypelinin_common::transport::dealer;
 use pypelinin_common::{now_ms, Data, Shutdown};
@@ -191,11 +191,11 @@ struct Io {
     next_id: u64,
     last_heard: Instant,
     last_beat: Instant,
-    hello_id: Option<u64>,
+    hello_id: Option<(u64, Instant)>,
     welcomed: bool,
     running: HashMap<(PipelineId, u32), JobRef>,
     unsent: Vec<JobReport>,
-    inflight: HashMap<u64, Vec<JobReport>>,
+    inflight: HashMap<u64, (Instant, Vec<JobReport>)>,
     jobs_tx: Option<Sender<Assignment>>,
     cancels: Vec<Sender<JobRef>>,
     revoked: Arc<Mutex<HashSet<JobRef>>>,
@@ -309,14 +309,26 @@ impl Io {
                     Err(e) => error!(error = %e, "bad internal message"),
                 }
             }
-            if !self.welcomed && self.hello_id.is_none() {
+            if !self.welcomed && !self.hello_pending() {
                 self.hello()?;
+            }
+            // Lazy Pirate for reports: one not acknowledged in time is sent again (a
+            // duplicate is recognised by the router and changes nothing).
+            let overdue: Vec<u64> = self
+                .inflight
+                .iter()
+                .filter(|(_, (at, _))| at.elapsed() > REQUEST_TIMEOUT)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in overdue {
+                let (_, reports) = self.inflight.remove(&id).unwrap();
+                self.unsent.extend(reports);
             }
             if self.welcomed && !self.unsent.is_empty() {
                 let reports = std::mem::take(&mut self.unsent);
                 match self.send(&Request::JobDone(reports.clone()))? {
                     Some(id) => {
-                        self.inflight.insert(id, reports);
+                        self.inflight.insert(id, (Instant::now(), reports));
                     }
                     None => self.unsent = reports,
                 }
@@ -374,9 +386,9 @@ impl Io {
             }
             FromRouter::Push(other) => debug!(?other, "push meant for a pipeliner; ignored"),
             FromRouter::Reply(reply) => {
-                let acked = self.inflight.remove(&id);
+                let acked = self.inflight.remove(&id).map(|(_, r)| r);
                 match reply {
-                    Reply::Welcome(config) if Some(id) == self.hello_id => {
+                    Reply::Welcome(config) if self.hello_id.is_some_and(|(h, _)| h == id) => {
                         self.hello_id = None;
                         self.welcomed = true;
                         self.start_threads(&config)?;
@@ -386,9 +398,9 @@ impl Io {
                         if let Some(reports) = acked {
                             self.unsent.extend(reports);
                         }
-                        if self.hello_id.is_none() {
+                        self.welcomed = false;
+                        if !self.hello_pending() {
                             info!("router does not know us (restarted?); saying hello again");
-                            self.welcomed = false;
                             self.hello()?;
                         }
                     }
@@ -404,13 +416,18 @@ impl Io {
         Ok(())
     }
 
+    /// A hello is on its way and not overdue.
+    fn hello_pending(&self) -> bool {
+        self.hello_id
+            .is_some_and(|(_, at)| at.elapsed() < REQUEST_TIMEOUT)
+    }
+
     fn hello(&mut self) -> Result<(), BrokerError> {
-        let unreported = self
-            .unsent
-            .iter()
-            .chain(self.inflight.values().flatten())
-            .map(|r| r.job)
-            .collect();
+        // Reports not acknowledged yet are announced in the hello and sent after it.
+        for (_, (_, reports)) in self.inflight.drain() {
+            self.unsent.extend(reports);
+        }
+        let unreported = self.unsent.iter().map(|r| r.job).collect();
         let hello = BrokerHello {
             name: self.name.clone(),
             host: self.host.clone(),
@@ -419,7 +436,9 @@ impl Io {
             running: self.running.values().copied().collect(),
             unreported,
         };
-        self.hello_id = self.send(&Request::BrokerHello(hello))?;
+        self.hello_id = self
+            .send(&Request::BrokerHello(hello))?
+            .map(|id| (id, Instant::now()));
         Ok(())
     }
 
@@ -427,9 +446,6 @@ impl Io {
         self.socket = dealer(&self.ctx, &self.config.api)?;
         self.last_heard = Instant::now();
         self.welcomed = false;
-        for (_, reports) in self.inflight.drain() {
-            self.unsent.extend(reports);
-        }
         self.hello()
     }
 

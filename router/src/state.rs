@@ -443,8 +443,17 @@ impl RouterState {
     }
 
     fn broker_hello(&mut self, peer: &PeerId, h: BrokerHello, now: Instant) -> Result<Reply> {
-        if self.peers.contains_key(peer) {
-            self.drop_peer(peer, "said hello again")?;
+        // The same broker again (a new socket, or a hello after a lost one): forget its
+        // old registration, but not the attempts it says it still holds.
+        let keep: HashSet<JobRef> = h.running.iter().chain(&h.unreported).copied().collect();
+        let old: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(k, p)| *k == peer || matches!(&p.role, Role::Broker(b) if b.name == h.name))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.forget_peer(&k, "said hello again", &keep)?;
         }
         let mut running = HashSet::new();
         for r in h.running.iter().chain(&h.unreported) {
@@ -838,6 +847,11 @@ impl RouterState {
 
     /// Forgets a peer: its running jobs go back to the queue, its pipelines to others.
     pub fn drop_peer(&mut self, peer: &PeerId, why: &str) -> Result<()> {
+        self.forget_peer(peer, why, &HashSet::new())
+    }
+
+    /// [`RouterState::drop_peer`], keeping the attempts in `keep` running.
+    fn forget_peer(&mut self, peer: &PeerId, why: &str, keep: &HashSet<JobRef>) -> Result<()> {
         let Some(p) = self.peers.remove(peer) else {
             return Ok(());
         };
@@ -847,13 +861,8 @@ impl RouterState {
         match p.role {
             Role::Broker(b) => {
                 info!(broker = %b.name, why, running = b.running.len(), "broker gone");
-                for JobRef {
-                    pipeline: id,
-                    job: i,
-                    ..
-                } in b.running
-                {
-                    self.requeue(id, i, &format!("broker {} {why}", b.name))?;
+                for r in b.running.difference(keep) {
+                    self.requeue(r.pipeline, r.job, &format!("broker {} {why}", b.name))?;
                 }
             }
             Role::Pipeliner(pl) => {
