@@ -321,3 +321,49 @@ fn a_broker_asked_to_stop_finishes_its_job_then_exits_cleanly() {
     c.add_broker(1);
     assert!(pm.wait(id, WAIT).unwrap().is_success());
 }
+
+#[test]
+fn a_job_that_finishes_while_the_router_is_down_is_reported_when_it_is_back() {
+    let mut c = Cluster::start(1, 1);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default();
+    spec.jobs.insert("work".into(), job("Sleep", &[], json!({"ms": 800})));
+    let id = pm.start(&spec).unwrap();
+    wait_until("the job to run", Duration::from_secs(30), || {
+        pm.status(id).unwrap().jobs["work"].state == JobState::Running
+    });
+    c.router.signal("STOP"); // the router hangs: no answers at all
+    std::thread::sleep(Duration::from_millis(1500)); // the job ends meanwhile
+    c.kill_and_restart_router();
+    let outcome = pm.wait(id, WAIT).unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(outcome.status().jobs["work"].attempts, 1, "kept and reported, not re-run");
+}
+
+#[test]
+fn a_frozen_broker_loses_its_lease_and_its_late_report_changes_nothing() {
+    let mut c = Cluster::start(1, 1);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default();
+    spec.jobs.insert("work".into(), job("Sleep", &[], json!({"ms": 1000})));
+    let id = pm.start(&spec).unwrap();
+    wait_until("the job to run", Duration::from_secs(30), || {
+        pm.status(id).unwrap().jobs["work"].state == JobState::Running
+    });
+    c.brokers[0].signal("STOP");
+    c.add_broker(1);
+    // Past the lease the job moves to the new broker and succeeds there.
+    let outcome = pm.wait(id, WAIT).unwrap();
+    assert!(outcome.is_success());
+    let work = &outcome.status().jobs["work"];
+    assert_eq!(work.attempts, 2);
+    assert!(work.history[0].error.as_deref().unwrap().contains("fell silent"));
+    // The frozen broker wakes up, finishes attempt 1 and reports it: refused as stale.
+    c.brokers[0].signal("CONT");
+    wait_until("the stale report", Duration::from_secs(30), || {
+        c.log("router.log").contains("stale report ignored")
+    });
+    let after = pm.status(id).unwrap();
+    assert_eq!(after.jobs["work"].history, work.history, "nothing changed");
+    assert_eq!(after.state, PipelineState::Succeeded);
+}
