@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
-    decode, Event, PipelineId, PipelineSummary, Reply, Request, REQUEST_TIMEOUT,
+    decode, BrokerStatus, ClusterMetrics, Event, PipelineId, PipelineSummary, Reply, Request,
+    REQUEST_TIMEOUT,
 };
 use pypelinin_common::status::PipelineStatus;
 use pypelinin_common::transport::{subscriber, Requester, TransportError};
@@ -192,6 +193,38 @@ impl PipelineManager {
         }
     }
 
+    /// Runs again a finished pipeline's jobs that did not succeed, or the named jobs
+    /// and their descendants, reusing what already succeeded.
+    pub fn retry(
+        &mut self,
+        id: PipelineId,
+        jobs: &[String],
+    ) -> Result<PipelineStatus, ClientError> {
+        match self.requester.request(&Request::Retry {
+            id,
+            jobs: jobs.to_vec(),
+        })? {
+            Reply::Status(s) => Ok(s),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Every broker the router knows, with its last monitoring report.
+    pub fn brokers(&mut self) -> Result<Vec<BrokerStatus>, ClientError> {
+        match self.requester.request(&Request::Brokers)? {
+            Reply::Brokers(b) => Ok(b),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Cluster metrics: counts by state, queue depth, histograms.
+    pub fn metrics(&mut self) -> Result<ClusterMetrics, ClientError> {
+        match self.requester.request(&Request::Metrics)? {
+            Reply::Metrics(m) => Ok(m),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Outputs of the pipeline's succeeded jobs, as kept by the router.
     pub fn outputs(&mut self, id: PipelineId) -> Result<BTreeMap<String, Data>, ClientError> {
         match self.requester.request(&Request::Outputs { id })? {
@@ -202,7 +235,16 @@ impl PipelineManager {
 
     /// The most recent pipelines, newest first.
     pub fn list(&mut self, limit: u32) -> Result<Vec<PipelineSummary>, ClientError> {
-        match self.requester.request(&Request::List { limit })? {
+        self.list_in(limit, None)
+    }
+
+    /// The most recent pipelines in `state` (any state with `None`), newest first.
+    pub fn list_in(
+        &mut self,
+        limit: u32,
+        state: Option<pypelinin_common::PipelineState>,
+    ) -> Result<Vec<PipelineSummary>, ClientError> {
+        match self.requester.request(&Request::List { limit, state })? {
             Reply::List(l) => Ok(l),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }

@@ -179,7 +179,24 @@ pub enum Request {
     List {
         /// At most this many.
         limit: u32,
+        /// Only pipelines in this state.
+        #[serde(default)]
+        state: Option<PipelineState>,
     },
+    /// Run again the failed, skipped and cancelled jobs of a finished pipeline, or the
+    /// named jobs and all their descendants, keeping what already succeeded. Replies
+    /// with its status.
+    Retry {
+        /// The pipeline.
+        id: PipelineId,
+        /// Jobs to run again with their descendants; empty: every job that did not succeed.
+        #[serde(default)]
+        jobs: Vec<String>,
+    },
+    /// Every broker the router knows, with its last monitoring report.
+    Brokers,
+    /// Counters and histograms for operators (the `/metrics` page).
+    Metrics,
     /// A broker joins (or rejoins after a router restart) with what it runs.
     BrokerHello(BrokerHello),
     /// Attempts that ended, with their outputs or errors.
@@ -311,6 +328,10 @@ pub enum Reply {
     Outputs(BTreeMap<String, Data>),
     /// Recent pipelines.
     List(Vec<PipelineSummary>),
+    /// The brokers.
+    Brokers(Vec<BrokerStatus>),
+    /// Cluster metrics.
+    Metrics(ClusterMetrics),
     /// The cluster configuration, in answer to a broker's hello.
     Welcome(ClusterConfig),
     /// The request was refused.
@@ -396,6 +417,87 @@ pub struct PipelineSummary {
     pub jobs: u32,
     /// Jobs in a final state.
     pub done: u32,
+}
+
+/// A broker as the router sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    /// Its name (host, pid, suffix).
+    pub name: String,
+    /// Its host.
+    pub host: String,
+    /// Workers it offers.
+    pub workers: Vec<String>,
+    /// Its slots.
+    pub slots: u32,
+    /// Slots running a job.
+    pub busy: u32,
+    /// Whether it stopped taking jobs (shutting down).
+    pub draining: bool,
+    /// Milliseconds since the router last heard from it.
+    pub last_seen_ms_ago: u64,
+    /// Its last monitoring report.
+    pub monitor: Option<MonitoringReport>,
+}
+
+/// A histogram with fixed upper bounds, Prometheus style (cumulative on output).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, in seconds, increasing.
+    pub bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative); one more than `bounds` for +Inf.
+    pub counts: Vec<u64>,
+    /// Sum of observations, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// An empty histogram with `bounds` (seconds).
+    pub fn new(bounds: &[f64]) -> Self {
+        Histogram {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&mut self, seconds: f64) {
+        let k = self
+            .bounds
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[k] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// What operators watch: counts by state, queue depth, liveness, latencies.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterMetrics {
+    /// Pipelines by state name.
+    pub pipelines: BTreeMap<String, u64>,
+    /// Jobs by state name.
+    pub jobs: BTreeMap<String, u64>,
+    /// Jobs ready to run and waiting for a broker slot (or a retry delay).
+    pub queue_depth: u64,
+    /// Brokers alive.
+    pub brokers: u64,
+    /// Pipeliners alive.
+    pub pipeliners: u64,
+    /// Attempt durations by worker.
+    pub job_duration: BTreeMap<String, Histogram>,
+    /// Time from a request's arrival to its reply leaving the router.
+    pub request_latency: Histogram,
+    /// Attempts finished since the router started.
+    pub attempts_finished: u64,
+    /// Attempts finished per second over the last minutes: (unix second, count), oldest first.
+    pub throughput: Vec<(u64, u32)>,
 }
 
 /// What the router tells brokers about the cluster (pypelinin's `get configuration`).

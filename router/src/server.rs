@@ -122,6 +122,7 @@ impl BoundRouter {
 
     fn serve(&mut self, shutdown: &Shutdown) -> Result<(), RouterError> {
         let mut frames: Vec<zmq::Message> = Vec::with_capacity(4);
+        let mut arrivals: Vec<Instant> = Vec::new();
         while !shutdown.is_triggered() {
             let now = Instant::now();
             let wait = self
@@ -132,16 +133,22 @@ impl BoundRouter {
             let mut items = [self.api.as_poll_item(zmq::POLLIN)];
             pypelinin_common::transport::poll(&mut items, wait.as_millis() as i64)
                 .map_err(zerr(&self.api_endpoint))?;
+            arrivals.clear();
             for _ in 0..MAX_BATCH {
                 if !self.recv(&mut frames)? {
                     break;
                 }
+                arrivals.push(Instant::now());
                 self.on_frames(&frames)?;
             }
             self.state.tick(Instant::now())?;
             self.state.dispatch()?;
             self.state.commit()?;
             self.flush_outbox()?;
+            let sent = Instant::now();
+            for t in &arrivals {
+                self.state.observe_latency(sent.duration_since(*t));
+            }
         }
         info!(
             open_pipelines = self.state.open_pipelines(),

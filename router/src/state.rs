@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use pypelinin_common::now_ms;
 use pypelinin_common::protocol::{
-    Advance, Assignment, BrokerHello, ClusterConfig, Event, FromRouter, JobChange, JobInfo, JobRef,
-    JobReport, MonitoringReport, PipelineId, PipelineSnapshot, PipelineSummary, ProtocolError,
-    Push, Reply, Request, HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, MAX_WAIT_MS, PEER_LIVENESS,
+    Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, Event,
+    FromRouter, Histogram, JobChange, JobInfo, JobRef, JobReport, MonitoringReport, PipelineId,
+    PipelineSnapshot, PipelineSummary, ProtocolError, Push, Reply, Request, HEARTBEAT_INTERVAL,
+    MAX_OUTPUT_BYTES, MAX_WAIT_MS, PEER_LIVENESS,
 };
 use pypelinin_common::status::{Attempt, JobState, JobStatus, PipelineState, PipelineStatus};
 use pypelinin_common::Pipeline;
@@ -95,6 +96,8 @@ impl PipelineEntry {
 
 struct BrokerPeer {
     name: String,
+    host: String,
+    slots: u32,
     workers: Vec<String>,
     credit: u32,
     draining: bool,
@@ -160,7 +163,22 @@ pub struct RouterState {
     events: Vec<Event>,
     /// Counters for operators and tests.
     pub counters: Counters,
+    job_durations: HashMap<String, Histogram>,
+    latency: Histogram,
+    attempts_finished: u64,
+    throughput: VecDeque<(u64, u32)>,
 }
+
+/// Bounds of the job-duration histograms, in seconds.
+const DURATION_BOUNDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0,
+];
+/// Bounds of the request-latency histogram, in seconds.
+const LATENCY_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 1.0,
+];
+/// Seconds of throughput history kept for the dashboard's chart.
+const THROUGHPUT_SECONDS: u64 = 300;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -189,6 +207,10 @@ impl RouterState {
             deadlines: BinaryHeap::new(),
             events: Vec::new(),
             counters: Counters::default(),
+            job_durations: HashMap::new(),
+            latency: Histogram::new(LATENCY_BOUNDS),
+            attempts_finished: 0,
+            throughput: VecDeque::new(),
         };
         let grace = Instant::now() + peer_timeout() * 2;
         let (mut open, mut running) = (0, 0);
@@ -255,7 +277,10 @@ impl RouterState {
                 None => return Ok(()),
             },
             Request::Outputs { id } => self.outputs(id)?,
-            Request::List { limit } => Reply::List(self.list(limit as usize)),
+            Request::List { limit, state } => Reply::List(self.list(limit as usize, state)),
+            Request::Retry { id, jobs } => self.retry(id, jobs)?,
+            Request::Brokers => Reply::Brokers(self.brokers(now)),
+            Request::Metrics => Reply::Metrics(self.metrics()),
             Request::Cancel { id } => self.cancel(id)?,
             Request::BrokerHello(h) => self.broker_hello(&to.peer, h, now)?,
             Request::JobDone(reports) => self.job_done(&to.peer, reports)?,
@@ -423,10 +448,11 @@ impl RouterState {
         Ok(Reply::Outputs(out))
     }
 
-    fn list(&self, limit: usize) -> Vec<PipelineSummary> {
+    fn list(&self, limit: usize, state: Option<PipelineState>) -> Vec<PipelineSummary> {
         self.order
             .values()
             .rev()
+            .filter(|id| state.is_none_or(|s| self.pipelines[*id].rec.state == s))
             .take(limit)
             .map(|id| {
                 let p = &self.pipelines[id];
@@ -471,6 +497,8 @@ impl RouterState {
             Peer {
                 role: Role::Broker(BrokerPeer {
                     name: h.name,
+                    host: h.host,
+                    slots: h.slots,
                     workers: h.workers,
                     credit,
                     draining: false,
@@ -580,6 +608,27 @@ impl RouterState {
         let j = &mut p.jobs[i as usize];
         let last = j.history.last_mut().expect("running job has an attempt");
         last.finished_ms = Some(r.finished_ms.max(last.started_ms));
+        let seconds = (last.finished_ms.unwrap() - last.started_ms) as f64 / 1000.0;
+        let worker = p.dag.job(i).worker.clone();
+        self.job_durations
+            .entry(worker)
+            .or_insert_with(|| Histogram::new(DURATION_BOUNDS))
+            .observe(seconds);
+        self.attempts_finished += 1;
+        let sec = now_ms() / 1000;
+        match self.throughput.back_mut() {
+            Some((s, n)) if *s == sec => *n += 1,
+            _ => self.throughput.push_back((sec, 1)),
+        }
+        while self
+            .throughput
+            .front()
+            .is_some_and(|(s, _)| *s + THROUGHPUT_SECONDS < sec)
+        {
+            self.throughput.pop_front();
+        }
+        let j = &mut self.pipelines.get_mut(&id).unwrap().jobs[i as usize];
+        let last = j.history.last_mut().unwrap();
         let result = r.result.and_then(|out| {
             let size = rmp_serde::to_vec(&out).map(|v| v.len()).unwrap_or(usize::MAX);
             if size > MAX_OUTPUT_BYTES {
@@ -766,6 +815,115 @@ impl RouterState {
             }
         }
         Ok(())
+    }
+
+    /// Records how long a request took, arrival to reply.
+    pub fn observe_latency(&mut self, d: Duration) {
+        self.latency.observe(d.as_secs_f64());
+    }
+
+    fn brokers(&self, now: Instant) -> Vec<BrokerStatus> {
+        let mut out: Vec<BrokerStatus> = self
+            .peers
+            .values()
+            .filter_map(|p| match &p.role {
+                Role::Broker(b) => Some(BrokerStatus {
+                    name: b.name.clone(),
+                    host: b.host.clone(),
+                    workers: b.workers.clone(),
+                    slots: b.slots,
+                    busy: b.running.len() as u32,
+                    draining: b.draining,
+                    last_seen_ms_ago: now.duration_since(p.last_seen).as_millis() as u64,
+                    monitor: b.monitor.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn metrics(&self) -> ClusterMetrics {
+        let mut m = ClusterMetrics::default();
+        for p in self.pipelines.values() {
+            *m.pipelines.entry(p.rec.state.as_str().into()).or_default() += 1;
+            for j in &p.jobs {
+                *m.jobs.entry(j.state.as_str().into()).or_default() += 1;
+            }
+        }
+        m.queue_depth =
+            (self.queues.values().map(|q| q.len()).sum::<usize>() + self.delayed.len()) as u64;
+        for p in self.peers.values() {
+            match p.role {
+                Role::Broker(_) => m.brokers += 1,
+                Role::Pipeliner(_) => m.pipeliners += 1,
+            }
+        }
+        m.job_duration = self
+            .job_durations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        m.request_latency = self.latency.clone();
+        m.attempts_finished = self.attempts_finished;
+        m.throughput = self.throughput.iter().copied().collect();
+        m
+    }
+
+    /// Runs again the jobs of a finished pipeline that did not succeed, or the named
+    /// ones and their descendants; what succeeded otherwise is kept.
+    fn retry(&mut self, id: PipelineId, names: Vec<String>) -> Result<Reply> {
+        let Some(p) = self.pipelines.get(&id) else {
+            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        };
+        if !p.rec.state.is_final() {
+            return Ok(Reply::Error(ProtocolError::Refused(format!(
+                "pipeline {id} is still {}: retry it once it has finished",
+                p.rec.state.as_str()
+            ))));
+        }
+        let mut targets: Vec<u32> = Vec::new();
+        if names.is_empty() {
+            targets.extend(
+                (0..p.jobs.len() as u32)
+                    .filter(|&i| p.jobs[i as usize].state != JobState::Succeeded),
+            );
+        } else {
+            for n in &names {
+                let Some(i) = p.dag.index_of(n) else {
+                    return Ok(Reply::Error(ProtocolError::Refused(format!(
+                        "pipeline {id} has no job {n:?}"
+                    ))));
+                };
+                targets.push(i);
+                targets.extend(p.dag.descendants(i));
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        if targets.is_empty() {
+            return Ok(Reply::Status(p.status()));
+        }
+        info!(pipeline = %id, jobs = targets.len(), "retrying pipeline");
+        let p = self.pipelines.get_mut(&id).unwrap();
+        for &i in &targets {
+            let j = &mut p.jobs[i as usize];
+            if j.state.is_final() {
+                p.done -= 1;
+            }
+            j.state = JobState::Queued;
+            j.enqueued = false;
+            j.failures = 0;
+            j.not_before_ms = 0;
+            j.error = None;
+            self.store.put_job(id, i, &p.jobs[i as usize])?;
+        }
+        p.rec.state = PipelineState::Queued;
+        p.rec.finished_ms = None;
+        self.store.put_pipeline(&p.rec)?;
+        self.unowned.push_back(id);
+        Ok(Reply::Status(self.pipelines[&id].status()))
     }
 
     /// Cancels a pipeline: queued jobs never start, running ones are revoked.

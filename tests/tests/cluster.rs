@@ -231,3 +231,46 @@ fn invalid_pipelines_are_refused_with_a_reason() {
     let msg = refused(&mut pm, PipelineSpec::default().job("a", "W", &["ghost"]));
     assert!(msg.contains("ghost"), "{msg}");
 }
+
+#[test]
+fn retry_reruns_what_failed_and_keeps_what_succeeded() {
+    let c = Cluster::start(1, 2);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default()
+        .job("a", "Step", &[])
+        .job("flaky", "Flaky", &["a"])
+        .job("after", "Echo", &["flaky"]);
+    spec.jobs.get_mut("flaky").unwrap().data.insert("fail_attempts".into(), json!(1));
+    let id = pm.start(&spec).unwrap();
+    let first = pm.wait(id, WAIT).unwrap();
+    assert!(!first.is_success());
+    assert_eq!(first.status().jobs["after"].state, JobState::Skipped);
+    let err = pm.retry(id, &["nope".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("no job \"nope\""), "{err}");
+    pm.retry(id, &[]).unwrap();
+    let second = pm.wait(id, WAIT).unwrap();
+    assert!(second.is_success(), "{second:?}");
+    let s = second.status();
+    assert_eq!(s.jobs["a"].history, first.status().jobs["a"].history, "kept, not re-run");
+    assert_eq!(s.jobs["flaky"].attempts, 2);
+    assert_eq!(s.jobs["after"].attempts, 1);
+    // Named retry: the job and its descendants run again, its parent does not.
+    pm.retry(id, &["flaky".to_string()]).unwrap();
+    let third = pm.wait(id, WAIT).unwrap();
+    assert!(third.is_success());
+    assert_eq!(third.status().jobs["flaky"].attempts, 3);
+    assert_eq!(third.status().jobs["after"].attempts, 2);
+    assert_eq!(third.status().jobs["a"].attempts, 1);
+
+    let brokers = pm.brokers().unwrap();
+    assert_eq!(brokers.len(), 1);
+    assert_eq!(brokers[0].slots, 2);
+    assert!(brokers[0].workers.contains(&"Flaky".to_string()));
+    let m = pm.metrics().unwrap();
+    assert_eq!(m.pipelines.get("succeeded"), Some(&1));
+    assert_eq!(m.brokers, 1);
+    assert_eq!(m.pipeliners, 1);
+    assert_eq!(m.job_duration["Flaky"].count, 3);
+    assert!(m.request_latency.count > 0);
+    assert_eq!(m.attempts_finished, 6, "a, flaky; flaky, after; flaky, after");
+}

@@ -327,7 +327,8 @@ fn a_job_that_finishes_while_the_router_is_down_is_reported_when_it_is_back() {
     let mut c = Cluster::start(1, 1);
     let mut pm = c.client();
     let mut spec = PipelineSpec::default();
-    spec.jobs.insert("work".into(), job("Sleep", &[], json!({"ms": 800})));
+    spec.jobs
+        .insert("work".into(), job("Sleep", &[], json!({"ms": 800})));
     let id = pm.start(&spec).unwrap();
     wait_until("the job to run", Duration::from_secs(30), || {
         pm.status(id).unwrap().jobs["work"].state == JobState::Running
@@ -337,7 +338,11 @@ fn a_job_that_finishes_while_the_router_is_down_is_reported_when_it_is_back() {
     c.kill_and_restart_router();
     let outcome = pm.wait(id, WAIT).unwrap();
     assert!(outcome.is_success(), "{outcome:?}");
-    assert_eq!(outcome.status().jobs["work"].attempts, 1, "kept and reported, not re-run");
+    assert_eq!(
+        outcome.status().jobs["work"].attempts,
+        1,
+        "kept and reported, not re-run"
+    );
 }
 
 #[test]
@@ -345,7 +350,8 @@ fn a_frozen_broker_loses_its_lease_and_its_late_report_changes_nothing() {
     let mut c = Cluster::start(1, 1);
     let mut pm = c.client();
     let mut spec = PipelineSpec::default();
-    spec.jobs.insert("work".into(), job("Sleep", &[], json!({"ms": 1000})));
+    spec.jobs
+        .insert("work".into(), job("Sleep", &[], json!({"ms": 1000})));
     let id = pm.start(&spec).unwrap();
     wait_until("the job to run", Duration::from_secs(30), || {
         pm.status(id).unwrap().jobs["work"].state == JobState::Running
@@ -357,7 +363,11 @@ fn a_frozen_broker_loses_its_lease_and_its_late_report_changes_nothing() {
     assert!(outcome.is_success());
     let work = &outcome.status().jobs["work"];
     assert_eq!(work.attempts, 2);
-    assert!(work.history[0].error.as_deref().unwrap().contains("fell silent"));
+    assert!(work.history[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("fell silent"));
     // The frozen broker wakes up, finishes attempt 1 and reports it: refused as stale.
     c.brokers[0].signal("CONT");
     wait_until("the stale report", Duration::from_secs(30), || {
