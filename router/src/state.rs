@@ -114,7 +114,7 @@ struct PipelinerPeer {
 }
 
 enum Role {
-    Broker(BrokerPeer),
+    Broker(Box<BrokerPeer>),
     Pipeliner(PipelinerPeer),
 }
 
@@ -495,7 +495,7 @@ impl RouterState {
         self.peers.insert(
             peer.clone(),
             Peer {
-                role: Role::Broker(BrokerPeer {
+                role: Role::Broker(Box::new(BrokerPeer {
                     name: h.name,
                     host: h.host,
                     slots: h.slots,
@@ -505,7 +505,7 @@ impl RouterState {
                     running,
                     rotate: 0,
                     monitor: None,
-                }),
+                })),
                 last_seen: now,
             },
         );
