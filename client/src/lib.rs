@@ -209,6 +209,14 @@ impl PipelineManager {
         }
     }
 
+    /// The spec a pipeline was submitted with.
+    pub fn spec(&mut self, id: PipelineId) -> Result<PipelineSpec, ClientError> {
+        match self.requester.request(&Request::Spec { id })? {
+            Reply::Spec(s) => Ok(s),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Every broker the router knows, with its last monitoring report.
     pub fn brokers(&mut self) -> Result<Vec<BrokerStatus>, ClientError> {
         match self.requester.request(&Request::Brokers)? {

@@ -195,6 +195,11 @@ pub enum Request {
     },
     /// Every broker the router knows, with its last monitoring report.
     Brokers,
+    /// The spec a pipeline was submitted with (for diagrams).
+    Spec {
+        /// The pipeline.
+        id: PipelineId,
+    },
     /// Counters and histograms for operators (the `/metrics` page).
     Metrics,
     /// A broker joins (or rejoins after a router restart) with what it runs.
@@ -330,6 +335,8 @@ pub enum Reply {
     List(Vec<PipelineSummary>),
     /// The brokers.
     Brokers(Vec<BrokerStatus>),
+    /// A pipeline's spec.
+    Spec(PipelineSpec),
     /// Cluster metrics.
     Metrics(ClusterMetrics),
     /// The cluster configuration, in answer to a broker's hello.

@@ -280,6 +280,10 @@ impl RouterState {
             Request::List { limit, state } => Reply::List(self.list(limit as usize, state)),
             Request::Retry { id, jobs } => self.retry(id, jobs)?,
             Request::Brokers => Reply::Brokers(self.brokers(now)),
+            Request::Spec { id } => match self.pipelines.get(&id) {
+                Some(p) => Reply::Spec(p.rec.spec.clone()),
+                None => Reply::Error(ProtocolError::UnknownPipeline(id)),
+            },
             Request::Metrics => Reply::Metrics(self.metrics()),
             Request::Cancel { id } => self.cancel(id)?,
             Request::BrokerHello(h) => self.broker_hello(&to.peer, h, now)?,
