@@ -21,6 +21,7 @@
 //! | client | [`Request::Submit`] | `Submitted` (idempotent on the client-chosen id) | — |
 //! | client | [`Request::Status`] | `Status` | — |
 //! | client | [`Request::Wait`] | `Statuses`, once every id is final or the timeout passed | — |
+//! | client | [`Request::Results`] | `Results`, once every id is final or the timeout passed | — |
 //! | client | [`Request::Outputs`] | `Outputs` | — |
 //! | client | [`Request::List`] | `List` | — |
 //! | client | [`Request::Cancel`] | `Status` | `Revoke` to the brokers running its jobs |
@@ -159,6 +160,14 @@ pub enum Request {
     },
     /// Reply once every pipeline is final, or after `timeout_ms`, with their statuses.
     Wait {
+        /// The pipelines.
+        ids: Vec<PipelineId>,
+        /// At most [`MAX_WAIT_MS`].
+        timeout_ms: u64,
+    },
+    /// Like `Wait`, but replies with each pipeline's state and outputs (`Results`):
+    /// one round trip from submission to results in hand, for many pipelines at once.
+    Results {
         /// The pipelines.
         ids: Vec<PipelineId>,
         /// At most [`MAX_WAIT_MS`].
@@ -331,6 +340,8 @@ pub enum Reply {
     Statuses(Vec<PipelineStatus>),
     /// Outputs of succeeded jobs, by job name.
     Outputs(BTreeMap<String, Data>),
+    /// States and outputs, in the order asked.
+    Results(Vec<PipelineResult>),
     /// Recent pipelines.
     List(Vec<PipelineSummary>),
     /// The brokers.
@@ -407,6 +418,19 @@ pub struct JobChange {
     pub job: u32,
     /// Its new state.
     pub state: JobState,
+}
+
+/// A pipeline's outcome with its outputs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipelineResult {
+    /// The pipeline.
+    pub id: PipelineId,
+    /// Its state (final unless the wait timed out).
+    pub state: PipelineState,
+    /// Outputs of its succeeded jobs, by job name.
+    pub outputs: BTreeMap<String, Data>,
+    /// Failed jobs with their errors.
+    pub failed: Vec<(String, String)>,
 }
 
 /// A line of the pipeline list.

@@ -81,6 +81,10 @@ pub struct Requester {
     endpoint: String,
     socket: Option<zmq::Socket>,
     next_id: u64,
+    /// Posted requests not answered yet: id → frame (kept to resend).
+    posted: std::collections::HashMap<u64, Vec<u8>>,
+    /// Answers to posted requests that arrived while waiting for something else.
+    stash: Vec<(u64, Result<Reply, ProtocolError>)>,
     /// Wait for one attempt's reply.
     pub timeout: Duration,
     /// Attempts before giving up.
@@ -95,6 +99,8 @@ impl Requester {
             endpoint: endpoint.to_string(),
             socket: None,
             next_id: 1,
+            posted: std::collections::HashMap::new(),
+            stash: Vec::new(),
             timeout: REQUEST_TIMEOUT,
             attempts: REQUEST_ATTEMPTS,
         }
@@ -150,6 +156,10 @@ impl Requester {
                             r => Ok(r),
                         };
                     }
+                    Ok((rid, FromRouter::Reply(reply))) if self.posted.contains_key(&rid) => {
+                        self.posted.remove(&rid);
+                        self.stash.push((rid, into_result(reply)));
+                    }
                     Ok(_) => continue, // a late reply to an earlier attempt, or a push
                     Err(e) if e.id == Some(id) => return Err(TransportError::BadReply(e.error)),
                     Err(_) => continue,
@@ -163,5 +173,75 @@ impl Requester {
             attempts: self.attempts.max(1),
             waited: started.elapsed(),
         })
+    }
+
+    /// Sends `req` without waiting; its answer is collected by [`Requester::collect`].
+    /// Many posted requests travel back to back: no round trip each.
+    pub fn post(&mut self, req: &Request) -> Result<u64, TransportError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = encode(id, req);
+        if self.socket.is_none() {
+            let s = dealer(&self.ctx, &self.endpoint)?;
+            // With `immediate`, the first send waits for the connection: bound it.
+            s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
+            self.socket = Some(s);
+        }
+        // If it cannot leave now (no connection), `collect` resends it.
+        let _ = self.socket.as_ref().unwrap().send(&frame[..], 0);
+        self.posted.insert(id, frame);
+        Ok(id)
+    }
+
+    /// Waits for the answers of every posted request, resending those unanswered after
+    /// each timeout on a fresh socket (posted requests must be idempotent).
+    pub fn collect(&mut self) -> Result<Vec<(u64, Result<Reply, ProtocolError>)>, TransportError> {
+        let started = Instant::now();
+        let mut out = std::mem::take(&mut self.stash);
+        for attempt in 0..self.attempts.max(1) {
+            if self.posted.is_empty() {
+                return Ok(out);
+            }
+            if attempt > 0 || self.socket.is_none() {
+                self.socket = Some(dealer(&self.ctx, &self.endpoint)?);
+                let socket = self.socket.as_ref().unwrap();
+                socket.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
+                for frame in self.posted.values() {
+                    let _ = socket.send(&frame[..], 0);
+                }
+            }
+            let socket = self.socket.as_ref().unwrap();
+            let deadline = Instant::now() + self.timeout;
+            while !self.posted.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let mut items = [socket.as_poll_item(zmq::POLLIN)];
+                poll(&mut items, left.as_millis().max(1) as i64)?;
+                while let Ok(bytes) = socket.recv_bytes(zmq::DONTWAIT) {
+                    if let Ok((rid, FromRouter::Reply(reply))) = decode::<FromRouter>(&bytes) {
+                        if self.posted.remove(&rid).is_some() {
+                            out.push((rid, into_result(reply)));
+                        }
+                    }
+                }
+            }
+        }
+        if self.posted.is_empty() {
+            return Ok(out);
+        }
+        Err(TransportError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            attempts: self.attempts.max(1),
+            waited: started.elapsed(),
+        })
+    }
+}
+
+fn into_result(reply: Reply) -> Result<Reply, ProtocolError> {
+    match reply {
+        Reply::Error(e) => Err(e),
+        r => Ok(r),
     }
 }

@@ -12,8 +12,8 @@ use pypelinin_common::now_ms;
 use pypelinin_common::protocol::{
     Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, Event,
     FromRouter, Histogram, JobChange, JobInfo, JobRef, JobReport, MonitoringReport, PipelineId,
-    PipelineSnapshot, PipelineSummary, ProtocolError, Push, Reply, Request, HEARTBEAT_INTERVAL,
-    MAX_OUTPUT_BYTES, MAX_WAIT_MS, PEER_LIVENESS,
+    PipelineResult, PipelineSnapshot, PipelineSummary, ProtocolError, Push, Reply, Request,
+    HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, MAX_WAIT_MS, PEER_LIVENESS,
 };
 use pypelinin_common::status::{Attempt, JobState, JobStatus, PipelineState, PipelineStatus};
 use pypelinin_common::Pipeline;
@@ -128,6 +128,7 @@ struct Waiter {
     ids: Vec<PipelineId>,
     pending: usize,
     deadline: Instant,
+    outputs: bool,
 }
 
 /// Counters for logs and tests.
@@ -272,10 +273,18 @@ impl RouterState {
                 Some(p) => Reply::Status(p.status()),
                 None => Reply::Error(ProtocolError::UnknownPipeline(id)),
             },
-            Request::Wait { ids, timeout_ms } => match self.wait(&to, ids, timeout_ms, now) {
-                Some(r) => r,
-                None => return Ok(()),
-            },
+            Request::Wait { ids, timeout_ms } => {
+                match self.wait(&to, ids, timeout_ms, now, false)? {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            }
+            Request::Results { ids, timeout_ms } => {
+                match self.wait(&to, ids, timeout_ms, now, true)? {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            }
             Request::Outputs { id } => self.outputs(id)?,
             Request::List { limit, state } => Reply::List(self.list(limit as usize, state)),
             Request::Retry { id, jobs } => self.retry(id, jobs)?,
@@ -401,17 +410,18 @@ impl RouterState {
         ids: Vec<PipelineId>,
         timeout_ms: u64,
         now: Instant,
-    ) -> Option<Reply> {
+        outputs: bool,
+    ) -> Result<Option<Reply>> {
         let mut pending = 0;
         for id in &ids {
             match self.pipelines.get(id) {
-                None => return Some(Reply::Error(ProtocolError::UnknownPipeline(*id))),
+                None => return Ok(Some(Reply::Error(ProtocolError::UnknownPipeline(*id)))),
                 Some(p) if !p.rec.state.is_final() => pending += 1,
                 Some(_) => {}
             }
         }
         if pending == 0 || timeout_ms == 0 {
-            return Some(self.statuses(&ids));
+            return self.answer(&ids, outputs).map(Some);
         }
         let key = self.next_waiter;
         self.next_waiter += 1;
@@ -428,13 +438,45 @@ impl RouterState {
                 ids,
                 pending,
                 deadline,
+                outputs,
             },
         );
-        None
+        Ok(None)
     }
 
-    fn statuses(&self, ids: &[PipelineId]) -> Reply {
-        Reply::Statuses(ids.iter().map(|id| self.pipelines[id].status()).collect())
+    /// The reply to a wait: statuses, or states with outputs.
+    fn answer(&self, ids: &[PipelineId], outputs: bool) -> Result<Reply> {
+        if !outputs {
+            return Ok(Reply::Statuses(
+                ids.iter().map(|id| self.pipelines[id].status()).collect(),
+            ));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let p = &self.pipelines[id];
+            let mut result = PipelineResult {
+                id: *id,
+                state: p.rec.state,
+                outputs: BTreeMap::new(),
+                failed: Vec::new(),
+            };
+            for (i, j) in p.jobs.iter().enumerate() {
+                let name = p.dag.name(i as u32);
+                match j.state {
+                    JobState::Succeeded => {
+                        if let Some(o) = self.store.get_output(*id, i as u32)? {
+                            result.outputs.insert(name.to_string(), o);
+                        }
+                    }
+                    JobState::Failed => result
+                        .failed
+                        .push((name.to_string(), j.error.clone().unwrap_or_default())),
+                    _ => {}
+                }
+            }
+            out.push(result);
+        }
+        Ok(Reply::Results(out))
     }
 
     fn outputs(&self, id: PipelineId) -> Result<Reply> {
@@ -814,7 +856,7 @@ impl RouterState {
             });
             if done == Some(true) {
                 let w = self.waiters.remove(&key).unwrap();
-                let reply = self.statuses(&w.ids);
+                let reply = self.answer(&w.ids, w.outputs)?;
                 self.reply(&w.to, reply);
             }
         }
@@ -1086,7 +1128,7 @@ impl RouterState {
                     v.retain(|x| *x != k);
                 }
             }
-            let reply = self.statuses(&w.ids);
+            let reply = self.answer(&w.ids, w.outputs)?;
             self.reply(&w.to, reply);
         }
         let silent: Vec<PeerId> = self

@@ -1,0 +1,533 @@
+//! The benchmark: the peer harness's scenarios (S1–S5, see `../shared/peers/README.md`)
+//! on a real cluster of separate processes on loopback.
+//!
+//! `bench` starts itself again in three roles (router, pipeliner, broker): each role runs
+//! the same library code as the real daemons, as its own OS process. The driver (this
+//! process) is the client, timed from the first submit to the last result in hand,
+//! exactly as the peers' drivers are.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use clap::{Parser, ValueEnum};
+use client::PipelineManager;
+use pypelinin_common::protocol::{ClusterConfig, PipelineId, PipelineResult};
+use pypelinin_common::{PipelineSpec, PipelineState, Shutdown};
+use serde_json::{json, Value};
+
+/// Benchmarks the cluster on the peers' scenarios.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+    /// The router flushes every acknowledged change to disk before acknowledging it.
+    /// Default: sled's background flush (every 500 ms).
+    #[arg(long)]
+    durable: bool,
+    /// Writes the figures as JSON (the shape of the peers' `summary` objects).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Timed runs per scenario.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Where the two worker slots run jobs: supervised child processes, or threads.
+    #[arg(long, value_enum, default_value_t = Iso::Process)]
+    isolation: Iso,
+    /// Internal: run as one daemon of the benchmark cluster.
+    #[arg(long, hide = true, value_enum)]
+    role: Option<Role>,
+    #[arg(long, hide = true, default_value = "tcp://127.0.0.1:0")]
+    api: String,
+    #[arg(long, hide = true, default_value = "tcp://127.0.0.1:0")]
+    broadcast: String,
+    #[arg(long, hide = true)]
+    db: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    S1,
+    S2,
+    S3,
+    S4,
+    S5,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Router,
+    Pipeliner,
+    Broker,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Iso {
+    Process,
+    Thread,
+}
+
+/// Worker slots in the whole cluster, as the peers' two worker processes.
+const SLOTS: usize = 2;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "error");
+    }
+    pypelinin_common::init_tracing();
+    match args.role {
+        Some(role) => run_role(role, &args),
+        None => drive(&args),
+    }
+}
+
+fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
+    let shutdown = Shutdown::on_signals()?;
+    match role {
+        Role::Router => {
+            let router = router::BoundRouter::bind(router::RouterConfig {
+                api: args.api.clone(),
+                broadcast: args.broadcast.clone(),
+                db: args.db.clone().context("--db")?,
+                cluster: ClusterConfig::default(),
+                durability: if args.durable {
+                    router::Durability::Flush
+                } else {
+                    router::Durability::Background
+                },
+            })?;
+            println!(
+                "router listening api={} broadcast={}",
+                router.api_endpoint, router.broadcast_endpoint
+            );
+            router.run(shutdown)?;
+        }
+        Role::Pipeliner => pipeliner::run(
+            pipeliner::PipelinerConfig {
+                api: args.api.clone(),
+                broadcast: args.broadcast.clone(),
+                capacity: pipeliner::DEFAULT_CAPACITY,
+            },
+            shutdown,
+        )?,
+        Role::Broker => {
+            let mut config = broker::BrokerConfig::new(&args.api, &args.broadcast);
+            config.slots = SLOTS;
+            config.drain_timeout = Duration::from_secs(2);
+            config.isolation = match args.isolation {
+                Iso::Process => broker::Isolation::Process,
+                Iso::Thread => broker::Isolation::Thread,
+            };
+            example::workers::register(broker::Broker::new()).run(config, shutdown)?;
+        }
+    }
+    Ok(())
+}
+
+/// A benchmark cluster: router, pipeliner and one broker with two slots.
+struct Cluster {
+    procs: Vec<Child>,
+    api: String,
+    broadcast: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(args: &Args) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let exe = std::env::current_exe()?;
+        let mut common: Vec<String> = vec![
+            "--isolation".into(),
+            format!("{:?}", args.isolation).to_lowercase(),
+        ];
+        if args.durable {
+            common.push("--durable".into());
+        }
+        let mut router = Command::new(&exe)
+            .args(["--role", "router", "--db"])
+            .arg(dir.path().join("db"))
+            .args(&common)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(router.stdout.take().unwrap()).read_line(&mut line)?;
+        let field = |k: &str| -> anyhow::Result<String> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_string)
+                .with_context(|| format!("router said {line:?}"))
+        };
+        let (api, broadcast) = (field("api=")?, field("broadcast=")?);
+        let mut procs = vec![router];
+        for role in ["pipeliner", "broker"] {
+            procs.push(
+                Command::new(&exe)
+                    .args(["--role", role, "--api", &api, "--broadcast", &broadcast])
+                    .args(&common)
+                    .spawn()?,
+            );
+        }
+        let c = Cluster {
+            procs,
+            api,
+            broadcast,
+            _dir: dir,
+        };
+        // Ready when a job goes through.
+        let mut pm = c.client()?;
+        let id = pm.start(&PipelineSpec::default().job("a", "Noop", &[]))?;
+        ensure!(
+            pm.wait(id, Duration::from_secs(30))?.is_success(),
+            "warm-up job failed"
+        );
+        Ok(c)
+    }
+
+    fn client(&self) -> anyhow::Result<PipelineManager> {
+        Ok(PipelineManager::connect(&self.api, &self.broadcast)?)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|c| c.id()).collect()
+    }
+
+    /// CPU seconds used so far by the cluster's processes, their children (slot
+    /// processes) and this driver.
+    fn cpu_seconds(&self) -> f64 {
+        let mut pids = self.pids();
+        pids.extend(children_of(&pids));
+        pids.push(std::process::id());
+        pids.iter().map(|p| proc_cpu_seconds(*p)).sum()
+    }
+
+    fn router_peak_rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.procs[0].id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.procs.iter().rev() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in self.procs.iter_mut().rev() {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn children_of(pids: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(ppid) =
+            proc_stat(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
+        {
+            if pids.contains(&ppid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Fields of /proc/PID/stat after the command name (state is field 0).
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    proc_stat(pid)
+        .map(|f| {
+            // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+            let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (t(11) + t(12)) / ticks
+        })
+        .unwrap_or(0.0)
+}
+
+/// One timed run's figures.
+#[derive(Default, Clone)]
+struct Run {
+    metrics: BTreeMap<&'static str, f64>,
+}
+
+fn chain(len: usize, i: usize) -> PipelineSpec {
+    let mut p = PipelineSpec::default().with_data("i", json!(i));
+    for k in 0..len {
+        let prev = format!("s{}", k.wrapping_sub(1));
+        let after: Vec<&str> = if k == 0 { vec![] } else { vec![prev.as_str()] };
+        p = p.job(&format!("s{k}"), "Step", &after);
+    }
+    p
+}
+
+fn diamond(i: usize) -> PipelineSpec {
+    PipelineSpec::default()
+        .with_data("i", json!(i))
+        .job("a", "Step", &[])
+        .job("b", "Step", &["a"])
+        .job("c", "Step", &["a"])
+        .job("d", "Join", &["b", "c"])
+}
+
+fn fan(width: usize, i: usize) -> PipelineSpec {
+    let mut p = PipelineSpec::default()
+        .with_data("i", json!(i))
+        .job("root", "Step", &[]);
+    let names: Vec<String> = (0..width).map(|k| format!("f{k:04}")).collect();
+    for n in &names {
+        p = p.job(n, "Step", &["root"]);
+    }
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    p.job("join", "Join", &refs)
+}
+
+/// Checks a result's output like the peers do: count, `n`, `k`, and `i` not mixed up.
+fn check(r: &PipelineResult, job: &str, i: usize, n: u64, k: Option<u64>) -> anyhow::Result<()> {
+    ensure!(
+        r.state == PipelineState::Succeeded,
+        "pipeline {} {:?}: {:?}",
+        r.id,
+        r.state,
+        r.failed
+    );
+    let out = r
+        .outputs
+        .get(job)
+        .with_context(|| format!("no output for {job}"))?;
+    ensure!(
+        out.get("n") == Some(&Value::from(n)),
+        "{job}: n = {:?}, want {n}",
+        out.get("n")
+    );
+    ensure!(
+        out.get("i") == Some(&Value::from(i)),
+        "{job}: i = {:?}, want {i}",
+        out.get("i")
+    );
+    if let Some(k) = k {
+        ensure!(
+            out.get("k") == Some(&Value::from(k)),
+            "{job}: k = {:?}, want {k}",
+            out.get("k")
+        );
+    }
+    Ok(())
+}
+
+/// Submits every pipeline (one submit call each), then waits for all results.
+fn submit_and_collect(
+    pm: &mut PipelineManager,
+    specs: &[PipelineSpec],
+) -> anyhow::Result<(Vec<PipelineResult>, f64, f64)> {
+    let t0 = Instant::now();
+    let ids: Vec<PipelineId> = specs
+        .iter()
+        .map(|s| pm.start_async(s))
+        .collect::<Result<_, _>>()?;
+    pm.confirm()?;
+    let submit = t0.elapsed().as_secs_f64();
+    let results = pm.results(&ids, Duration::from_secs(120))?;
+    Ok((results, t0.elapsed().as_secs_f64(), submit))
+}
+
+fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
+    let mut pm = c.client()?;
+    let cpu0 = c.cpu_seconds();
+    let mut run = Run::default();
+    let jobs: f64;
+    match s {
+        Scenario::S1 => {
+            let n = if warm { 200 } else { 5000 };
+            let specs: Vec<_> = (0..n)
+                .map(|i| {
+                    PipelineSpec::default()
+                        .with_data("i", json!(i))
+                        .job("a", "Step", &[])
+                })
+                .collect();
+            let (results, wall, submit) = submit_and_collect(&mut pm, &specs)?;
+            for (i, r) in results.iter().enumerate() {
+                check(r, "a", i, 1, None)?;
+            }
+            jobs = n as f64;
+            run.metrics.insert("jobs_per_s", jobs / wall);
+            run.metrics.insert("submit_s", submit);
+        }
+        Scenario::S2 => {
+            let n = if warm { 20 } else { 500 };
+            let specs: Vec<_> = (0..n).map(|i| chain(3, i)).collect();
+            let (results, wall, _) = submit_and_collect(&mut pm, &specs)?;
+            for (i, r) in results.iter().enumerate() {
+                check(r, "s2", i, 3, None)?;
+            }
+            jobs = 3.0 * n as f64;
+            run.metrics.insert("pipelines_per_s", n as f64 / wall);
+            run.metrics.insert("jobs_per_s", jobs / wall);
+        }
+        Scenario::S3 => {
+            let n = if warm { 10 } else { 300 };
+            let specs: Vec<_> = (0..n).map(diamond).collect();
+            let (results, wall, _) = submit_and_collect(&mut pm, &specs)?;
+            for (i, r) in results.iter().enumerate() {
+                check(r, "d", i, 3, Some(2))?;
+            }
+            jobs = 4.0 * n as f64;
+            run.metrics.insert("pipelines_per_s", n as f64 / wall);
+            run.metrics.insert("jobs_per_s", jobs / wall);
+        }
+        Scenario::S4 => {
+            let width = if warm { 20 } else { 500 };
+            let (results, wall, _) = submit_and_collect(&mut pm, &[fan(width, 7)])?;
+            check(&results[0], "join", 7, 3, Some(width as u64))?;
+            ensure!(
+                results[0].outputs.len() == width + 2,
+                "every fan-out output present"
+            );
+            jobs = (width + 2) as f64;
+            run.metrics.insert("total_s", wall);
+            run.metrics.insert("jobs_per_s", jobs / wall);
+        }
+        Scenario::S5 => {
+            let times = if warm { 3 } else { 20 };
+            let mut ms = Vec::with_capacity(times);
+            for i in 0..times {
+                let t0 = Instant::now();
+                let id = pm.start(&chain(10, i))?;
+                let r = pm.results(&[id], Duration::from_secs(60))?;
+                ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                check(&r[0], "s9", i, 10, None)?;
+            }
+            ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let median = (ms[times / 2 - 1] + ms[times / 2]) / 2.0;
+            let p95 = ms[((times as f64 * 0.95).ceil() as usize).max(1) - 1];
+            jobs = 10.0 * times as f64;
+            run.metrics.insert("median_ms", median);
+            run.metrics.insert("p95_ms", p95);
+            run.metrics.insert("per_hop_ms", median / 10.0);
+        }
+        Scenario::All => bail!("not a single scenario"),
+    }
+    let cpu = c.cpu_seconds() - cpu0;
+    run.metrics.insert("cpu_ms_per_job", cpu * 1000.0 / jobs);
+    Ok(run)
+}
+
+fn stats(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let med = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (v[0], med, v[v.len() - 1])
+}
+
+fn fmt(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn drive(args: &Args) -> anyhow::Result<()> {
+    let scenarios = match args.scenario {
+        Scenario::All => vec![
+            Scenario::S1,
+            Scenario::S2,
+            Scenario::S3,
+            Scenario::S4,
+            Scenario::S5,
+        ],
+        s => vec![s],
+    };
+    let started = Instant::now();
+    println!(
+        "pypelinin bench: {} runs per scenario, {} worker slots ({:?} isolation), router durability: {}",
+        args.runs,
+        SLOTS,
+        args.isolation,
+        if args.durable { "flush before every acknowledgement (--durable)" } else { "background flush every 500 ms (default)" }
+    );
+    let mut summary = serde_json::Map::new();
+    let mut table: Vec<(String, String, String)> = Vec::new();
+    let mut peak_rss = 0;
+    for s in scenarios {
+        // A fresh cluster per scenario, as the peers get.
+        let c = Cluster::start(args)?;
+        run_scenario(&c, s, true).with_context(|| format!("{s:?} warm-up"))?;
+        let mut runs = Vec::new();
+        for _ in 0..args.runs {
+            runs.push(run_scenario(&c, s, false).with_context(|| format!("{s:?}"))?);
+        }
+        peak_rss = peak_rss.max(c.router_peak_rss_kb());
+        let name = format!("{s:?}");
+        let mut obj = serde_json::Map::new();
+        for key in runs[0].metrics.keys() {
+            let mut v: Vec<f64> = runs.iter().map(|r| r.metrics[key]).collect();
+            let (min, med, max) = stats(&mut v);
+            obj.insert(
+                (*key).to_string(),
+                json!({"min": min, "median": med, "max": max}),
+            );
+            table.push((
+                name.clone(),
+                key.to_string(),
+                format!("{} / {} / {}", fmt(min), fmt(med), fmt(max)),
+            ));
+        }
+        summary.insert(name, Value::Object(obj));
+    }
+    summary.insert("router_peak_rss_mb".into(), json!(peak_rss as f64 / 1024.0));
+    summary.insert("durable".into(), json!(args.durable));
+    summary.insert(
+        "isolation".into(),
+        json!(format!("{:?}", args.isolation).to_lowercase()),
+    );
+    println!(
+        "\n{:<9} {:<16} {}",
+        "scenario", "metric", "min / median / max"
+    );
+    for (s, k, v) in &table {
+        println!("{s:<9} {k:<16} {v}");
+    }
+    println!("router peak memory: {:.1} MiB", peak_rss as f64 / 1024.0);
+    println!("total time: {:.1} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&Value::Object(summary))?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
