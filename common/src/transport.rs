@@ -75,6 +75,9 @@ pub fn subscriber(
     Ok(s)
 }
 
+/// A posted request's id and its answer.
+pub type Answer = (u64, Result<Reply, ProtocolError>);
+
 /// Lazy Pirate request/reply to the router.
 pub struct Requester {
     ctx: zmq::Context,
@@ -84,7 +87,7 @@ pub struct Requester {
     /// Posted requests not answered yet: id → frame (kept to resend).
     posted: std::collections::HashMap<u64, Vec<u8>>,
     /// Answers to posted requests that arrived while waiting for something else.
-    stash: Vec<(u64, Result<Reply, ProtocolError>)>,
+    stash: Vec<Answer>,
     /// Wait for one attempt's reply.
     pub timeout: Duration,
     /// Attempts before giving up.
@@ -195,7 +198,7 @@ impl Requester {
 
     /// Waits for the answers of every posted request, resending those unanswered after
     /// each timeout on a fresh socket (posted requests must be idempotent).
-    pub fn collect(&mut self) -> Result<Vec<(u64, Result<Reply, ProtocolError>)>, TransportError> {
+    pub fn collect(&mut self) -> Result<Vec<Answer>, TransportError> {
         let started = Instant::now();
         let mut out = std::mem::take(&mut self.stash);
         for attempt in 0..self.attempts.max(1) {
