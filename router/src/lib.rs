@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod http;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -1,9 +1,11 @@
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use pypelinin_common::protocol::ClusterConfig;
 use pypelinin_common::Shutdown;
+use router::http::Dashboard;
 use router::{BoundRouter, Durability, RouterConfig};
 
 /// The pypelinin router: the central point of a cluster.
@@ -30,6 +32,10 @@ struct Args {
     /// 500 ms background flush; faster, loses the last changes in a crash.
     #[arg(long, value_enum, default_value_t = Mode::Flush)]
     durability: Mode,
+    /// Serve the web dashboard, its JSON API and Prometheus `/metrics` on this address
+    /// (HOST:PORT; a bare PORT binds 127.0.0.1; port 0 picks a free port). Off by default.
+    #[arg(long, env = "PYPELININ_HTTP", value_name = "ADDR")]
+    http: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -62,11 +68,29 @@ fn main() -> anyhow::Result<()> {
     };
     let shutdown = Shutdown::on_signals()?;
     let router = BoundRouter::bind(config)?;
-    // One line on stdout with the bound addresses: scripts and tests read it.
-    println!(
+    // The dashboard is a client of the router's API socket, bound just above: its
+    // requests wait in the socket until the router runs.
+    let dashboard = match &args.http {
+        Some(addr) => Some(
+            Dashboard::start(addr, &router.api_endpoint, &router.broadcast_endpoint)
+                .context("starting the dashboard")?,
+        ),
+        None => None,
+    };
+    // The bound addresses on stdout, the API first: scripts and tests read these lines.
+    // A reader that stopped reading must not stop the router: write errors are ignored.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "router listening api={} broadcast={}",
         router.api_endpoint, router.broadcast_endpoint
     );
+    if let Some(d) = &dashboard {
+        let _ = writeln!(out, "http listening on {}", d.url());
+    }
+    let _ = out.flush();
+    drop(out);
     router.run(shutdown)?;
+    drop(dashboard);
     Ok(())
 }

@@ -160,6 +160,9 @@ pub struct RouterState {
     takes: HashMap<PeerId, Vec<PipelineSnapshot>>,
     changes: HashMap<PeerId, Vec<JobChange>>,
     revokes: HashMap<PeerId, Vec<JobRef>>,
+    /// Records changed this turn, written once each at commit.
+    dirty_jobs: HashSet<(PipelineId, u32)>,
+    dirty_pipelines: HashSet<PipelineId>,
     deadlines: BinaryHeap<Reverse<(Instant, PipelineId, u32, u32)>>,
     events: Vec<Event>,
     /// Counters for operators and tests.
@@ -205,6 +208,8 @@ impl RouterState {
             takes: HashMap::new(),
             changes: HashMap::new(),
             revokes: HashMap::new(),
+            dirty_jobs: HashSet::new(),
+            dirty_pipelines: HashSet::new(),
             deadlines: BinaryHeap::new(),
             events: Vec::new(),
             counters: Counters::default(),
@@ -383,10 +388,10 @@ impl RouterState {
         };
         self.next_seq += 1;
         let jobs = vec![JobRecord::new(); dag.len()];
-        for (i, j) in jobs.iter().enumerate() {
-            self.store.put_job(id, i as u32, j)?;
+        for i in 0..jobs.len() {
+            self.dirty_jobs.insert((id, i as u32));
         }
-        self.store.put_pipeline(&rec)?;
+        self.dirty_pipelines.insert(id);
         self.order.insert(rec.seq, id);
         debug!(pipeline = %id, jobs = dag.len(), "pipeline accepted");
         self.pipelines.insert(
@@ -718,7 +723,7 @@ impl RouterState {
     fn job_final(&mut self, id: PipelineId, i: u32, state: JobState) -> Result<()> {
         let p = self.pipelines.get_mut(&id).expect("known pipeline");
         p.done += 1;
-        self.store.put_job(id, i, &p.jobs[i as usize])?;
+        self.dirty_jobs.insert((id, i));
         if let Some(owner) = p.owner.clone() {
             self.changes.entry(owner).or_default().push(JobChange {
                 pipeline: id,
@@ -787,7 +792,7 @@ impl RouterState {
             }
             let p = self.pipelines.get_mut(&id).unwrap();
             p.jobs[i as usize].enqueued = true;
-            self.store.put_job(id, i, &p.jobs[i as usize])?;
+            self.dirty_jobs.insert((id, i));
             self.schedule(id, i, 0);
         }
         for i in a.skip {
@@ -837,7 +842,7 @@ impl RouterState {
         let p = self.pipelines.get_mut(&id).unwrap();
         p.rec.state = state;
         p.rec.finished_ms = Some(now_ms());
-        self.store.put_pipeline(&p.rec)?;
+        self.dirty_pipelines.insert(p.rec.id);
         info!(pipeline = %id, state = state.as_str(), ms = p.rec.finished_ms.unwrap() - p.rec.submitted_ms, "pipeline finished");
         if let Some(owner) = p.owner.take() {
             if let Some(Peer {
@@ -963,11 +968,11 @@ impl RouterState {
             j.failures = 0;
             j.not_before_ms = 0;
             j.error = None;
-            self.store.put_job(id, i, &p.jobs[i as usize])?;
+            self.dirty_jobs.insert((id, i));
         }
         p.rec.state = PipelineState::Queued;
         p.rec.finished_ms = None;
-        self.store.put_pipeline(&p.rec)?;
+        self.dirty_pipelines.insert(p.rec.id);
         self.unowned.push_back(id);
         Ok(Reply::Status(self.pipelines[&id].status()))
     }
@@ -1244,7 +1249,7 @@ impl RouterState {
             finished_ms: None,
             error: None,
         });
-        self.store.put_job(id, i, &p.jobs[i as usize])?;
+        self.dirty_jobs.insert((id, i));
         if let Some(t) = p.dag.timeout_ms(i) {
             // A backstop: brokers stop a job at its timeout and report; this fires only
             // if no report came within a lease after that.
@@ -1303,7 +1308,7 @@ impl RouterState {
             p.owner = Some(peer.clone());
             if p.rec.state == PipelineState::Queued {
                 p.rec.state = PipelineState::Running;
-                self.store.put_pipeline(&p.rec)?;
+                self.dirty_pipelines.insert(p.rec.id);
             }
             let snap = self.snapshot(id).unwrap();
             self.takes.entry(peer).or_default().push(snap);
@@ -1313,6 +1318,13 @@ impl RouterState {
 
     /// Makes every change durable; only then may the outbox be sent.
     pub fn commit(&mut self) -> Result<()> {
+        // Each record changed this turn is written once, however often it changed.
+        for (id, i) in self.dirty_jobs.drain() {
+            self.store.put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+        }
+        for id in self.dirty_pipelines.drain() {
+            self.store.put_pipeline(&self.pipelines[&id].rec)?;
+        }
         self.store.commit()
     }
 

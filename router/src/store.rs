@@ -124,6 +124,11 @@ pub struct SledStore {
     outputs: sled::Tree,
     durability: Durability,
     dirty: bool,
+    batch_pipelines: sled::Batch,
+    batch_jobs: sled::Batch,
+    batch_outputs: sled::Batch,
+    /// Outputs written since the last commit, readable before it.
+    pending_outputs: std::collections::HashMap<[u8; 20], Vec<u8>>,
 }
 
 impl SledStore {
@@ -137,6 +142,10 @@ impl SledStore {
             db,
             durability,
             dirty: false,
+            batch_pipelines: sled::Batch::default(),
+            batch_jobs: sled::Batch::default(),
+            batch_outputs: sled::Batch::default(),
+            pending_outputs: std::collections::HashMap::new(),
         })
     }
 }
@@ -188,25 +197,30 @@ impl StateStore for SledStore {
     }
 
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
-        self.pipelines.insert(rec.id.0.as_bytes(), enc(rec))?;
+        self.batch_pipelines.insert(rec.id.0.as_bytes(), enc(rec));
         self.dirty = true;
         Ok(())
     }
 
     fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
-        self.jobs.insert(job_key(id, job), enc(rec))?;
+        self.batch_jobs.insert(&job_key(id, job), enc(rec));
         self.dirty = true;
         Ok(())
     }
 
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
-        self.outputs.insert(job_key(id, job), enc(output))?;
+        let (k, v) = (job_key(id, job), enc(output));
+        self.batch_outputs.insert(&k, v.clone());
+        self.pending_outputs.insert(k, v);
         self.dirty = true;
         Ok(())
     }
 
     fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError> {
         let k = job_key(id, job);
+        if let Some(v) = self.pending_outputs.get(&k) {
+            return Ok(Some(dec(&k, v)?));
+        }
         match self.outputs.get(k)? {
             Some(v) => Ok(Some(dec(&k, &v)?)),
             None => Ok(None),
@@ -214,7 +228,18 @@ impl StateStore for SledStore {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        if self.dirty && self.durability == Durability::Flush {
+        if !self.dirty {
+            return Ok(());
+        }
+        // Outputs first, then jobs, then pipelines: a crash between two batches leaves
+        // at worst an output without its job record, which is harmless.
+        self.outputs
+            .apply_batch(std::mem::take(&mut self.batch_outputs))?;
+        self.jobs.apply_batch(std::mem::take(&mut self.batch_jobs))?;
+        self.pipelines
+            .apply_batch(std::mem::take(&mut self.batch_pipelines))?;
+        self.pending_outputs.clear();
+        if self.durability == Durability::Flush {
             self.db.flush()?;
         }
         self.dirty = false;
