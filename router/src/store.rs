@@ -43,7 +43,8 @@ pub enum Durability {
 pub struct PipelineRecord {
     /// The pipeline.
     pub id: PipelineId,
-    /// What was submitted.
+    /// What was submitted; stored once, apart from the record, which changes often.
+    #[serde(skip)]
     pub spec: PipelineSpec,
     /// Its state.
     pub state: PipelineState,
@@ -122,6 +123,9 @@ pub struct SledStore {
     pipelines: sled::Tree,
     jobs: sled::Tree,
     outputs: sled::Tree,
+    specs: sled::Tree,
+    specs_written: std::collections::HashSet<PipelineId>,
+    batch_specs: sled::Batch,
     durability: Durability,
     dirty: bool,
     batch_pipelines: sled::Batch,
@@ -139,6 +143,9 @@ impl SledStore {
             pipelines: db.open_tree("pipelines")?,
             jobs: db.open_tree("jobs")?,
             outputs: db.open_tree("outputs")?,
+            specs: db.open_tree("specs")?,
+            specs_written: std::collections::HashSet::new(),
+            batch_specs: sled::Batch::default(),
             db,
             durability,
             dirty: false,
@@ -173,7 +180,12 @@ impl StateStore for SledStore {
         let mut out = Vec::new();
         for item in self.pipelines.iter() {
             let (k, v) = item?;
-            let rec: PipelineRecord = dec(&k, &v)?;
+            let mut rec: PipelineRecord = dec(&k, &v)?;
+            let spec = self.specs.get(&k)?.ok_or_else(|| StoreError::Corrupt {
+                key: rec.id.to_string(),
+                message: "no spec".into(),
+            })?;
+            rec.spec = dec(&k, &spec)?;
             let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
             for j in self.jobs.scan_prefix(&k) {
                 let (jk, jv) = j?;
@@ -197,6 +209,9 @@ impl StateStore for SledStore {
     }
 
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
+        if self.specs_written.insert(rec.id) {
+            self.batch_specs.insert(rec.id.0.as_bytes(), enc(&rec.spec));
+        }
         self.batch_pipelines.insert(rec.id.0.as_bytes(), enc(rec));
         self.dirty = true;
         Ok(())
@@ -236,6 +251,7 @@ impl StateStore for SledStore {
         self.outputs
             .apply_batch(std::mem::take(&mut self.batch_outputs))?;
         self.jobs.apply_batch(std::mem::take(&mut self.batch_jobs))?;
+        self.specs.apply_batch(std::mem::take(&mut self.batch_specs))?;
         self.pipelines
             .apply_batch(std::mem::take(&mut self.batch_pipelines))?;
         self.pending_outputs.clear();
