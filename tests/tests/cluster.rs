@@ -240,7 +240,11 @@ fn retry_reruns_what_failed_and_keeps_what_succeeded() {
         .job("a", "Step", &[])
         .job("flaky", "Flaky", &["a"])
         .job("after", "Echo", &["flaky"]);
-    spec.jobs.get_mut("flaky").unwrap().data.insert("fail_attempts".into(), json!(1));
+    spec.jobs
+        .get_mut("flaky")
+        .unwrap()
+        .data
+        .insert("fail_attempts".into(), json!(1));
     let id = pm.start(&spec).unwrap();
     let first = pm.wait(id, WAIT).unwrap();
     assert!(!first.is_success());
@@ -251,7 +255,11 @@ fn retry_reruns_what_failed_and_keeps_what_succeeded() {
     let second = pm.wait(id, WAIT).unwrap();
     assert!(second.is_success(), "{second:?}");
     let s = second.status();
-    assert_eq!(s.jobs["a"].history, first.status().jobs["a"].history, "kept, not re-run");
+    assert_eq!(
+        s.jobs["a"].history,
+        first.status().jobs["a"].history,
+        "kept, not re-run"
+    );
     assert_eq!(s.jobs["flaky"].attempts, 2);
     assert_eq!(s.jobs["after"].attempts, 1);
     // Named retry: the job and its descendants run again, its parent does not.
@@ -272,5 +280,8 @@ fn retry_reruns_what_failed_and_keeps_what_succeeded() {
     assert_eq!(m.pipeliners, 1);
     assert_eq!(m.job_duration["Flaky"].count, 3);
     assert!(m.request_latency.count > 0);
-    assert_eq!(m.attempts_finished, 6, "a, flaky; flaky, after; flaky, after");
+    assert_eq!(
+        m.attempts_finished, 6,
+        "a, flaky; flaky, after; flaky, after"
+    );
 }
