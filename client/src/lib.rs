@@ -476,10 +476,10 @@ pub mod render {
         }
     }
 
-    /// One line for a terminal: a bar of `width` cells, jobs done / total, how many
-    /// run and failed, and the time elapsed since submission.
+    /// One line for a terminal: the pipeline's state, a bar of `width` cells, jobs
+    /// done / total, how many run and failed, and the time since submission.
     ///
-    /// `[███████░░░░░░░] 7/14 jobs · 2 running · 1 failed · 3.2 s`
+    /// `running   [███████░░░░░░░] 7/14 jobs · 2 running · 1 failed · 3.2 s`
     pub fn progress_line(status: &PipelineStatus, width: usize, now_ms: u64) -> String {
         let p = Progress::of(status);
         let filled = if p.total == 0 {
@@ -488,7 +488,7 @@ pub mod render {
             (p.done as usize * width) / p.total as usize
         };
         let mut line = String::with_capacity(width * 3 + 64);
-        line.push('[');
+        let _ = write!(line, "{:<9} [", status.state.as_str());
         for k in 0..width {
             line.push(if k < filled { '█' } else { '░' });
         }
@@ -502,8 +502,7 @@ pub mod render {
         let end = status.finished_ms.unwrap_or(now_ms);
         let _ = write!(
             line,
-            " · {} · {}",
-            status.state.as_str(),
+            " · {}",
             duration(end.saturating_sub(status.submitted_ms))
         );
         line
@@ -746,7 +745,10 @@ pub mod render {
             assert_eq!(edges(&spec), vec![("a".to_string(), "b".to_string())]);
             let p = Progress::of(&status);
             assert_eq!((p.total, p.done, p.failed, p.skipped), (2, 2, 1, 1));
-            assert!(progress_line(&status, 4, 10).starts_with("[████] 2/2 jobs · 1 failed"));
+            assert_eq!(
+                progress_line(&status, 4, 10),
+                "failed    [████] 2/2 jobs · 1 failed · 1 ms"
+            );
         }
     }
 }

@@ -17,9 +17,9 @@
 //! | GET | `/api/metrics` | cluster metrics (JSON) |
 //! | GET | `/metrics` | the same in Prometheus text format |
 //!
-//! Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown pipeline or
-//! path), 405 (wrong method), 409 (refused now, e.g. retrying a running pipeline) or
-//! 503 (the router did not answer).
+//! Errors are `{"error": "..."}` with 400 (bad request), 403 (a POST from another
+//! site's page), 404 (unknown pipeline or path), 405 (wrong method), 409 (refused now,
+//! e.g. retrying a running pipeline) or 503 (the router did not answer).
 
 use std::fmt::Write as _;
 use std::io::Read;
@@ -187,7 +187,22 @@ fn serve(server: &tiny_http::Server, api: &str, broadcast: &str) {
                 .take(MAX_BODY_BYTES)
                 .read_to_end(&mut body);
         }
-        let answer = handle(&mut pm, &method, &url, &body);
+        let header_value = |name: &'static str| {
+            request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv(name))
+                .map(|h| h.value.as_str().to_string())
+        };
+        let answer = if method == "POST"
+            && !same_origin(
+                header_value("Origin").as_deref(),
+                header_value("Host").as_deref(),
+            ) {
+            Answer::error(403, "cross-origin requests may not change pipelines")
+        } else {
+            handle(&mut pm, &method, &url, &body)
+        };
         if answer.status >= 500 {
             warn!(status = answer.status, "request failed");
         } else {
@@ -203,6 +218,22 @@ fn serve(server: &tiny_http::Server, api: &str, broadcast: &str) {
         }
         let _ = request.respond(response);
     }
+}
+
+/// Whether a request that changes something comes from the dashboard's own pages (or
+/// from a client that is not a browser: no `Origin`). A page of another site, open in
+/// the operator's browser, cannot cancel or retry pipelines through this loopback port.
+pub fn same_origin(origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let Some(host) = host else {
+        return false;
+    };
+    let origin = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    origin.is_some_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(host.trim()))
 }
 
 fn header(name: &str, value: &str) -> tiny_http::Header {
@@ -494,11 +525,7 @@ fn index_page(pm: &mut PipelineManager) -> Answer {
         Ok(list) => {
             let mut rows = String::new();
             for p in &list {
-                let pct = if p.jobs == 0 {
-                    0
-                } else {
-                    p.done * 100 / p.jobs
-                };
+                let pct = (p.done * 100).checked_div(p.jobs).unwrap_or(0);
                 let _ = write!(
                     rows,
                     "<tr data-id=\"{id}\"><td><a class=\"mono\" href=\"#/pipeline/{id}\">{id}</a></td>\
@@ -766,6 +793,25 @@ mod tests {
         assert!(ListQuery::parse("limit=many").is_err());
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn only_same_origin_pages_may_post() {
+        assert!(same_origin(None, Some("127.0.0.1:8080")), "curl, scripts");
+        assert!(same_origin(
+            Some("http://127.0.0.1:8080"),
+            Some("127.0.0.1:8080")
+        ));
+        assert!(same_origin(
+            Some("http://Router-Host:8080"),
+            Some("router-host:8080")
+        ));
+        assert!(!same_origin(
+            Some("http://evil.example"),
+            Some("127.0.0.1:8080")
+        ));
+        assert!(!same_origin(Some("null"), Some("127.0.0.1:8080")));
+        assert!(!same_origin(Some("http://127.0.0.1:8080"), None));
     }
 
     #[test]

@@ -1320,7 +1320,8 @@ impl RouterState {
     pub fn commit(&mut self) -> Result<()> {
         // Each record changed this turn is written once, however often it changed.
         for (id, i) in self.dirty_jobs.drain() {
-            self.store.put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+            self.store
+                .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
         }
         for id in self.dirty_pipelines.drain() {
             self.store.put_pipeline(&self.pipelines[&id].rec)?;

@@ -56,6 +56,12 @@ pub struct PipelineRecord {
     pub finished_ms: Option<u64>,
 }
 
+/// The spec inside a pipeline record, as databases of the first release stored it.
+#[derive(Deserialize)]
+struct InlineSpec {
+    spec: PipelineSpec,
+}
+
 /// A job as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -181,11 +187,11 @@ impl StateStore for SledStore {
         for item in self.pipelines.iter() {
             let (k, v) = item?;
             let mut rec: PipelineRecord = dec(&k, &v)?;
-            let spec = self.specs.get(&k)?.ok_or_else(|| StoreError::Corrupt {
-                key: rec.id.to_string(),
-                message: "no spec".into(),
-            })?;
-            rec.spec = dec(&k, &spec)?;
+            rec.spec = match self.specs.get(&k)? {
+                Some(spec) => dec(&k, &spec)?,
+                // Databases written before specs had their own tree kept it inline.
+                None => dec::<InlineSpec>(&k, &v)?.spec,
+            };
             let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
             for j in self.jobs.scan_prefix(&k) {
                 let (jk, jv) = j?;
@@ -250,8 +256,10 @@ impl StateStore for SledStore {
         // at worst an output without its job record, which is harmless.
         self.outputs
             .apply_batch(std::mem::take(&mut self.batch_outputs))?;
-        self.jobs.apply_batch(std::mem::take(&mut self.batch_jobs))?;
-        self.specs.apply_batch(std::mem::take(&mut self.batch_specs))?;
+        self.jobs
+            .apply_batch(std::mem::take(&mut self.batch_jobs))?;
+        self.specs
+            .apply_batch(std::mem::take(&mut self.batch_specs))?;
         self.pipelines
             .apply_batch(std::mem::take(&mut self.batch_pipelines))?;
         self.pending_outputs.clear();

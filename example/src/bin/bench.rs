@@ -516,10 +516,7 @@ fn drive(args: &Args) -> anyhow::Result<()> {
         "isolation".into(),
         json!(format!("{:?}", args.isolation).to_lowercase()),
     );
-    println!(
-        "\n{:<9} {:<16} {}",
-        "scenario", "metric", "min / median / max"
-    );
+    println!("\n{:<9} {:<16} min / median / max", "scenario", "metric");
     for (s, k, v) in &table {
         println!("{s:<9} {k:<16} {v}");
     }

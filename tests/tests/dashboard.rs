@@ -1,0 +1,804 @@
+//! The router's dashboard (`--http`): its JSON API and `/metrics` over plain HTTP, and
+//! the page itself in headless Chromium driven through chromedriver's WebDriver API.
+//!
+//! The browser test needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
+//! them): without them it fails when `CI` is set and is skipped otherwise. With
+//! `SAVE_SCREENSHOTS=1` it writes the README's screenshots to `docs/`.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster_harness::Proc;
+use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::{PipelineSpec, PipelineState};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------
+// A cluster whose router serves HTTP
+// ---------------------------------------------------------------------------------
+
+/// Router (with `--http 127.0.0.1:0`), one pipeliner, one broker of two slots.
+struct DashCluster {
+    api: String,
+    broadcast: String,
+    /// `http://127.0.0.1:PORT`.
+    http: String,
+    // Dropped in this order: the broker and pipeliner first, then the router.
+    _broker: Proc,
+    _pipeliner: Proc,
+    _router: Proc,
+    _router_stdout: BufReader<ChildStdout>,
+    dir: tempfile::TempDir,
+}
+
+impl DashCluster {
+    fn start() -> DashCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("cluster.json");
+        std::fs::write(&config, r#"{"monitoring_interval_ms": 300}"#).unwrap();
+        let db = dir.path().join("db");
+        let mut router = Proc::spawn(
+            "pypelinin-router",
+            &[
+                "--api",
+                "tcp://127.0.0.1:0",
+                "--broadcast",
+                "tcp://127.0.0.1:0",
+                "--db",
+                db.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+                "--http",
+                "127.0.0.1:0",
+            ],
+            &dir.path().join("router.log"),
+        );
+        // Line 1: `router listening api=… broadcast=…`; line 2: `http listening on …`.
+        let mut out = BufReader::new(router.child.stdout.take().expect("router stdout"));
+        let mut first = String::new();
+        let mut second = String::new();
+        out.read_line(&mut first).unwrap();
+        out.read_line(&mut second).unwrap();
+        let log = || std::fs::read_to_string(dir.path().join("router.log")).unwrap_or_default();
+        assert!(
+            first.starts_with("router listening api="),
+            "first line: {first:?}\n{}",
+            log()
+        );
+        let field = |k: &str| {
+            first
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in {first:?}"))
+                .to_string()
+        };
+        let (api, broadcast) = (field("api="), field("broadcast="));
+        let http = second
+            .trim()
+            .strip_prefix("http listening on ")
+            .unwrap_or_else(|| panic!("second line: {second:?}\n{}", log()))
+            .to_string();
+        assert!(http.starts_with("http://127.0.0.1:"), "{http}");
+        let pipeliner = Proc::spawn(
+            "pypelinin-pipeliner",
+            &["--api", &api, "--broadcast", &broadcast],
+            &dir.path().join("pipeliner.log"),
+        );
+        let broker = Proc::spawn(
+            "example-broker",
+            &["--api", &api, "--broadcast", &broadcast, "--workers", "2"],
+            &dir.path().join("broker.log"),
+        );
+        DashCluster {
+            api,
+            broadcast,
+            http,
+            _broker: broker,
+            _pipeliner: pipeliner,
+            _router: router,
+            _router_stdout: out,
+            dir,
+        }
+    }
+
+    fn client(&self) -> client::PipelineManager {
+        client::PipelineManager::connect(&self.api, &self.broadcast).expect("client")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+}
+
+/// A flaky pipeline: `parse` fails on its first attempt and has no retries, so the
+/// pipeline fails; a retry then succeeds.
+fn flaky_pipeline() -> PipelineSpec {
+    let mut spec = PipelineSpec::default()
+        .job("fetch", "Noop", &[])
+        .job("parse", "Flaky", &["fetch"])
+        .job("index", "Noop", &["parse"])
+        .job("stats", "Sleep", &["fetch"])
+        .job("publish", "Noop", &["index", "stats"]);
+    let data = |v: Value| v.as_object().unwrap().clone();
+    spec.jobs.get_mut("parse").unwrap().data = data(json!({"fail_attempts": 1}));
+    spec.jobs.get_mut("stats").unwrap().data = data(json!({"ms": 150}));
+    spec
+}
+
+/// The README's pipeline.
+fn document_pipeline() -> PipelineSpec {
+    let mut spec = PipelineSpec::default()
+        .with_data("document", json!("rivers.txt"))
+        .job("read", "Reader", &[])
+        .job("words", "WordCount", &["read"])
+        .job("links", "Links", &["read"])
+        .job("report", "Report", &["words", "links"]);
+    spec.jobs.get_mut("report").unwrap().data = json!({"top": 10}).as_object().unwrap().clone();
+    spec
+}
+
+// ---------------------------------------------------------------------------------
+// Plain HTTP
+// ---------------------------------------------------------------------------------
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Status, content type and body of a request.
+fn request(method: &str, url: &str, body: Option<&str>) -> (u16, String, String) {
+    let a = agent();
+    let result = match (method, body) {
+        ("GET", _) => a.get(url).call(),
+        ("POST", Some(b)) => a.post(url).content_type("application/json").send(b),
+        ("POST", None) => a.post(url).send_empty(),
+        ("DELETE", _) => a.delete(url).call(),
+        _ => unreachable!("{method}"),
+    };
+    let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("{method} {url}: body: {e}"));
+    (status, kind, text)
+}
+
+fn get_json(url: &str) -> (u16, Value) {
+    let (status, kind, text) = request("GET", url, None);
+    assert!(kind.starts_with("application/json"), "{url}: {kind}");
+    (status, serde_json::from_str(&text).expect("JSON body"))
+}
+
+fn post_json(url: &str, body: Option<&str>) -> (u16, Value) {
+    let (status, kind, text) = request("POST", url, body);
+    assert!(kind.starts_with("application/json"), "{url}: {kind}");
+    (status, serde_json::from_str(&text).expect("JSON body"))
+}
+
+/// Calls `probe` until it returns something, for at most `timeout`.
+fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Value of one sample line of the Prometheus text, e.g. `pypelinin_queue_depth`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn json_api_and_prometheus_metrics() {
+    let c = DashCluster::start();
+    let mut pm = c.client();
+    let ok = pm
+        .start(
+            &PipelineSpec::default()
+                .job("a", "Noop", &[])
+                .job("b", "Echo", &["a"]),
+        )
+        .unwrap();
+    let bad = pm.start(&flaky_pipeline()).unwrap();
+    let statuses = pm
+        .wait_all(&[ok, bad], Duration::from_secs(60))
+        .expect("both finish");
+    assert_eq!(statuses[0].state, PipelineState::Succeeded);
+    assert_eq!(statuses[1].state, PipelineState::Failed);
+
+    // The list, filtered by state, searched, limited.
+    let (code, v) = get_json(&c.url("/api/pipelines"));
+    assert_eq!(code, 200);
+    let rows = v["pipelines"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[0]["id"], bad.to_string(), "newest first");
+    assert!(rows
+        .iter()
+        .all(|r| r["duration_ms"].is_u64() && r["jobs"].is_u64()));
+    let (_, v) = get_json(&c.url("/api/pipelines?state=failed"));
+    let ids: Vec<&str> = v["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [bad.to_string()]);
+    let prefix = &ok.to_string()[..8];
+    let (_, v) = get_json(&c.url(&format!("/api/pipelines?q={}", prefix.to_uppercase())));
+    assert_eq!(v["pipelines"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["pipelines"][0]["id"], ok.to_string());
+    let (_, v) = get_json(&c.url("/api/pipelines?limit=1"));
+    assert_eq!(v["pipelines"].as_array().unwrap().len(), 1);
+    let (code, v) = get_json(&c.url("/api/pipelines?state=sleepy"));
+    assert_eq!(code, 400);
+    assert!(v["error"].as_str().unwrap().contains("sleepy"), "{v}");
+
+    // One pipeline: the status contract plus the spec's edges and progress counts.
+    let (code, v) = get_json(&c.url(&format!("/api/pipelines/{bad}")));
+    assert_eq!(code, 200);
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["jobs"]["parse"]["state"], "failed");
+    assert_eq!(v["jobs"]["parse"]["error"], "flaky failure on attempt 1");
+    assert!(v["jobs"]["parse"]["history"][0]["broker"].is_string());
+    assert_eq!(v["jobs"]["publish"]["after"], json!(["index", "stats"]));
+    let mut edges: Vec<Value> = v["edges"].as_array().unwrap().clone();
+    edges.sort_by_key(|e| e.to_string());
+    assert_eq!(
+        Value::Array(edges),
+        json!([
+            ["fetch", "parse"],
+            ["fetch", "stats"],
+            ["index", "publish"],
+            ["parse", "index"],
+            ["stats", "publish"]
+        ])
+    );
+    assert_eq!(v["progress"]["total"], 5);
+    assert_eq!(v["progress"]["failed"], 1);
+    assert_eq!(v["progress"]["skipped"], 2);
+
+    let (code, v) = get_json(&c.url(&format!("/api/pipelines/{ok}/outputs")));
+    assert_eq!(code, 200);
+    assert!(v["b"].is_object() && v["a"].is_object(), "{v}");
+    let (code, kind, dot) = request("GET", &c.url(&format!("/api/pipelines/{bad}/dot")), None);
+    assert_eq!(code, 200);
+    assert!(kind.starts_with("text/vnd.graphviz"), "{kind}");
+    assert!(dot.contains("\"fetch\" -> \"parse\""), "{dot}");
+    assert!(dot.contains("#fca5a5") && dot.contains("#fde68a"), "{dot}");
+
+    // Errors: typed, JSON, with the right status codes.
+    let unknown = PipelineId::new();
+    let (code, v) = get_json(&c.url(&format!("/api/pipelines/{unknown}")));
+    assert_eq!(code, 404);
+    assert!(
+        v["error"].as_str().unwrap().contains("unknown pipeline"),
+        "{v}"
+    );
+    assert_eq!(get_json(&c.url("/api/pipelines/not-an-id")).0, 400);
+    assert_eq!(
+        get_json(&c.url(&format!("/api/pipelines/{bad}/retry"))).0,
+        405
+    );
+    assert_eq!(get_json(&c.url("/api/nothing")).0, 404);
+    assert_eq!(get_json(&c.url("/nothing")).0, 404);
+    let (code, v) = post_json(
+        &c.url(&format!("/api/pipelines/{bad}/retry")),
+        Some(r#"{"jobs": ["nosuch"]}"#),
+    );
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nosuch"), "{v}");
+    let (code, _) = post_json(
+        &c.url(&format!("/api/pipelines/{bad}/retry")),
+        Some("{not json"),
+    );
+    assert_eq!(code, 400);
+
+    // Another site's page, open in the operator's browser, cannot change anything.
+    let foreign = agent()
+        .post(&c.url(&format!("/api/pipelines/{bad}/retry")))
+        .header("Origin", "http://evil.example")
+        .send_empty()
+        .unwrap();
+    assert_eq!(foreign.status().as_u16(), 403);
+    assert_eq!(pm.status(bad).unwrap().state, PipelineState::Failed);
+
+    // Retry (no body: the jobs that did not succeed) and cancel.
+    let (code, v) = post_json(&c.url(&format!("/api/pipelines/{bad}/retry")), None);
+    assert_eq!(code, 200, "{v}");
+    let done = pm.wait(bad, Duration::from_secs(30)).unwrap();
+    assert!(done.is_success(), "{:?}", done.status());
+    assert_eq!(done.status().jobs["parse"].attempts, 2);
+    assert_eq!(
+        done.status().jobs["fetch"].attempts,
+        1,
+        "kept what succeeded"
+    );
+    let mut long = PipelineSpec::default().job("nap", "Sleep", &[]);
+    long.jobs.get_mut("nap").unwrap().data = json!({"ms": 30_000}).as_object().unwrap().clone();
+    let long = pm.start(&long).unwrap();
+    let (code, v) = post_json(&c.url(&format!("/api/pipelines/{long}/retry")), None);
+    assert_eq!(code, 409, "a running pipeline cannot be retried: {v}");
+    let (code, v) = post_json(&c.url(&format!("/api/pipelines/{long}/cancel")), None);
+    assert_eq!(code, 200);
+    assert_eq!(v["state"], "cancelled", "{v}");
+
+    // Brokers, with their monitoring once the first report came in.
+    let brokers = eventually("a monitoring report", Duration::from_secs(10), || {
+        let (_, v) = get_json(&c.url("/api/brokers"));
+        v[0]["monitor"].is_object().then_some(v)
+    });
+    let b = &brokers[0];
+    assert_eq!(b["slots"], 2);
+    assert!(b["workers"].as_array().unwrap().contains(&json!("Flaky")));
+    assert!(b["monitor"]["memory_total_bytes"].as_u64().unwrap() > 0);
+
+    let (code, m) = get_json(&c.url("/api/metrics"));
+    assert_eq!(code, 200);
+    assert_eq!(m["pipelines"]["succeeded"], 2, "{m}");
+    assert_eq!(m["pipelines"]["cancelled"], 1, "{m}");
+    assert_eq!(m["brokers"], 1);
+    assert!(m["now_ms"].is_u64());
+    assert!(m["throughput"].as_array().is_some_and(|t| !t.is_empty()));
+
+    // Prometheus text.
+    let (code, kind, text) = request("GET", &c.url("/metrics"), None);
+    assert_eq!(code, 200);
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    for line in [
+        "# TYPE pypelinin_pipelines gauge",
+        "# TYPE pypelinin_jobs gauge",
+        "# TYPE pypelinin_job_duration_seconds histogram",
+        "# TYPE pypelinin_queue_depth gauge",
+        "# TYPE pypelinin_brokers_alive gauge",
+        "# TYPE pypelinin_request_latency_seconds histogram",
+        "# HELP pypelinin_queue_depth Jobs ready to run, waiting for a broker slot or a retry delay.",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+    }
+    assert_eq!(
+        sample(&text, "pypelinin_pipelines{state=\"succeeded\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "pypelinin_pipelines{state=\"cancelled\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "pypelinin_pipelines{state=\"running\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "pypelinin_jobs{state=\"succeeded\"}"),
+        Some(7.0)
+    );
+    assert_eq!(sample(&text, "pypelinin_brokers_alive"), Some(1.0));
+    assert!(sample(&text, "pypelinin_queue_depth").is_some());
+    // Buckets are cumulative and end with +Inf = _count.
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("pypelinin_job_duration_seconds_bucket{worker=\"Noop\","))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(buckets.len() > 2, "{text}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    let count = sample(
+        &text,
+        "pypelinin_job_duration_seconds_count{worker=\"Noop\"}",
+    )
+    .unwrap();
+    assert_eq!(*buckets.last().unwrap(), count);
+    assert_eq!(
+        count, 4.0,
+        "a, fetch, and index and publish after the retry: {text}"
+    );
+    assert!(text.contains("pypelinin_job_duration_seconds_bucket{worker=\"Noop\",le=\"+Inf\"}"));
+    assert!(sample(
+        &text,
+        "pypelinin_job_duration_seconds_sum{worker=\"Flaky\"}"
+    )
+    .is_some());
+    assert!(sample(&text, "pypelinin_request_latency_seconds_count").unwrap() > 0.0);
+    assert!(text.contains("pypelinin_request_latency_seconds_bucket{le=\"+Inf\"}"));
+
+    // The page and its assets, served from the binary.
+    let (code, kind, html) = request("GET", &c.url("/"), None);
+    assert_eq!(code, 200);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    assert!(html.contains("/assets/app.js") && html.contains("/assets/app.css"));
+    assert!(
+        html.contains(&ok.to_string()) && html.contains("badge s-succeeded"),
+        "the list is rendered on the server too"
+    );
+    assert!(!html.contains("{{"), "no placeholder left");
+    for (path, kind) in [
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+    ] {
+        let (code, got, body) = request("GET", &c.url(path), None);
+        assert_eq!(code, 200, "{path}");
+        assert!(got.starts_with(kind), "{path}: {got}");
+        assert!(!body.is_empty());
+    }
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "nothing is loaded from the network"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Headless Chromium through chromedriver (W3C WebDriver over HTTP)
+// ---------------------------------------------------------------------------------
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A chromedriver process and one browser session; both end when dropped.
+struct Browser {
+    base: String,
+    session: String,
+    driver: Child,
+}
+
+impl Browser {
+    fn start(chromedriver: &Path, dir: &Path) -> Browser {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let log = std::fs::File::create(dir.join("chromedriver.log")).unwrap();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start chromedriver");
+        let mut browser = Browser {
+            base: format!("http://127.0.0.1:{port}"),
+            session: String::new(),
+            driver,
+        };
+        let status_url = format!("{}/status", browser.base);
+        eventually("chromedriver to be ready", Duration::from_secs(20), || {
+            let mut r = agent().get(&status_url).call().ok()?;
+            let v: Value = serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+            (v["value"]["ready"] == true).then_some(())
+        });
+        let profile = dir.join("chromium-profile");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu",
+                         "--disable-background-networking", "--disable-dev-shm-usage",
+                         "--hide-scrollbars", "--window-size=1280,960",
+                         format!("--user-data-dir={}", profile.display())],
+            }
+        }}});
+        let v = browser.command("POST", "/session", Some(caps));
+        browser.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        browser
+    }
+
+    /// One WebDriver command; its `value`. A WebDriver error fails the test.
+    fn command(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = if path == "/session" {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/session/{}{path}", self.base, self.session)
+        };
+        let body = match method {
+            "POST" => Some(body.unwrap_or_else(|| json!({})).to_string()),
+            _ => None,
+        };
+        let (status, _, text) = request(method, &url, body.as_deref());
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert!(status < 300, "WebDriver {method} {path}: {status} {text}");
+        v["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.command("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": js, "args": []})),
+        )
+    }
+
+    fn text(&self) -> String {
+        self.script("return document.body.innerText;")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.command(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.element(css);
+        self.command("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css);
+        self.command(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    fn clear(&self, css: &str) {
+        let e = self.element(css);
+        self.command("POST", &format!("/element/{e}/clear"), Some(json!({})));
+    }
+
+    /// Waits until the page's text contains every one of `needles`.
+    fn wait_text(&self, needles: &[&str], timeout: Duration) -> String {
+        let mut last = String::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            last = self.text();
+            if needles.iter().all(|n| last.contains(n)) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        panic!("the page never showed {needles:?}; it shows:\n{last}");
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let v = self.command("GET", "/screenshot", None);
+        let png = base64_decode(v.as_str().expect("base64 PNG"));
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let url = format!("{}/session/{}", self.base, self.session);
+            let _ = agent().delete(&url).call();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Standard base64 (with or without padding), as WebDriver sends screenshots.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_decodes_what_webdriver_sends() {
+    assert_eq!(base64_decode("aGVsbG8gd29ybGQ="), b"hello world");
+    assert_eq!(base64_decode("iVBORw0KGgo"), b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn dashboard_in_headless_chromium() {
+    let chromedriver = find_in_path("chromedriver");
+    if !Path::new(CHROMIUM).exists() || chromedriver.is_none() {
+        let why = format!(
+            "headless Chromium is needed: {CHROMIUM} {}, chromedriver {} (Debian: apt-get install chromium chromium-driver; .ci/run does it)",
+            if Path::new(CHROMIUM).exists() { "found" } else { "missing" },
+            if chromedriver.is_some() { "found" } else { "missing" },
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED dashboard_in_headless_chromium: {why}");
+        return;
+    }
+    let started = Instant::now();
+    let c = DashCluster::start();
+    let shots = if std::env::var("SAVE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        docs
+    } else {
+        c.dir.path().to_path_buf()
+    };
+
+    // A succeeding pipeline, a failing one (its Flaky job fails once), a running one.
+    let mut pm = c.client();
+    let ok = pm.start(&document_pipeline()).unwrap();
+    let bad = pm.start(&flaky_pipeline()).unwrap();
+    pm.wait_all(&[ok, bad], Duration::from_secs(60)).unwrap();
+    let mut slow = PipelineSpec::default()
+        .job("extract", "Noop", &[])
+        .job("transform", "Sleep", &["extract"])
+        .job("load", "Noop", &["transform"]);
+    slow.jobs.get_mut("transform").unwrap().data =
+        json!({"ms": 60_000}).as_object().unwrap().clone();
+    let running = pm.start(&slow).unwrap();
+    eventually("the slow pipeline to run", Duration::from_secs(20), || {
+        let s = pm.status(running).ok()?;
+        (s.jobs["transform"].state == pypelinin_common::JobState::Running).then_some(())
+    });
+
+    let browser = Browser::start(&chromedriver.unwrap(), c.dir.path());
+
+    // The list: every pipeline with its state, live.
+    browser.goto(&c.url("/"));
+    let (ok_s, bad_s, running_s) = (ok.to_string(), bad.to_string(), running.to_string());
+    let text = browser.wait_text(
+        &[&ok_s, &bad_s, &running_s, "live"],
+        Duration::from_secs(15),
+    );
+    assert!(text.contains("succeeded") && text.contains("failed") && text.contains("running"));
+    assert!(
+        text.contains("4/4 jobs") && text.contains("5/5 jobs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1/3 jobs"),
+        "the running pipeline's progress: {text}"
+    );
+    browser.screenshot(&shots.join("dashboard-pipelines.png"));
+
+    // Search narrows the list without a reload; clearing it brings everything back.
+    browser.type_into("#search", &bad_s[..8]);
+    eventually("the search to apply", Duration::from_secs(10), || {
+        let t = browser.text();
+        (t.contains(&bad_s) && !t.contains(&ok_s)).then_some(())
+    });
+    browser.clear("#search");
+    browser.script("document.getElementById('search').dispatchEvent(new Event('input'));");
+    browser.wait_text(&[&ok_s, &bad_s], Duration::from_secs(10));
+
+    // One pipeline: the failed job and its error, one SVG node per job.
+    browser.click(&format!("tr[data-id='{bad}'] a"));
+    let text = browser.wait_text(
+        &[
+            "flaky failure on attempt 1",
+            "not run: parse failed",
+            "Retry failed jobs",
+        ],
+        Duration::from_secs(15),
+    );
+    assert!(text.contains("fetch") && text.contains("publish"), "{text}");
+    let nodes = browser.script(
+        "return Array.from(document.querySelectorAll('#dag-svg .node')).map(n => \
+         [n.dataset.job, n.querySelector('rect').getAttribute('fill')]);",
+    );
+    let mut nodes: Vec<(String, String)> = serde_json::from_value(nodes).unwrap();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        [
+            ("fetch", "#86efac"),
+            ("index", "#fde68a"),
+            ("parse", "#fca5a5"),
+            ("publish", "#fde68a"),
+            ("stats", "#86efac"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    let edges = browser.script("return document.querySelectorAll('#dag-svg path.edge').length;");
+    assert_eq!(edges, 5);
+    let buttons = browser.script(
+        "return [document.getElementById('retry').disabled, document.getElementById('cancel').disabled];",
+    );
+    assert_eq!(
+        buttons,
+        json!([false, true]),
+        "retry on, cancel off for a failed pipeline"
+    );
+    browser.screenshot(&shots.join("dashboard-pipeline.png"));
+
+    // Retry at a click: the pipeline runs again and succeeds, reusing what succeeded.
+    browser.click("#retry");
+    eventually(
+        "the retried pipeline to succeed on the page",
+        Duration::from_secs(20),
+        || {
+            let state =
+                browser.script("return document.getElementById('pipeline-state').innerText;");
+            (state == "succeeded").then_some(())
+        },
+    );
+    let text = browser.wait_text(&["attempt 2", "Retry accepted"], Duration::from_secs(10));
+    assert!(!text.contains("not run: parse failed"), "{text}");
+    let s = pm.status(bad).unwrap();
+    assert_eq!(s.state, PipelineState::Succeeded);
+    assert_eq!(s.jobs["parse"].attempts, 2);
+    assert_eq!(s.jobs["fetch"].attempts, 1);
+
+    // Cancel at a click, on the running pipeline.
+    browser.goto(&c.url(&format!("/#/pipeline/{running}")));
+    browser.wait_text(&["transform", "running"], Duration::from_secs(10));
+    browser.click("#cancel");
+    eventually("the cancel to show", Duration::from_secs(15), || {
+        let state = browser.script("return document.getElementById('pipeline-state').innerText;");
+        (state == "cancelled").then_some(())
+    });
+    assert_eq!(pm.status(running).unwrap().state, PipelineState::Cancelled);
+
+    // Brokers: the monitoring table and the throughput chart.
+    browser.goto(&c.url("/#/brokers"));
+    let brokers = pm.brokers().unwrap();
+    let text = browser.wait_text(
+        &[&brokers[0].name, "%", "GiB", "brokers alive"],
+        Duration::from_secs(15),
+    );
+    assert!(text.contains("Flaky"), "workers offered: {text}");
+    let points = browser.script(
+        "return document.querySelector('#throughput polyline').getAttribute('points').split(' ').length;",
+    );
+    assert_eq!(points, 300, "one point per second over five minutes");
+    browser.screenshot(&shots.join("dashboard-brokers.png"));
+
+    eprintln!(
+        "browser test took {:.1?}; screenshots in {}",
+        started.elapsed(),
+        shots.display()
+    );
+}
