@@ -58,6 +58,10 @@ pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// connection unread (ZeroMQ's `maxmsgsize`), bounding the memory a peer can make the
 /// router spend. Frames between [`MAX_FRAME_BYTES`] and this get `Error(TooLarge)`.
 pub const MAX_RECEIVE_BYTES: usize = 4 * MAX_FRAME_BYTES;
+/// Most MessagePack values (maps, arrays, strings, numbers…) one frame may hold. A
+/// decoded value takes far more memory than its encoded byte, so without this bound a
+/// 16 MiB frame of tiny values could cost the decoder half a gigabyte.
+pub const MAX_ELEMENTS: usize = 2_000_000;
 /// Deepest nesting of maps and arrays a decoder follows (bounds stack use on garbage).
 pub const MAX_DEPTH: usize = 128;
 /// Largest job output the router keeps, encoded. Larger outputs belong in the user's store.
@@ -665,6 +669,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(u64, T), DecodeError
             },
         });
     }
+    if let Err(why) = scan(bytes) {
+        let id = from_slice::<Header>(bytes).ok().map(|h| h.id);
+        return Err(DecodeError {
+            id,
+            error: ProtocolError::Malformed(why),
+        });
+    }
     let header: Option<Header> = from_slice(bytes).ok();
     if let Some(h) = &header {
         if h.v != PROTOCOL_VERSION {
@@ -692,6 +703,75 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(u64, T), DecodeError
             })
         }
     }
+}
+
+/// Walks the MessagePack structure of `bytes` without building anything: refuses more
+/// than [`MAX_ELEMENTS`] values, containers that declare more elements than there are
+/// bytes left, and bytes after the one top-level value. Truncation is left to the
+/// decoder, which reports it.
+fn scan(bytes: &[u8]) -> Result<(), String> {
+    let mut pos = 0usize;
+    let mut pending: u64 = 1;
+    let mut elements = 0usize;
+    let be = |at: usize, n: usize| -> Option<u64> {
+        let b = bytes.get(at..at + n)?;
+        Some(b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+    };
+    while pending > 0 {
+        let Some(&m) = bytes.get(pos) else {
+            return Ok(()); // truncated: the decoder says so
+        };
+        pos += 1;
+        pending -= 1;
+        elements += 1;
+        if elements > MAX_ELEMENTS {
+            return Err(format!("more than {MAX_ELEMENTS} values in one frame"));
+        }
+        // (bytes to skip, child values announced)
+        let (skip, children): (u64, u64) = match m {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(m & 0x0f)),
+            0x90..=0x9f => (0, u64::from(m & 0x0f)),
+            0xa0..=0xbf => (u64::from(m & 0x1f), 0),
+            0xc4 | 0xd9 => (be(pos, 1).unwrap_or(0) + 1, 0),
+            0xc5 | 0xda => (be(pos, 2).unwrap_or(0) + 2, 0),
+            0xc6 | 0xdb => (be(pos, 4).unwrap_or(0) + 4, 0),
+            0xc7 => (be(pos, 1).unwrap_or(0) + 2, 0),
+            0xc8 => (be(pos, 2).unwrap_or(0) + 3, 0),
+            0xc9 => (be(pos, 4).unwrap_or(0) + 5, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, be(pos, 2).unwrap_or(0)),
+            0xdd => (4, be(pos, 4).unwrap_or(0)),
+            0xde => (2, 2 * be(pos, 2).unwrap_or(0)),
+            0xdf => (4, 2 * be(pos, 4).unwrap_or(0)),
+            0xc1 => return Err(format!("byte 0xc1 at {} is not MessagePack", pos - 1)),
+        };
+        pos = pos.saturating_add(skip as usize);
+        // Every value takes at least a byte: more announced than bytes left is a lie.
+        if pending + children > bytes.len().saturating_sub(pos) as u64 {
+            return Err(format!(
+                "a container at byte {} announces {children} values in {} bytes",
+                pos - skip as usize - 1,
+                bytes.len().saturating_sub(pos)
+            ));
+        }
+        pending += children;
+    }
+    if pos < bytes.len() {
+        return Err(format!(
+            "{} bytes after the end of the frame",
+            bytes.len() - pos
+        ));
+    }
+    Ok(())
 }
 
 fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
@@ -777,6 +857,27 @@ mod tests {
             decode::<Request>(&big).unwrap_err().error,
             ProtocolError::TooLarge { .. }
         ));
+
+        // Trailing bytes after a valid frame.
+        let mut extra = encode(8, &Request::Heartbeat);
+        extra.extend_from_slice(b"\xde\xad");
+        let e = decode::<Request>(&extra).unwrap_err();
+        assert_eq!(e.id, Some(8));
+        assert!(matches!(&e.error, ProtocolError::Malformed(m) if m.contains("after the end")));
+
+        // Millions of one-byte values: refused before any is built.
+        let mut many = vec![0xdd, 0x00, 0x2d, 0xc6, 0xc0]; // array of 3,000,000
+        many.extend(std::iter::repeat_n(0xc0u8, 3_000_000));
+        let e = decode::<Request>(&many).unwrap_err();
+        assert!(
+            matches!(&e.error, ProtocolError::Malformed(m) if m.contains("values in one frame")),
+            "{:?}",
+            e.error
+        );
+
+        // A container announcing more values than there are bytes.
+        let e = decode::<Request>(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0]).unwrap_err();
+        assert!(matches!(&e.error, ProtocolError::Malformed(m) if m.contains("announces")));
 
         // 10k nested arrays: refused by the depth bound, not by a stack overflow.
         let mut deep = vec![0x91u8; 10_000];
