@@ -23,7 +23,7 @@ struct Args {
     #[arg(
         long,
         env = "PYPELININ_API",
-        default_value = "tcp://127.0.0.1:5555",
+        default_value = pypelinin_common::cli::DEFAULT_API,
         global = true
     )]
     api: String,
@@ -31,7 +31,7 @@ struct Args {
     #[arg(
         long,
         env = "PYPELININ_BROADCAST",
-        default_value = "tcp://127.0.0.1:5556",
+        default_value = pypelinin_common::cli::DEFAULT_BROADCAST,
         global = true
     )]
     broadcast: String,

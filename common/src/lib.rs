@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod pipeline;
 pub mod protocol;
 pub mod shutdown;

@@ -6,16 +6,8 @@ use pypelinin_common::Shutdown;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Router API address.
-    #[arg(long, env = "PYPELININ_API", default_value = "tcp://127.0.0.1:5555")]
-    api: String,
-    /// Router broadcast address.
-    #[arg(
-        long,
-        env = "PYPELININ_BROADCAST",
-        default_value = "tcp://127.0.0.1:5556"
-    )]
-    broadcast: String,
+    #[command(flatten)]
+    endpoints: pypelinin_common::cli::Endpoints,
     /// Most pipelines walked at once.
     #[arg(long, default_value_t = DEFAULT_CAPACITY)]
     capacity: u32,
@@ -27,8 +19,8 @@ fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals()?;
     pipeliner::run(
         PipelinerConfig {
-            api: args.api,
-            broadcast: args.broadcast,
+            api: args.endpoints.api,
+            broadcast: args.endpoints.broadcast,
             capacity: args.capacity,
         },
         shutdown,

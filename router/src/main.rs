@@ -12,16 +12,8 @@ use router::{BoundRouter, Durability, RouterConfig};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// API address (ZeroMQ ROUTER), bound. Port 0 picks a free port.
-    #[arg(long, env = "PYPELININ_API", default_value = "tcp://127.0.0.1:5555")]
-    api: String,
-    /// Broadcast address (ZeroMQ PUB), bound.
-    #[arg(
-        long,
-        env = "PYPELININ_BROADCAST",
-        default_value = "tcp://127.0.0.1:5556"
-    )]
-    broadcast: String,
+    #[command(flatten)]
+    endpoints: pypelinin_common::cli::Endpoints,
     /// Directory of the sled database that keeps the cluster's state.
     #[arg(long, env = "PYPELININ_DB", default_value = "pypelinin-router.db")]
     db: PathBuf,
@@ -57,8 +49,8 @@ fn main() -> anyhow::Result<()> {
         None => ClusterConfig::default(),
     };
     let config = RouterConfig {
-        api: args.api,
-        broadcast: args.broadcast,
+        api: args.endpoints.api,
+        broadcast: args.endpoints.broadcast,
         db: args.db,
         cluster,
         durability: match args.durability {

@@ -261,6 +261,20 @@ impl Cluster {
         Some(serde_json::from_str(&text).expect("stored output is JSON"))
     }
 
+    /// Runs `pypelinin ARGS` against this cluster: exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin("pypelinin"))
+            .args(["--api", &self.api, "--broadcast", &self.broadcast])
+            .args(args)
+            .output()
+            .expect("run pypelinin");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// A log file's text, for failure messages.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()

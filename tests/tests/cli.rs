@@ -1,21 +1,10 @@
 //! The `pypelinin` command line against a real cluster.
 
-use std::process::Command;
-
-use cluster_harness::{bin, Cluster};
+use cluster_harness::Cluster;
 use serde_json::Value;
 
 fn cli(c: &Cluster, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("pypelinin"))
-        .args(["--api", &c.api, "--broadcast", &c.broadcast])
-        .args(args)
-        .output()
-        .expect("run pypelinin");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.cli(args)
 }
 
 fn write(c: &Cluster, name: &str, text: &str) -> String {

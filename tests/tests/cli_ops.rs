@@ -10,16 +10,7 @@ use cluster_harness::{bin, Cluster};
 use serde_json::Value;
 
 fn cli(c: &Cluster, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("pypelinin"))
-        .args(["--api", &c.api, "--broadcast", &c.broadcast])
-        .args(args)
-        .output()
-        .expect("run pypelinin");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.cli(args)
 }
 
 /// Runs the command and parses its stdout as one JSON value; it must exit `code`.

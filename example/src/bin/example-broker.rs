@@ -9,16 +9,8 @@ use pypelinin_common::Shutdown;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Router API address.
-    #[arg(long, env = "PYPELININ_API", default_value = "tcp://127.0.0.1:5555")]
-    api: String,
-    /// Router broadcast address.
-    #[arg(
-        long,
-        env = "PYPELININ_BROADCAST",
-        default_value = "tcp://127.0.0.1:5556"
-    )]
-    broadcast: String,
+    #[command(flatten)]
+    endpoints: pypelinin_common::cli::Endpoints,
     /// Concurrent worker slots (default: number of CPUs).
     #[arg(long)]
     workers: Option<usize>,
@@ -44,7 +36,7 @@ enum IsolationArg {
 fn main() -> anyhow::Result<()> {
     pypelinin_common::init_tracing();
     let args = Args::parse();
-    let mut config = broker::BrokerConfig::new(&args.api, &args.broadcast);
+    let mut config = broker::BrokerConfig::new(&args.endpoints.api, &args.endpoints.broadcast);
     if let Some(n) = args.workers {
         config.slots = n;
     }
