@@ -180,31 +180,16 @@ impl PipelineManager {
         ids: &[PipelineId],
         timeout: Duration,
     ) -> Result<Vec<PipelineResult>, ClientError> {
-        self.confirm()?;
-        let started = Instant::now();
-        loop {
-            let left = timeout.saturating_sub(started.elapsed());
-            let chunk = left.min(WAIT_CHUNK);
-            let req = Request::Results {
-                ids: ids.to_vec(),
-                timeout_ms: chunk.as_millis() as u64,
-            };
-            let results = match self.requester.request_with(&req, chunk + REQUEST_TIMEOUT)? {
-                Reply::Results(r) => r,
-                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
-            };
-            match results.iter().find(|r| !r.state.is_final()) {
-                None => return Ok(results),
-                Some(r) if left.is_zero() || started.elapsed() >= timeout => {
-                    return Err(ClientError::Timeout {
-                        id: r.id,
-                        state: r.state.as_str(),
-                        waited: started.elapsed(),
-                    })
-                }
-                Some(_) => {}
-            }
-        }
+        self.long_poll(
+            ids,
+            timeout,
+            true,
+            |reply| match reply {
+                Reply::Results(r) => Some(r),
+                _ => None,
+            },
+            |r| (r.id, r.state),
+        )
     }
 
     /// The current status of a pipeline.
@@ -227,26 +212,48 @@ impl PipelineManager {
         ids: &[PipelineId],
         timeout: Duration,
     ) -> Result<Vec<PipelineStatus>, ClientError> {
+        self.long_poll(
+            ids,
+            timeout,
+            false,
+            |reply| match reply {
+                Reply::Statuses(s) => Some(s),
+                _ => None,
+            },
+            |s| (s.id, s.state),
+        )
+    }
+
+    /// Holds `Wait` (or, with `outputs`, `Results`) requests of at most [`WAIT_CHUNK`]
+    /// each until every pipeline is final or `timeout` has passed.
+    fn long_poll<T>(
+        &mut self,
+        ids: &[PipelineId],
+        timeout: Duration,
+        outputs: bool,
+        unpack: impl Fn(Reply) -> Option<Vec<T>>,
+        state_of: impl Fn(&T) -> (PipelineId, pypelinin_common::PipelineState),
+    ) -> Result<Vec<T>, ClientError> {
         self.confirm()?;
         let started = Instant::now();
         loop {
             let left = timeout.saturating_sub(started.elapsed());
             let chunk = left.min(WAIT_CHUNK);
-            let req = Request::Wait {
-                ids: ids.to_vec(),
-                timeout_ms: chunk.as_millis() as u64,
+            let (ids, timeout_ms) = (ids.to_vec(), chunk.as_millis() as u64);
+            let req = if outputs {
+                Request::Results { ids, timeout_ms }
+            } else {
+                Request::Wait { ids, timeout_ms }
             };
-            let statuses = match self.requester.request_with(&req, chunk + REQUEST_TIMEOUT)? {
-                Reply::Statuses(s) => s,
-                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
-            };
-            let open = statuses.iter().find(|s| !s.state.is_final());
-            match open {
-                None => return Ok(statuses),
-                Some(s) if left.is_zero() || started.elapsed() >= timeout => {
+            let reply = self.requester.request_with(&req, chunk + REQUEST_TIMEOUT)?;
+            let items = unpack(reply.clone())
+                .ok_or_else(|| ClientError::Unexpected(format!("{reply:?}")))?;
+            match items.iter().map(&state_of).find(|(_, s)| !s.is_final()) {
+                None => return Ok(items),
+                Some((id, state)) if left.is_zero() || started.elapsed() >= timeout => {
                     return Err(ClientError::Timeout {
-                        id: s.id,
-                        state: s.state.as_str(),
+                        id,
+                        state: state.as_str(),
                         waited: started.elapsed(),
                     })
                 }

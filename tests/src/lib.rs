@@ -300,6 +300,16 @@ fn read_endpoints(router: &mut Proc, log: &Path) -> (String, String) {
     (field("api="), field("broadcast="))
 }
 
+/// A job of `worker` after `after`, with `data` (a JSON object).
+pub fn job(worker: &str, after: &[&str], data: serde_json::Value) -> pypelinin_common::JobSpec {
+    pypelinin_common::JobSpec {
+        worker: worker.into(),
+        after: after.iter().map(|s| s.to_string()).collect(),
+        data: data.as_object().cloned().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
 /// Checks the invariants every finished, successful run must hold: every job ran
 /// exactly once, and none started before all its parents had finished.
 pub fn assert_ran_once_in_order(status: &PipelineStatus, spec: &pypelinin_common::PipelineSpec) {

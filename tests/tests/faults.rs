@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use cluster_harness::job;
 use cluster_harness::Cluster;
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::status::{JobState, PipelineState};
@@ -25,15 +26,6 @@ enum Kind {
     Crashing,
     Overtime,
     Flaky,
-}
-
-fn job(worker: &str, after: &[&str], data: serde_json::Value) -> JobSpec {
-    JobSpec {
-        worker: worker.into(),
-        after: after.iter().map(|s| s.to_string()).collect(),
-        data: data.as_object().cloned().unwrap_or_default(),
-        ..JobSpec::default()
-    }
 }
 
 fn pipeline(k: usize) -> (Kind, PipelineSpec) {

@@ -2,21 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use cluster_harness::job;
 use cluster_harness::{assert_ran_once_in_order, Cluster};
 use pypelinin_common::status::{JobState, PipelineState};
-use pypelinin_common::{JobSpec, PipelineSpec};
+use pypelinin_common::PipelineSpec;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn job(worker: &str, after: &[&str], data: serde_json::Value) -> JobSpec {
-    JobSpec {
-        worker: worker.into(),
-        after: after.iter().map(|s| s.to_string()).collect(),
-        data: data.as_object().cloned().unwrap_or_default(),
-        ..JobSpec::default()
-    }
-}
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
