@@ -14,14 +14,16 @@ use router::{BoundRouter, Durability, RouterConfig};
 struct Args {
     #[command(flatten)]
     endpoints: pypelinin_common::cli::Endpoints,
-    /// Directory of the sled database that keeps the cluster's state.
+    /// Directory of the database (sled, and the journal in front of it) that keeps the
+    /// cluster's state.
     #[arg(long, env = "PYPELININ_DB", default_value = "pypelinin-router.db")]
     db: PathBuf,
     /// Cluster configuration handed to brokers (JSON: {"store": {...}, "monitoring_interval_ms": N}).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// flush: every acknowledged change is on disk first (default). background: sled's
-    /// 500 ms background flush; faster, loses the last changes in a crash.
+    /// flush: every acknowledged change is synced to disk first (default). background:
+    /// written before acknowledged, synced every 500 ms; survives a router crash, can
+    /// lose the last half second if the machine crashes.
     #[arg(long, value_enum, default_value_t = Mode::Flush)]
     durability: Mode,
     /// Serve the web dashboard, its JSON API and Prometheus `/metrics` on this address

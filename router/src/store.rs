@@ -4,12 +4,19 @@
 //! [`StateStore::commit`] once per event-loop turn, before it sends any reply: a change
 //! is acknowledged only once it is durable, and concurrent changes share one flush.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::status::{Attempt, JobState, PipelineState};
 use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::journal::{self, Changes, Journal, Table};
 
 /// A storage failure; the router stops rather than acknowledge what it could not keep.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +24,12 @@ pub enum StoreError {
     /// sled failed.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// The journal could not be read or written.
+    #[error("journal: {0}")]
+    Io(#[from] std::io::Error),
+    /// A checkpoint into sled failed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A record did not decode (a corrupt or foreign database).
     #[error("corrupt record {key}: {message}")]
     Corrupt {
@@ -30,11 +43,13 @@ pub enum StoreError {
 /// When the router makes changes durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Flush before every acknowledgement (batched per event-loop turn). The default.
+    /// Sync the journal before every acknowledgement (one `fdatasync` per event-loop
+    /// turn, shared by every change of the turn). The default.
     #[default]
     Flush,
-    /// Leave flushing to sled's background thread (every 500 ms): faster, but a crash
-    /// can lose the last half second of acknowledged changes.
+    /// Write the journal before every acknowledgement but sync it at most every
+    /// [`BACKGROUND_SYNC`]: a crash of the router process loses nothing (the kernel
+    /// has the writes), a crash of the machine can lose the last half second.
     Background,
 }
 
@@ -123,43 +138,173 @@ pub trait StateStore: Send {
     fn commit(&mut self) -> Result<(), StoreError>;
 }
 
-/// The sled implementation.
+/// Journal bytes after which a checkpoint folds the journal into sled.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// In [`Durability::Background`] mode, the longest a journal write waits for its sync.
+pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
+
+/// The sled implementation, with a write-ahead journal in front of it.
+///
+/// Every commit appends one frame to the journal ([`crate::journal`]); sled is written
+/// only by checkpoints, on a thread of their own, with the latest value of each record
+/// changed since the last one. A pipeline that starts and ends between two checkpoints
+/// thus costs sled one write per record instead of one per change, and none on the
+/// router's thread. At start-up the journals left are replayed into sled first.
 pub struct SledStore {
+    dir: PathBuf,
+    trees: Trees,
+    durability: Durability,
+    journal: Journal,
+    last_sync: Instant,
+    checkpoint_bytes: u64,
+    /// The latest value of every record written since the last checkpoint began.
+    recent: Changes,
+    checkpoint: Option<Checkpoint>,
+    specs_written: HashSet<PipelineId>,
+}
+
+/// A checkpoint under way: what it writes (still readable here) and its thread.
+struct Checkpoint {
+    changes: Arc<Changes>,
+    thread: JoinHandle<Result<(), StoreError>>,
+}
+
+/// The database's trees; clones share them.
+#[derive(Clone)]
+struct Trees {
     db: sled::Db,
     pipelines: sled::Tree,
     jobs: sled::Tree,
     outputs: sled::Tree,
     specs: sled::Tree,
-    specs_written: std::collections::HashSet<PipelineId>,
-    batch_specs: sled::Batch,
-    durability: Durability,
-    dirty: bool,
-    batch_pipelines: sled::Batch,
-    batch_jobs: sled::Batch,
-    batch_outputs: sled::Batch,
-    /// Outputs written since the last commit, readable before it.
-    pending_outputs: std::collections::HashMap<[u8; 20], Vec<u8>>,
 }
 
-impl SledStore {
-    /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+impl Trees {
+    fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
-        Ok(SledStore {
+        Ok(Trees {
             pipelines: db.open_tree("pipelines")?,
             jobs: db.open_tree("jobs")?,
             outputs: db.open_tree("outputs")?,
             specs: db.open_tree("specs")?,
-            specs_written: std::collections::HashSet::new(),
-            batch_specs: sled::Batch::default(),
             db,
-            durability,
-            dirty: false,
-            batch_pipelines: sled::Batch::default(),
-            batch_jobs: sled::Batch::default(),
-            batch_outputs: sled::Batch::default(),
-            pending_outputs: std::collections::HashMap::new(),
         })
+    }
+
+    /// Writes `changes` and flushes. Outputs first, then jobs, specs and pipelines: a
+    /// crash between two batches leaves at worst an output without its job record,
+    /// and the journal, still there, is replayed again.
+    fn write(&self, changes: &Changes) -> Result<(), StoreError> {
+        let mut batches: [sled::Batch; 4] = Default::default();
+        for ((table, key), value) in changes {
+            batches[*table as usize].insert(&key[..], &value[..]);
+        }
+        let [pipelines, specs, jobs, outputs] = batches;
+        self.outputs.apply_batch(outputs)?;
+        self.jobs.apply_batch(jobs)?;
+        self.specs.apply_batch(specs)?;
+        self.pipelines.apply_batch(pipelines)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`, replaying any journal left there.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let trees = Trees::open(dir)?;
+        let found = journal::list(dir)?;
+        let mut changes = Changes::new();
+        for &n in &found {
+            let r = journal::replay(dir, n, &mut changes)?;
+            if r.torn_bytes > 0 {
+                warn!(
+                    journal = n,
+                    frames = r.frames,
+                    torn_bytes = r.torn_bytes,
+                    "journal ends in a torn write (a crash while appending); ignoring its tail"
+                );
+            }
+        }
+        if !changes.is_empty() {
+            info!(
+                journals = found.len(),
+                records = changes.len(),
+                "replaying the journal into the database"
+            );
+            trees.write(&changes)?;
+        }
+        for &n in &found {
+            std::fs::remove_file(journal::path(dir, n))?;
+        }
+        let journal = Journal::create(dir, found.last().map_or(1, |n| n + 1))?;
+        Ok(SledStore {
+            dir: dir.to_path_buf(),
+            trees,
+            durability,
+            journal,
+            last_sync: Instant::now(),
+            checkpoint_bytes: CHECKPOINT_BYTES,
+            recent: Changes::new(),
+            checkpoint: None,
+            specs_written: HashSet::new(),
+        })
+    }
+
+    /// Checkpoints once the journal holds `bytes` (default [`CHECKPOINT_BYTES`]).
+    pub fn checkpoint_after(mut self, bytes: u64) -> Self {
+        self.checkpoint_bytes = bytes;
+        self
+    }
+
+    fn put(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        self.journal.put(table, key, &value);
+        self.recent.insert((table, key.to_vec()), value);
+    }
+
+    /// Joins a finished checkpoint (or, with `wait`, any checkpoint).
+    fn reap_checkpoint(&mut self, wait: bool) -> Result<(), StoreError> {
+        if !self
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| wait || c.thread.is_finished())
+        {
+            return Ok(());
+        }
+        let c = self.checkpoint.take().expect("checked above");
+        c.thread.join().unwrap_or_else(|_| {
+            Err(StoreError::Checkpoint(
+                "the checkpoint thread panicked".into(),
+            ))
+        })
+    }
+
+    /// Starts a new journal and folds everything before it into sled, in the background.
+    fn start_checkpoint(&mut self) -> Result<(), StoreError> {
+        let last = self.journal.number();
+        self.journal = Journal::create(&self.dir, last + 1)?;
+        let changes = Arc::new(std::mem::take(&mut self.recent));
+        let (trees, dir, todo) = (self.trees.clone(), self.dir.clone(), changes.clone());
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                trees.write(&todo)?;
+                for n in journal::list(&dir)?.into_iter().filter(|n| *n <= last) {
+                    std::fs::remove_file(journal::path(&dir, n))?;
+                }
+                debug!(records = todo.len(), "checkpoint written");
+                Ok(())
+            })?;
+        self.checkpoint = Some(Checkpoint { changes, thread });
+        Ok(())
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.reap_checkpoint(true) {
+            warn!(error = %e, "checkpoint failed; the journal will be replayed at the next start");
+        }
     }
 }
 
@@ -183,17 +328,18 @@ fn dec<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, St
 
 impl StateStore for SledStore {
     fn load(&self) -> Result<Vec<Loaded>, StoreError> {
+        let t = &self.trees;
         let mut out = Vec::new();
-        for item in self.pipelines.iter() {
+        for item in t.pipelines.iter() {
             let (k, v) = item?;
             let mut rec: PipelineRecord = dec(&k, &v)?;
-            rec.spec = match self.specs.get(&k)? {
+            rec.spec = match t.specs.get(&k)? {
                 Some(spec) => dec(&k, &spec)?,
                 // Databases written before specs had their own tree kept it inline.
                 None => dec::<InlineSpec>(&k, &v)?.spec,
             };
             let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
-            for j in self.jobs.scan_prefix(&k) {
+            for j in t.jobs.scan_prefix(&k) {
                 let (jk, jv) = j?;
                 jobs.push(dec::<JobRecord>(&jk, &jv)?);
             }
@@ -216,57 +362,151 @@ impl StateStore for SledStore {
 
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
         if self.specs_written.insert(rec.id) {
-            self.batch_specs.insert(rec.id.0.as_bytes(), enc(&rec.spec));
+            self.put(Table::Spec, rec.id.0.as_bytes(), enc(&rec.spec));
         }
-        self.batch_pipelines.insert(rec.id.0.as_bytes(), enc(rec));
-        self.dirty = true;
+        self.put(Table::Pipeline, rec.id.0.as_bytes(), enc(rec));
         Ok(())
     }
 
     fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
-        self.batch_jobs.insert(&job_key(id, job), enc(rec));
-        self.dirty = true;
+        self.put(Table::Job, &job_key(id, job), enc(rec));
         Ok(())
     }
 
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
-        let (k, v) = (job_key(id, job), enc(output));
-        self.batch_outputs.insert(&k, v.clone());
-        self.pending_outputs.insert(k, v);
-        self.dirty = true;
+        self.put(Table::Output, &job_key(id, job), enc(output));
         Ok(())
     }
 
     fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError> {
         let k = job_key(id, job);
-        if let Some(v) = self.pending_outputs.get(&k) {
+        let key = (Table::Output, k.to_vec());
+        let pending = self
+            .recent
+            .get(&key)
+            .or_else(|| self.checkpoint.as_ref()?.changes.get(&key));
+        if let Some(v) = pending {
             return Ok(Some(dec(&k, v)?));
         }
-        match self.outputs.get(k)? {
+        match self.trees.outputs.get(k)? {
             Some(v) => Ok(Some(dec(&k, &v)?)),
             None => Ok(None),
         }
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        if !self.dirty {
-            return Ok(());
+        let sync = match self.durability {
+            Durability::Flush => true,
+            Durability::Background => self.last_sync.elapsed() >= BACKGROUND_SYNC,
+        };
+        if sync {
+            self.last_sync = Instant::now();
         }
-        // Outputs first, then jobs, then pipelines: a crash between two batches leaves
-        // at worst an output without its job record, which is harmless.
-        self.outputs
-            .apply_batch(std::mem::take(&mut self.batch_outputs))?;
-        self.jobs
-            .apply_batch(std::mem::take(&mut self.batch_jobs))?;
-        self.specs
-            .apply_batch(std::mem::take(&mut self.batch_specs))?;
-        self.pipelines
-            .apply_batch(std::mem::take(&mut self.batch_pipelines))?;
-        self.pending_outputs.clear();
-        if self.durability == Durability::Flush {
-            self.db.flush()?;
+        self.journal.append(sync)?;
+        self.reap_checkpoint(false)?;
+        if self.journal.len() >= self.checkpoint_bytes && self.checkpoint.is_none() {
+            self.start_checkpoint()?;
         }
-        self.dirty = false;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(seq: u64) -> PipelineRecord {
+        let spec = PipelineSpec::default()
+            .job("a", "Noop", &[])
+            .job("b", "Noop", &["a"]);
+        PipelineRecord {
+            id: PipelineId::new(),
+            spec,
+            state: PipelineState::Running,
+            seq,
+            submitted_ms: 1,
+            finished_ms: None,
+        }
+    }
+
+    /// Writes `n` pipelines of two jobs, one commit each, job `a` finished with output.
+    fn write(store: &mut SledStore, n: u64) -> Vec<PipelineId> {
+        (1..=n)
+            .map(|seq| {
+                let rec = pipeline(seq);
+                store.put_pipeline(&rec).unwrap();
+                let mut done = JobRecord::new();
+                done.state = JobState::Succeeded;
+                store.put_job(rec.id, 0, &JobRecord::new()).unwrap();
+                store.put_job(rec.id, 1, &JobRecord::new()).unwrap();
+                store.put_job(rec.id, 0, &done).unwrap();
+                let out: Data = [("seq".to_string(), serde_json::json!(seq))]
+                    .into_iter()
+                    .collect();
+                store.put_output(rec.id, 0, &out).unwrap();
+                store.commit().unwrap();
+                rec.id
+            })
+            .collect()
+    }
+
+    fn check_outputs(store: &SledStore, ids: &[PipelineId]) {
+        for (k, id) in ids.iter().enumerate() {
+            let out = store.get_output(*id, 0).unwrap().expect("output kept");
+            assert_eq!(out["seq"], serde_json::json!(k as u64 + 1));
+            assert!(store.get_output(*id, 1).unwrap().is_none());
+        }
+    }
+
+    /// What a restarted router loads.
+    fn check(store: &SledStore, ids: &[PipelineId]) {
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.len(), ids.len());
+        for ((rec, jobs), id) in loaded.iter().zip(ids) {
+            assert_eq!(rec.id, *id);
+            assert_eq!(rec.spec.jobs.len(), 2);
+            assert_eq!(jobs[0].state, JobState::Succeeded, "latest write wins");
+            assert_eq!(jobs[1].state, JobState::Queued);
+        }
+        check_outputs(store, ids);
+    }
+
+    #[test]
+    fn what_only_the_journal_holds_is_there_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = {
+            let mut s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+            write(&mut s, 20)
+        };
+        // Nothing reached sled: the journal alone carries the 20 pipelines.
+        assert_eq!(journal::list(dir.path()).unwrap(), vec![1]);
+        let s = SledStore::open(dir.path(), Durability::Background).unwrap();
+        check(&s, &ids);
+        assert_eq!(
+            journal::list(dir.path()).unwrap(),
+            vec![2],
+            "replayed, then removed"
+        );
+    }
+
+    #[test]
+    fn checkpoints_move_records_to_sled_and_remove_old_journals() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = {
+            let mut s = SledStore::open(dir.path(), Durability::Background)
+                .unwrap()
+                .checkpoint_after(1);
+            let ids = write(&mut s, 50);
+            // Readable whether a record sits in the journal, in a running checkpoint
+            // or in sled.
+            check_outputs(&s, &ids);
+            s.reap_checkpoint(true).unwrap();
+            assert!(!s.trees.outputs.is_empty(), "a checkpoint wrote to sled");
+            ids
+        };
+        let left = journal::list(dir.path()).unwrap();
+        assert!(left.len() <= 2, "old journals removed: {left:?}");
+        let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        check(&s, &ids);
     }
 }
