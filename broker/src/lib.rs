@@ -15,4 +15,6 @@ pub mod slot;
 pub use api::{BoxError, ClusterStore, Store, StoreFactory, Worker};
 pub use pypelinin_common::protocol::{ClusterConfig, JobInfo, MonitoringReport};
 pub use pypelinin_common::Data;
-pub use runtime::{Broker, BrokerConfig, BrokerError, Isolation, DEFAULT_DRAIN_TIMEOUT};
+pub use runtime::{
+    Broker, BrokerConfig, BrokerError, Isolation, DEFAULT_DRAIN_TIMEOUT, PREFETCH_PER_SLOT,
+};

@@ -64,7 +64,15 @@ pub struct BrokerConfig {
     /// Address-space limit of each slot process, in bytes (process isolation only);
     /// a worker that goes past it fails its attempt instead of starving the host.
     pub slot_memory_bytes: Option<u64>,
+    /// Jobs held queued beyond the slots (default [`PREFETCH_PER_SLOT`] per slot): a
+    /// slot that frees starts its next job at once instead of after a round trip to
+    /// the router. Set 0 for long jobs, so that none waits here behind another while
+    /// a different broker has a free slot.
+    pub prefetch: Option<usize>,
 }
+
+/// Jobs a broker holds queued per slot unless told otherwise.
+pub const PREFETCH_PER_SLOT: usize = 4;
 
 impl BrokerConfig {
     /// A config with one slot per CPU and the default drain timeout.
@@ -76,6 +84,7 @@ impl BrokerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             isolation: Isolation::Process,
             slot_memory_bytes: None,
+            prefetch: None,
         }
     }
 }
@@ -435,6 +444,10 @@ impl Io {
             slots: self.config.slots as u32,
             running: self.running.values().copied().collect(),
             unreported,
+            prefetch: self
+                .config
+                .prefetch
+                .unwrap_or(PREFETCH_PER_SLOT * self.config.slots) as u32,
         };
         self.hello_id = self
             .send(&Request::BrokerHello(hello))?

@@ -394,6 +394,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 slots: 8,
                 running: vec![job_ref(1, 1, 2), job_ref(3, 0, 1)],
                 unreported: vec![job_ref(1, 2, 1)],
+                prefetch: 32,
             }),
         ),
         (

@@ -99,6 +99,7 @@ struct BrokerPeer {
     host: String,
     slots: u32,
     workers: Vec<String>,
+    /// Jobs it may be sent now: its slots plus the queue it asked for, less what it holds.
     credit: u32,
     draining: bool,
     /// Attempts assigned and not yet reported: each holds one of the broker's slots.
@@ -542,7 +543,7 @@ impl RouterState {
             }
         }
         info!(broker = %h.name, host = %h.host, slots = h.slots, workers = ?h.workers, adopted = running.len(), "broker joined");
-        let credit = h.slots.saturating_sub(h.running.len() as u32);
+        let credit = (h.slots + h.prefetch).saturating_sub(h.running.len() as u32);
         self.peers.insert(
             peer.clone(),
             Peer {
@@ -883,7 +884,7 @@ impl RouterState {
                     host: b.host.clone(),
                     workers: b.workers.clone(),
                     slots: b.slots,
-                    busy: b.running.len() as u32,
+                    busy: (b.running.len() as u32).min(b.slots),
                     draining: b.draining,
                     last_seen_ms_ago: now.duration_since(p.last_seen).as_millis() as u64,
                     monitor: b.monitor.clone(),
@@ -1227,7 +1228,12 @@ impl RouterState {
                 };
                 b.credit -= 1;
                 let name = b.name.clone();
-                let a = self.start_attempt(id, i, name)?;
+                let queued_for = if b.running.len() < b.slots as usize {
+                    Some(0)
+                } else {
+                    self.longest_wait(&peer)
+                };
+                let a = self.start_attempt(id, i, name, queued_for)?;
                 if let Some(b) = self.broker_mut(&peer) {
                     b.running.insert(a.job);
                 }
@@ -1237,7 +1243,31 @@ impl RouterState {
         Ok(())
     }
 
-    fn start_attempt(&mut self, id: PipelineId, i: u32, broker: String) -> Result<Assignment> {
+    /// The longest a job queued at broker `peer` now can wait for a slot: the sum of
+    /// the timeouts of everything it holds, or `None` if one of those has no timeout.
+    fn longest_wait(&self, peer: &PeerId) -> Option<u64> {
+        let Some(Peer {
+            role: Role::Broker(b),
+            ..
+        }) = self.peers.get(peer)
+        else {
+            return None;
+        };
+        b.running.iter().try_fold(0u64, |sum, r| {
+            let t = self.pipelines.get(&r.pipeline)?.dag.timeout_ms(r.job)?;
+            Some(sum.saturating_add(t))
+        })
+    }
+
+    /// Starts attempt `n + 1` of job `i` on `broker`, where it may first wait in the
+    /// broker's queue for up to `queued_for` ms (`None`: no bound is known).
+    fn start_attempt(
+        &mut self,
+        id: PipelineId,
+        i: u32,
+        broker: String,
+        queued_for: Option<u64>,
+    ) -> Result<Assignment> {
         let p = self.pipelines.get_mut(&id).expect("queued job's pipeline");
         let j = &mut p.jobs[i as usize];
         let number = j.attempt() + 1;
@@ -1250,10 +1280,12 @@ impl RouterState {
             error: None,
         });
         self.dirty_jobs.insert((id, i));
-        if let Some(t) = p.dag.timeout_ms(i) {
+        if let (Some(t), Some(q)) = (p.dag.timeout_ms(i), queued_for) {
             // A backstop: brokers stop a job at its timeout and report; this fires only
-            // if no report came within a lease after that.
-            let at = Instant::now() + Duration::from_millis(t) + peer_timeout();
+            // if no report came within a lease after that (and after its longest wait
+            // in the broker's queue). Without a bound on that wait, the broker's own
+            // timeout and its lease are what stop the attempt.
+            let at = Instant::now() + Duration::from_millis(t.saturating_add(q)) + peer_timeout();
             self.deadlines.push(Reverse((at, id, i, number)));
         }
         let p = &self.pipelines[&id];

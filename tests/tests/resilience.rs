@@ -369,3 +369,39 @@ fn a_frozen_broker_loses_its_lease_and_its_late_report_changes_nothing() {
     assert_eq!(after.jobs["work"].history, work.history, "nothing changed");
     assert_eq!(after.state, PipelineState::Succeeded);
 }
+
+#[test]
+fn a_prefetched_job_waits_behind_a_long_one_without_its_timeout_running_out() {
+    // One slot and a queue of two: `short` is sent to the broker while `long` runs,
+    // and waits there for longer than its timeout plus the router's lease.
+    let c = Cluster::start_with(1, 1, &["--prefetch", "2"]);
+    let mut pm = c.client();
+    let long = pm
+        .start(
+            &PipelineSpec::default()
+                .job("long", "Sleep", &[])
+                .with_data("ms", json!(3800)),
+        )
+        .unwrap();
+    wait_until("the long job to start", WAIT, || {
+        pm.status(long).unwrap().jobs["long"].state == JobState::Running
+    });
+    let mut spec = PipelineSpec::default();
+    let mut short = job("Sleep", &[], json!({"ms": 20}));
+    short.timeout_ms = Some(200);
+    spec.jobs.insert("short".into(), short);
+    let short = pm.start(&spec).unwrap();
+    let short = pm.wait(short, WAIT).unwrap().status().clone();
+    let long = pm.wait(long, WAIT).unwrap().status().clone();
+    let (l, s) = (&long.jobs["long"], &short.jobs["short"]);
+    assert_eq!(short.state, PipelineState::Succeeded, "{s:?}");
+    assert_eq!(s.attempts, 1, "never timed out and retried: {s:?}");
+    assert!(
+        s.started_ms.unwrap() < l.finished_ms.unwrap(),
+        "short sent to the broker while long still ran: {l:?} {s:?}"
+    );
+    assert!(
+        s.finished_ms.unwrap() >= l.finished_ms.unwrap(),
+        "and run after it, in the one slot: {l:?} {s:?}"
+    );
+}

@@ -38,6 +38,10 @@ struct Args {
     /// Where the two worker slots run jobs: supervised child processes, or threads.
     #[arg(long, value_enum, default_value_t = Iso::Process)]
     isolation: Iso,
+    /// Jobs the broker holds queued beyond its slots (default: the broker's default,
+    /// 4 per slot).
+    #[arg(long)]
+    prefetch: Option<usize>,
     /// Internal: run as one daemon of the benchmark cluster.
     #[arg(long, hide = true, value_enum)]
     role: Option<Role>,
@@ -120,6 +124,7 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
             let mut config = broker::BrokerConfig::new(&args.api, &args.broadcast);
             config.slots = SLOTS;
             config.drain_timeout = Duration::from_secs(2);
+            config.prefetch = args.prefetch;
             config.isolation = match args.isolation {
                 Iso::Process => broker::Isolation::Process,
                 Iso::Thread => broker::Isolation::Thread,
@@ -148,6 +153,9 @@ impl Cluster {
         ];
         if args.durable {
             common.push("--durable".into());
+        }
+        if let Some(n) = args.prefetch {
+            common.extend(["--prefetch".into(), n.to_string()]);
         }
         let mut router = Command::new(&exe)
             .args(["--role", "router", "--db"])

@@ -25,6 +25,10 @@ struct Args {
     /// at least 1024).
     #[arg(long)]
     slot_memory_mb: Option<u64>,
+    /// Jobs held queued beyond the slots, so that a freed slot starts the next one at
+    /// once (default: 4 per slot). Use 0 for long jobs.
+    #[arg(long)]
+    prefetch: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         IsolationArg::Thread => broker::Isolation::Thread,
     };
     config.slot_memory_bytes = args.slot_memory_mb.map(|mb| mb << 20);
+    config.prefetch = args.prefetch;
     let shutdown = Shutdown::on_signals()?;
     example::workers::register(broker::Broker::new())
         .store_factory(example::stores::store_from_config)
