@@ -10,7 +10,7 @@
 //! broker reconnects on a fresh socket, says hello again with the jobs it runs and the
 //! reports it still holds, and resends them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -425,6 +425,12 @@ impl Io {
         Ok(())
     }
 
+    fn prefetch(&self) -> usize {
+        self.config
+            .prefetch
+            .unwrap_or(PREFETCH_PER_SLOT * self.config.slots)
+    }
+
     /// A hello is on its way and not overdue.
     fn hello_pending(&self) -> bool {
         self.hello_id
@@ -444,10 +450,7 @@ impl Io {
             slots: self.config.slots as u32,
             running: self.running.values().copied().collect(),
             unreported,
-            prefetch: self
-                .config
-                .prefetch
-                .unwrap_or(PREFETCH_PER_SLOT * self.config.slots) as u32,
+            prefetch: self.prefetch() as u32,
         };
         self.hello_id = self
             .send(&Request::BrokerHello(hello))?
@@ -496,7 +499,7 @@ impl Io {
                 Isolation::Process => Mode::Process {
                     config: config.clone(),
                     memory: self.config.slot_memory_bytes,
-                    child: None,
+                    in_child: if self.prefetch() == 0 { 1 } else { 2 },
                 },
             };
             let ctx = SlotCtx {
@@ -574,7 +577,8 @@ enum Mode {
     Process {
         config: ClusterConfig,
         memory: Option<u64>,
-        child: Option<SlotProcess>,
+        /// Jobs kept in the child at once: 1, or 2 when the broker prefetches.
+        in_child: usize,
     },
 }
 
@@ -587,29 +591,38 @@ struct SlotCtx {
     revoked: Arc<Mutex<HashSet<JobRef>>>,
 }
 
-fn slot_loop(ctx: SlotCtx, mut mode: Mode, jobs: Receiver<Assignment>) {
-    for a in jobs.iter() {
+impl SlotCtx {
+    /// Shows `a` as this slot's job from now on (for monitoring, and so that a revoke
+    /// reaches this slot); its start time.
+    fn start(&self, a: &Assignment) -> u64 {
         let started_ms = now_ms();
-        ctx.slots.lock().unwrap()[ctx.slot] = Some(SlotJob {
+        self.slots.lock().unwrap()[self.slot] = Some(SlotJob {
             job: a.job,
             name: a.info.name.clone(),
             worker: a.info.worker.clone(),
             started_ms,
         });
-        let span = info_span!("job", pipeline = %a.info.pipeline, job = %a.info.name, attempt = a.job.attempt);
-        let result = span.in_scope(|| {
-            let r = if ctx.revoked.lock().unwrap().remove(&a.job) {
-                Err("cancelled".to_string())
-            } else {
-                run_in(&mut mode, &a, &ctx.cancel)
-            };
-            if let Err(e) = &r {
-                warn!(error = %e, worker = %a.info.worker, "job failed");
-            }
-            r
-        });
-        ctx.slots.lock().unwrap()[ctx.slot] = None;
-        ctx.done.fetch_add(1, Ordering::Relaxed);
+        started_ms
+    }
+
+    /// Whether `a` was revoked before it reached this slot (and forgets it).
+    fn was_revoked(&self, a: &Assignment) -> bool {
+        self.revoked.lock().unwrap().remove(&a.job)
+    }
+
+    /// Whether every slot of the broker is busy (then a slot may queue a job).
+    fn all_busy(&self) -> bool {
+        self.slots.lock().unwrap().iter().all(Option::is_some)
+    }
+
+    /// Reports how `a` ended; false if the broker is gone.
+    fn finish(&self, a: &Assignment, started_ms: u64, result: Result<Data, String>) -> bool {
+        if let Err(e) = &result {
+            info_span!("job", pipeline = %a.info.pipeline, job = %a.info.name, attempt = a.job.attempt)
+                .in_scope(|| warn!(error = %e, worker = %a.info.worker, "job failed"));
+        }
+        self.slots.lock().unwrap()[self.slot] = None;
+        self.done.fetch_add(1, Ordering::Relaxed);
         let report = JobReport {
             job: a.job,
             started_ms,
@@ -617,19 +630,36 @@ fn slot_loop(ctx: SlotCtx, mut mode: Mode, jobs: Receiver<Assignment>) {
             result,
         };
         let bytes = rmp_serde::to_vec_named(&Internal::Done(report)).expect("encodes");
-        if ctx.push.send(bytes, 0).is_err() {
-            return;
-        }
+        self.push.send(bytes, 0).is_ok()
     }
 }
 
-fn run_in(mode: &mut Mode, a: &Assignment, cancel: &Receiver<JobRef>) -> Result<Data, String> {
-    let timeout = a.info.timeout_ms.map(Duration::from_millis);
+fn slot_loop(ctx: SlotCtx, mode: Mode, jobs: Receiver<Assignment>) {
     match mode {
-        Mode::Thread { store, workers } => {
+        Mode::Thread { store, workers } => thread_slot(&ctx, &*store, &workers, &jobs),
+        Mode::Process {
+            config,
+            memory,
+            in_child,
+        } => process_slot(&ctx, &config, memory, in_child, &jobs),
+    }
+}
+
+fn thread_slot(
+    ctx: &SlotCtx,
+    store: &dyn Store,
+    workers: &HashMap<String, Arc<dyn Worker>>,
+    jobs: &Receiver<Assignment>,
+) {
+    for a in jobs.iter() {
+        let started_ms = ctx.start(&a);
+        let result = if ctx.was_revoked(&a) {
+            Err("cancelled".to_string())
+        } else {
             let t0 = Instant::now();
-            let r = run_job(&**store, workers, &a.info);
-            match timeout {
+            let r = info_span!("job", pipeline = %a.info.pipeline, job = %a.info.name, attempt = a.job.attempt)
+                .in_scope(|| run_job(store, workers, &a.info));
+            match a.info.timeout_ms.map(Duration::from_millis) {
                 Some(t) if t0.elapsed() > t => Err(format!(
                     "timed out after {} ms (thread isolation cannot stop a worker: it ran for {} ms)",
                     t.as_millis(),
@@ -637,20 +667,141 @@ fn run_in(mode: &mut Mode, a: &Assignment, cancel: &Receiver<JobRef>) -> Result<
                 )),
                 _ => r,
             }
+        };
+        if !ctx.finish(&a, started_ms, result) {
+            return;
         }
-        Mode::Process {
-            config,
-            memory,
-            child,
-        } => {
-            if child.is_none() {
-                *child = Some(SlotProcess::spawn(config, *memory)?);
+    }
+}
+
+/// A slot in process isolation: its child runs the jobs it is sent in order. When the
+/// broker prefetches (`in_child` 2) and every slot is busy, the next job already waits
+/// in the child's pipe while the current one runs.
+fn process_slot(
+    ctx: &SlotCtx,
+    config: &ClusterConfig,
+    memory: Option<u64>,
+    in_child: usize,
+    jobs: &Receiver<Assignment>,
+) {
+    let mut child: Option<SlotProcess> = None;
+    // Sent to the child and not answered, in order: the first one is running.
+    let mut sent: VecDeque<Assignment> = VecDeque::new();
+    let mut started_ms = 0;
+    let mut deadline = None;
+    // Jobs a lost child never started, to send to the next one first.
+    let mut again: VecDeque<Assignment> = VecDeque::new();
+    loop {
+        while sent.len() < in_child {
+            let behind = !sent.is_empty();
+            let next = match again.pop_front() {
+                Some(a) => a,
+                None if !behind => match jobs.recv() {
+                    Ok(a) => a,
+                    Err(_) => return,
+                },
+                None if ctx.all_busy() => match jobs.try_recv() {
+                    Ok(a) => a,
+                    Err(_) => break,
+                },
+                None => break,
+            };
+            if !behind {
+                started_ms = ctx.start(&next);
+                if ctx.was_revoked(&next) {
+                    if !ctx.finish(&next, started_ms, Err("cancelled".into())) {
+                        return;
+                    }
+                    continue;
+                }
             }
-            match child.as_mut().unwrap().run(a.job, &a.info, timeout, cancel) {
-                Ended::Returned(r) => r,
-                Ended::Lost(why) => {
-                    *child = None;
-                    Err(why)
+            let c = match child.as_mut() {
+                Some(c) => c,
+                None => match SlotProcess::spawn(config, memory) {
+                    Ok(c) => child.insert(c),
+                    Err(why) => {
+                        // Nothing runs yet (`behind` is false): the job fails with why.
+                        if !ctx.finish(&next, started_ms, Err(why)) {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            match c.send(&next.info, behind) {
+                Ok(true) => {
+                    if !behind {
+                        deadline = next.info.timeout_ms.map(|t| {
+                            (
+                                Instant::now() + Duration::from_millis(t),
+                                Duration::from_millis(t),
+                            )
+                        });
+                    }
+                    sent.push_back(next);
+                }
+                Ok(false) => {
+                    again.push_front(next);
+                    break;
+                }
+                Err(why) if !behind => {
+                    child = None;
+                    if !ctx.finish(&next, started_ms, Err(why)) {
+                        return;
+                    }
+                }
+                // The child died under the running job: waiting for it tells how.
+                Err(_) => {
+                    again.push_front(next);
+                    break;
+                }
+            }
+        }
+        let Some(front) = sent.front() else {
+            continue;
+        };
+        let c = child.as_mut().expect("a child holds the jobs sent");
+        let ended = info_span!("job", pipeline = %front.info.pipeline, job = %front.info.name, attempt = front.job.attempt)
+            .in_scope(|| c.wait(front.job, deadline, &ctx.cancel));
+        let a = sent.pop_front().expect("front");
+        let result = match ended {
+            Ended::Returned(r) => r,
+            Ended::Lost(why) => {
+                child = None;
+                if !sent.is_empty() {
+                    info!(
+                        jobs = sent.len(),
+                        "jobs queued in a lost slot process go to the next one"
+                    );
+                }
+                // Those queued behind it never started: they go to the next child.
+                while let Some(b) = sent.pop_back() {
+                    again.push_front(b);
+                }
+                Err(why)
+            }
+        };
+        if !ctx.finish(&a, started_ms, result) {
+            return;
+        }
+        // The next one sent has started in the child already.
+        if let Some(next) = sent.front() {
+            started_ms = ctx.start(next);
+            deadline = next.info.timeout_ms.map(|t| {
+                (
+                    Instant::now() + Duration::from_millis(t),
+                    Duration::from_millis(t),
+                )
+            });
+            if ctx.was_revoked(next) {
+                let why = child.as_mut().expect("holds it").lost("cancelled");
+                child = None;
+                let a = sent.pop_front().expect("front");
+                while let Some(b) = sent.pop_back() {
+                    again.push_front(b);
+                }
+                if !ctx.finish(&a, started_ms, Err(why)) {
+                    return;
                 }
             }
         }

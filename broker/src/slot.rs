@@ -6,8 +6,9 @@
 //! exits, runs out of its memory limit or hangs past its timeout ends only its child:
 //! the slot reports the attempt as failed with what happened and starts a new child.
 //!
-//! The cost is a pipe round trip per job (tens of microseconds) and one process per
-//! slot; [`crate::Isolation::Thread`] runs workers in the broker's own threads instead,
+//! The cost is a pipe hop each way per job and one process per slot. The slot keeps
+//! the child's next job already in its pipe while the current one runs, so that the hops
+//! overlap with work instead of adding to it; [`crate::Isolation::Thread`] runs workers in the broker's own threads instead,
 //! which is faster but lets a crashing worker take the broker down and cannot stop a
 //! hung one.
 
@@ -44,10 +45,20 @@ enum FromSlot {
     Done(Result<Data, String>),
 }
 
+/// Largest job frame sent to a child while it runs another job: well under the 64 KiB
+/// a Linux pipe holds, so that writing it never blocks.
+const MAX_QUEUED_FRAME: usize = 16 << 10;
+
+fn frame<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    let body = rmp_serde::to_vec_named(v).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
 fn write_frame<T: Serialize>(w: &mut impl Write, v: &T) -> io::Result<()> {
-    let bytes = rmp_serde::to_vec_named(v).map_err(io::Error::other)?;
-    w.write_all(&(bytes.len() as u32).to_le_bytes())?;
-    w.write_all(&bytes)?;
+    w.write_all(&frame(v)?)?;
     w.flush()
 }
 
@@ -183,20 +194,37 @@ impl SlotProcess {
         }
     }
 
-    /// Runs one job; `cancel` delivers attempts to stop.
-    pub fn run(
+    /// Hands a job to the child. The child runs the jobs it is given one after the
+    /// other, so the next one can wait in its pipe while the current one runs: with
+    /// `behind` (a job runs now), only a frame small enough not to fill the pipe is
+    /// sent, as a write that blocked would keep the slot from enforcing the running
+    /// job's timeout; `Ok(false)` means not sent. An error means the child is gone:
+    /// [`SlotProcess::wait`] says how.
+    pub fn send(&mut self, info: &JobInfo, behind: bool) -> Result<bool, String> {
+        let frame = frame(&ToSlot::Run(Box::new(info.clone())))
+            .map_err(|e| format!("could not encode the job: {e}"))?;
+        if behind && frame.len() > MAX_QUEUED_FRAME {
+            return Ok(false);
+        }
+        self.stdin
+            .write_all(&frame)
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("could not hand the job over: {e}"))?;
+        Ok(true)
+    }
+
+    /// Waits for the result of the job the child runs now (`job`, sent first of those
+    /// not yet answered), until its `deadline`; `cancel` delivers attempts to stop.
+    /// Anything but [`Ended::Returned`] kills the child, and the jobs queued behind
+    /// `job` with it.
+    pub fn wait(
         &mut self,
         job: JobRef,
-        info: &JobInfo,
-        timeout: Option<Duration>,
+        deadline: Option<(Instant, Duration)>,
         cancel: &Receiver<JobRef>,
     ) -> Ended {
-        if let Err(e) = write_frame(&mut self.stdin, &ToSlot::Run(Box::new(info.clone()))) {
-            return Ended::Lost(self.lost(&format!("could not hand the job over: {e}")));
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            let left = deadline.map_or(Duration::from_secs(3600), |d| {
+            let left = deadline.map_or(Duration::from_secs(3600), |(d, _)| {
                 d.saturating_duration_since(Instant::now())
             });
             select! {
@@ -208,8 +236,8 @@ impl SlotProcess {
                 recv(cancel) -> c => if c.ok() == Some(job) {
                     return Ended::Lost(self.lost("cancelled"));
                 },
-                default(left) => if deadline.is_some_and(|d| Instant::now() >= d) {
-                    let ms = timeout.unwrap_or_default().as_millis();
+                default(left) => if let Some((_, t)) = deadline.filter(|(d, _)| Instant::now() >= *d) {
+                    let ms = t.as_millis();
                     return Ended::Lost(self.lost(&format!("timed out after {ms} ms")));
                 },
             }
@@ -217,7 +245,7 @@ impl SlotProcess {
     }
 
     /// Kills the child and says how it ended, after `what`.
-    fn lost(&mut self, what: &str) -> String {
+    pub fn lost(&mut self, what: &str) -> String {
         let _ = self.child.kill();
         match self.child.wait() {
             Ok(st) if what == "worker process died" => match (st.code(), st.signal()) {

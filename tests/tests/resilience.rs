@@ -405,3 +405,41 @@ fn a_prefetched_job_waits_behind_a_long_one_without_its_timeout_running_out() {
         "and run after it, in the one slot: {l:?} {s:?}"
     );
 }
+
+#[test]
+fn a_job_waiting_in_a_slot_process_behind_a_hung_one_runs_in_the_next_process() {
+    // One slot. While `first` runs, `hang` and then `after` reach the broker; when the
+    // slot starts `hang`, it sends `after` to the slot process too, to wait in its pipe.
+    // The hang's timeout kills that process: `after` must run in the next one, once.
+    let c = Cluster::start_with(1, 1, &["--prefetch", "2"]);
+    let mut pm = c.client();
+    let sleep = |name: &str, ms: u64, timeout_ms: Option<u64>| {
+        let mut j = job("Sleep", &[], json!({ "ms": ms }));
+        j.timeout_ms = timeout_ms;
+        let mut p = PipelineSpec::default();
+        p.jobs.insert(name.into(), j);
+        p
+    };
+    let first = pm.start(&sleep("first", 500, None)).unwrap();
+    wait_until("the first job to start", WAIT, || {
+        pm.status(first).unwrap().jobs["first"].state == JobState::Running
+    });
+    let hung = pm.start(&sleep("hang", 600_000, Some(1500))).unwrap();
+    let after = pm.start(&sleep("after", 1, None)).unwrap();
+    let after = pm.wait(after, WAIT).unwrap().status().clone();
+    let hung = pm.wait(hung, WAIT).unwrap().status().clone();
+    let (h, a) = (&hung.jobs["hang"], &after.jobs["after"]);
+    assert!(
+        h.error
+            .as_deref()
+            .is_some_and(|e| e.contains("timed out after 1500 ms")),
+        "{h:?}"
+    );
+    assert_eq!(after.state, PipelineState::Succeeded, "{a:?}");
+    assert_eq!(a.attempts, 1, "not failed with the hung process: {a:?}");
+    assert!(
+        c.log("broker-0.log")
+            .contains("jobs queued in a lost slot process go to the next one"),
+        "after was queued in the hung process"
+    );
+}
