@@ -4,7 +4,7 @@
 //! [`StateStore::commit`] once per event-loop turn, before it sends any reply: a change
 //! is acknowledged only once it is durable, and concurrent changes share one flush.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -146,10 +146,12 @@ pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 /// The sled implementation, with a write-ahead journal in front of it.
 ///
 /// Every commit appends one frame to the journal ([`crate::journal`]); sled is written
-/// only by checkpoints, on a thread of their own, with the latest value of each record
-/// changed since the last one. A pipeline that starts and ends between two checkpoints
-/// thus costs sled one write per record instead of one per change, and none on the
-/// router's thread. At start-up the journals left are replayed into sled first.
+/// only by checkpoints, on a thread of their own, which read the journals back and
+/// write the latest value of each record in them. A pipeline that starts and ends
+/// between two checkpoints thus costs sled one write per record instead of one per
+/// change, and none on the router's thread. Only outputs are kept here in memory until
+/// sled has them (the router reads them back for children and results; everything
+/// else it holds itself). At start-up the journals left are replayed into sled first.
 pub struct SledStore {
     dir: PathBuf,
     trees: Trees,
@@ -157,15 +159,19 @@ pub struct SledStore {
     journal: Journal,
     last_sync: Instant,
     checkpoint_bytes: u64,
-    /// The latest value of every record written since the last checkpoint began.
-    recent: Changes,
+    /// Outputs written since the last checkpoint began.
+    recent: Outputs,
     checkpoint: Option<Checkpoint>,
     specs_written: HashSet<PipelineId>,
 }
 
-/// A checkpoint under way: what it writes (still readable here) and its thread.
+/// Encoded outputs by job key.
+type Outputs = HashMap<[u8; 20], Vec<u8>>;
+
+/// A checkpoint under way: the outputs it writes (readable here until it is done) and
+/// its thread.
 struct Checkpoint {
-    changes: Arc<Changes>,
+    outputs: Arc<Outputs>,
     thread: JoinHandle<Result<(), StoreError>>,
 }
 
@@ -214,28 +220,13 @@ impl SledStore {
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
         let trees = Trees::open(dir)?;
         let found = journal::list(dir)?;
-        let mut changes = Changes::new();
-        for &n in &found {
-            let r = journal::replay(dir, n, &mut changes)?;
-            if r.torn_bytes > 0 {
-                warn!(
-                    journal = n,
-                    frames = r.frames,
-                    torn_bytes = r.torn_bytes,
-                    "journal ends in a torn write (a crash while appending); ignoring its tail"
-                );
-            }
-        }
-        if !changes.is_empty() {
+        let folded = fold(dir, &trees, found.last().copied().unwrap_or(0))?;
+        if folded > 0 {
             info!(
                 journals = found.len(),
-                records = changes.len(),
-                "replaying the journal into the database"
+                records = folded,
+                "replayed the journal into the database"
             );
-            trees.write(&changes)?;
-        }
-        for &n in &found {
-            std::fs::remove_file(journal::path(dir, n))?;
         }
         let journal = Journal::create(dir, found.last().map_or(1, |n| n + 1))?;
         Ok(SledStore {
@@ -245,7 +236,7 @@ impl SledStore {
             journal,
             last_sync: Instant::now(),
             checkpoint_bytes: CHECKPOINT_BYTES,
-            recent: Changes::new(),
+            recent: Outputs::new(),
             checkpoint: None,
             specs_written: HashSet::new(),
         })
@@ -255,11 +246,6 @@ impl SledStore {
     pub fn checkpoint_after(mut self, bytes: u64) -> Self {
         self.checkpoint_bytes = bytes;
         self
-    }
-
-    fn put(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
-        self.journal.put(table, key, &value);
-        self.recent.insert((table, key.to_vec()), value);
     }
 
     /// Joins a finished checkpoint (or, with `wait`, any checkpoint).
@@ -283,21 +269,46 @@ impl SledStore {
     fn start_checkpoint(&mut self) -> Result<(), StoreError> {
         let last = self.journal.number();
         self.journal = Journal::create(&self.dir, last + 1)?;
-        let changes = Arc::new(std::mem::take(&mut self.recent));
-        let (trees, dir, todo) = (self.trees.clone(), self.dir.clone(), changes.clone());
+        let outputs = Arc::new(std::mem::take(&mut self.recent));
+        let (trees, dir) = (self.trees.clone(), self.dir.clone());
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
-                trees.write(&todo)?;
-                for n in journal::list(&dir)?.into_iter().filter(|n| *n <= last) {
-                    std::fs::remove_file(journal::path(&dir, n))?;
-                }
-                debug!(records = todo.len(), "checkpoint written");
+                let records = fold(&dir, &trees, last)?;
+                debug!(records, "checkpoint written");
                 Ok(())
             })?;
-        self.checkpoint = Some(Checkpoint { changes, thread });
+        self.checkpoint = Some(Checkpoint { outputs, thread });
         Ok(())
     }
+}
+
+/// Replays the journals of `dir` numbered up to `last` into sled, then removes them;
+/// how many records it wrote.
+fn fold(dir: &Path, trees: &Trees, last: u64) -> Result<usize, StoreError> {
+    let found: Vec<u64> = journal::list(dir)?
+        .into_iter()
+        .filter(|n| *n <= last)
+        .collect();
+    let mut changes = Changes::new();
+    for &n in &found {
+        let r = journal::replay(dir, n, &mut changes)?;
+        if r.torn_bytes > 0 {
+            warn!(
+                journal = n,
+                frames = r.frames,
+                torn_bytes = r.torn_bytes,
+                "journal ends in a torn write (a crash while appending); ignoring its tail"
+            );
+        }
+    }
+    if !changes.is_empty() {
+        trees.write(&changes)?;
+    }
+    for &n in &found {
+        std::fs::remove_file(journal::path(dir, n))?;
+    }
+    Ok(changes.len())
 }
 
 impl Drop for SledStore {
@@ -362,29 +373,32 @@ impl StateStore for SledStore {
 
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
         if self.specs_written.insert(rec.id) {
-            self.put(Table::Spec, rec.id.0.as_bytes(), enc(&rec.spec));
+            self.journal
+                .put(Table::Spec, rec.id.0.as_bytes(), &enc(&rec.spec));
         }
-        self.put(Table::Pipeline, rec.id.0.as_bytes(), enc(rec));
+        self.journal
+            .put(Table::Pipeline, rec.id.0.as_bytes(), &enc(rec));
         Ok(())
     }
 
     fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
-        self.put(Table::Job, &job_key(id, job), enc(rec));
+        self.journal.put(Table::Job, &job_key(id, job), &enc(rec));
         Ok(())
     }
 
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
-        self.put(Table::Output, &job_key(id, job), enc(output));
+        let (key, value) = (job_key(id, job), enc(output));
+        self.journal.put(Table::Output, &key, &value);
+        self.recent.insert(key, value);
         Ok(())
     }
 
     fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError> {
         let k = job_key(id, job);
-        let key = (Table::Output, k.to_vec());
         let pending = self
             .recent
-            .get(&key)
-            .or_else(|| self.checkpoint.as_ref()?.changes.get(&key));
+            .get(&k)
+            .or_else(|| self.checkpoint.as_ref()?.outputs.get(&k));
         if let Some(v) = pending {
             return Ok(Some(dec(&k, v)?));
         }
