@@ -64,15 +64,16 @@ pub struct BrokerConfig {
     /// Address-space limit of each slot process, in bytes (process isolation only);
     /// a worker that goes past it fails its attempt instead of starving the host.
     pub slot_memory_bytes: Option<u64>,
-    /// Jobs held queued beyond the slots (default [`PREFETCH_PER_SLOT`] per slot): a
-    /// slot that frees starts its next job at once instead of after a round trip to
-    /// the router. Set 0 for long jobs, so that none waits here behind another while
-    /// a different broker has a free slot.
+    /// Most jobs held queued beyond the slots (default [`PREFETCH_PER_SLOT`] per slot),
+    /// so that a slot that frees starts its next job at once instead of after a round
+    /// trip to the router. The router fills this queue only as far as the broker's
+    /// recent jobs say it holds a few milliseconds of work: long jobs are never queued
+    /// here behind one another. 0 turns queueing off.
     pub prefetch: Option<usize>,
 }
 
-/// Jobs a broker holds queued per slot unless told otherwise.
-pub const PREFETCH_PER_SLOT: usize = 4;
+/// Most jobs a broker holds queued per slot unless told otherwise.
+pub const PREFETCH_PER_SLOT: usize = 32;
 
 impl BrokerConfig {
     /// A config with one slot per CPU and the default drain timeout.

@@ -255,9 +255,10 @@ pub struct BrokerHello {
     /// it sends them right after this hello.
     #[serde(default)]
     pub unreported: Vec<JobRef>,
-    /// Jobs it wants queued beyond its slots, so that a slot that frees finds its next
-    /// job already there instead of waiting a round trip to the router. 0 (the value a
-    /// broker that does not say) means none.
+    /// Most jobs it accepts queued beyond its slots, so that a slot that frees finds its
+    /// next job already there instead of waiting a round trip to the router; the router
+    /// sends that many only while the broker's jobs are short. 0 (the value a broker
+    /// that does not say) means none.
     #[serde(default)]
     pub prefetch: u32,
 }

@@ -99,13 +99,53 @@ struct BrokerPeer {
     host: String,
     slots: u32,
     workers: Vec<String>,
-    /// Jobs it may be sent now: its slots plus the queue it asked for, less what it holds.
-    credit: u32,
+    /// Most jobs it accepts queued beyond its slots.
+    prefetch: u32,
+    /// How long its jobs take, in ms (a moving average of what it reports).
+    job_ms: Option<f64>,
     draining: bool,
-    /// Attempts assigned and not yet reported: each holds one of the broker's slots.
+    /// Attempts assigned and not yet reported: running, or queued at the broker.
     running: HashSet<JobRef>,
     rotate: usize,
     monitor: Option<MonitoringReport>,
+}
+
+/// A broker is sent jobs to queue beyond its slots only as far as their work lasts
+/// this long: many for jobs of microseconds, where a round trip per job would be most
+/// of the cost, none for jobs of this length or more, which must not wait behind one
+/// another at one broker while a slot elsewhere is free.
+pub const PREFETCH_HORIZON_MS: f64 = 20.0;
+/// Weight of the latest job in a broker's moving average of job durations.
+const JOB_MS_WEIGHT: f64 = 0.1;
+
+impl BrokerPeer {
+    /// Jobs beyond its slots it may hold now.
+    fn extra(&self) -> u32 {
+        match self.job_ms {
+            // Until it has reported a job, nothing is known of their length.
+            None => 0,
+            Some(ms) => {
+                let per_slot = (PREFETCH_HORIZON_MS / ms.max(1e-3)).floor();
+                (per_slot * self.slots as f64).min(self.prefetch as f64) as u32
+            }
+        }
+    }
+
+    /// Jobs it may be sent now.
+    fn credit(&self) -> u32 {
+        if self.draining {
+            return 0;
+        }
+        (self.slots + self.extra()).saturating_sub(self.running.len() as u32)
+    }
+
+    fn observe(&mut self, r: &JobReport) {
+        let ms = r.finished_ms.saturating_sub(r.started_ms) as f64;
+        self.job_ms = Some(match self.job_ms {
+            None => ms,
+            Some(avg) => avg + JOB_MS_WEIGHT * (ms - avg),
+        });
+    }
 }
 
 struct PipelinerPeer {
@@ -313,7 +353,6 @@ impl RouterState {
             Request::Drain => match self.broker_mut(&to.peer) {
                 Some(b) => {
                     b.draining = true;
-                    b.credit = 0;
                     Reply::Ok
                 }
                 None => Reply::Error(ProtocolError::UnknownPeer),
@@ -543,7 +582,6 @@ impl RouterState {
             }
         }
         info!(broker = %h.name, host = %h.host, slots = h.slots, workers = ?h.workers, adopted = running.len(), "broker joined");
-        let credit = (h.slots + h.prefetch).saturating_sub(h.running.len() as u32);
         self.peers.insert(
             peer.clone(),
             Peer {
@@ -552,7 +590,8 @@ impl RouterState {
                     host: h.host,
                     slots: h.slots,
                     workers: h.workers,
-                    credit,
+                    prefetch: h.prefetch,
+                    job_ms: None,
                     draining: false,
                     running,
                     rotate: 0,
@@ -615,8 +654,8 @@ impl RouterState {
         let mut stale = Vec::new();
         for r in reports {
             let b = self.broker_mut(peer).expect("checked above");
-            if b.running.remove(&r.job) && !b.draining {
-                b.credit += 1;
+            if b.running.remove(&r.job) {
+                b.observe(&r);
             }
             let broker = b.name.clone();
             // The attempt number and the broker's name fence the report: a broker whose
@@ -1187,7 +1226,7 @@ impl RouterState {
         let brokers: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| matches!(&p.role, Role::Broker(b) if b.credit > 0))
+            .filter(|(_, p)| matches!(&p.role, Role::Broker(b) if b.credit() > 0))
             .map(|(k, _)| k.clone())
             .collect();
         for peer in brokers {
@@ -1196,7 +1235,7 @@ impl RouterState {
                 ..
             }) = self.peers.get_mut(&peer)
             {
-                if b.credit == 0 {
+                if b.credit() == 0 {
                     break;
                 }
                 let n = b.workers.len();
@@ -1226,7 +1265,6 @@ impl RouterState {
                 else {
                     break;
                 };
-                b.credit -= 1;
                 let name = b.name.clone();
                 let queued_for = if b.running.len() < b.slots as usize {
                     Some(0)

@@ -376,6 +376,7 @@ fn a_prefetched_job_waits_behind_a_long_one_without_its_timeout_running_out() {
     // and waits there for longer than its timeout plus the router's lease.
     let c = Cluster::start_with(1, 1, &["--prefetch", "2"]);
     let mut pm = c.client();
+    prime_with_short_jobs(&mut pm);
     let long = pm
         .start(
             &PipelineSpec::default()
@@ -413,6 +414,7 @@ fn a_job_waiting_in_a_slot_process_behind_a_hung_one_runs_in_the_next_process() 
     // The hang's timeout kills that process: `after` must run in the next one, once.
     let c = Cluster::start_with(1, 1, &["--prefetch", "2"]);
     let mut pm = c.client();
+    prime_with_short_jobs(&mut pm);
     let sleep = |name: &str, ms: u64, timeout_ms: Option<u64>| {
         let mut j = job("Sleep", &[], json!({ "ms": ms }));
         j.timeout_ms = timeout_ms;
@@ -441,5 +443,44 @@ fn a_job_waiting_in_a_slot_process_behind_a_hung_one_runs_in_the_next_process() 
         c.log("broker-0.log")
             .contains("jobs queued in a lost slot process go to the next one"),
         "after was queued in the hung process"
+    );
+}
+
+/// Runs a few instant jobs, so that the router knows the broker's jobs are short and
+/// fills its queue.
+fn prime_with_short_jobs(pm: &mut client::PipelineManager) {
+    for _ in 0..5 {
+        let id = pm
+            .start(&PipelineSpec::default().job("quick", "Noop", &[]))
+            .unwrap();
+        assert!(pm.wait(id, WAIT).unwrap().is_success());
+    }
+}
+
+#[test]
+fn long_jobs_are_not_queued_at_a_busy_broker() {
+    // A queue of up to 4, but once the broker's jobs are known to take 300 ms, a job
+    // is sent only when a slot is free: `b` is assigned after `a` ends.
+    let c = Cluster::start_with(1, 1, &["--prefetch", "4"]);
+    let mut pm = c.client();
+    let sleep = |ms: u64| {
+        PipelineSpec::default()
+            .job("s", "Sleep", &[])
+            .with_data("ms", json!(ms))
+    };
+    let first = pm.start(&sleep(300)).unwrap();
+    assert!(pm.wait(first, WAIT).unwrap().is_success());
+    let a = pm.start(&sleep(300)).unwrap();
+    let b = pm.start(&sleep(300)).unwrap();
+    let a = pm.wait(a, WAIT).unwrap().status().jobs["s"].clone();
+    let b = pm.wait(b, WAIT).unwrap().status().jobs["s"].clone();
+    let (first, second) = if a.started_ms <= b.started_ms {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(
+        second.started_ms.unwrap() >= first.finished_ms.unwrap(),
+        "the second long job waited at the router, not at the broker: {first:?} {second:?}"
     );
 }

@@ -38,8 +38,8 @@ struct Args {
     /// Where the two worker slots run jobs: supervised child processes, or threads.
     #[arg(long, value_enum, default_value_t = Iso::Process)]
     isolation: Iso,
-    /// Jobs the broker holds queued beyond its slots (default: the broker's default,
-    /// 4 per slot).
+    /// Most jobs the broker holds queued beyond its slots (default: the broker's
+    /// default, 32 per slot).
     #[arg(long)]
     prefetch: Option<usize>,
     /// Internal: run as one daemon of the benchmark cluster.

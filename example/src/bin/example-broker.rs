@@ -25,8 +25,8 @@ struct Args {
     /// at least 1024).
     #[arg(long)]
     slot_memory_mb: Option<u64>,
-    /// Jobs held queued beyond the slots, so that a freed slot starts the next one at
-    /// once (default: 4 per slot). Use 0 for long jobs.
+    /// Most jobs held queued beyond the slots, so that a freed slot starts the next one
+    /// at once (default: 32 per slot); the router queues only short jobs. 0: none.
     #[arg(long)]
     prefetch: Option<usize>,
 }
