@@ -30,7 +30,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::api::{BoxError, Store, StoreFactory, Worker};
 use crate::monitor::HostMonitor;
-use crate::slot::{Ended, SlotProcess};
+use crate::slot::{cancel_channel, CancelRx, CancelTx, Ended, SlotProcess};
 
 /// How long a stopping broker waits for its running jobs before giving them back.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,6 +99,9 @@ pub enum BrokerError {
     /// The store could not be built from the router's configuration.
     #[error("store from cluster configuration: {0}")]
     Store(String),
+    /// The operating system refused a resource (a socket pair for a slot).
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
     /// The broker was given nothing to run.
     #[error("a broker needs at least one worker and one slot")]
     Empty,
@@ -207,7 +210,7 @@ struct Io {
     unsent: Vec<JobReport>,
     inflight: HashMap<u64, (Instant, Vec<JobReport>)>,
     jobs_tx: Option<Sender<Assignment>>,
-    cancels: Vec<Sender<JobRef>>,
+    cancels: Vec<CancelTx>,
     revoked: Arc<Mutex<HashSet<JobRef>>>,
     threads: Vec<JoinHandle<()>>,
     slots: Slots,
@@ -386,7 +389,7 @@ impl Io {
                         .position(|s| s.as_ref().is_some_and(|s| s.job == job))
                     {
                         Some(k) => {
-                            let _ = self.cancels[k].send(job);
+                            self.cancels[k].send(job);
                         }
                         None => {
                             self.revoked.lock().unwrap().insert(job);
@@ -490,7 +493,7 @@ impl Io {
         for slot in 0..self.config.slots {
             let push = self.ctx.socket(zmq::PUSH)?;
             push.connect(&self.results_endpoint)?;
-            let (cancel_tx, cancel_rx) = crossbeam_channel::unbounded();
+            let (cancel_tx, cancel_rx) = cancel_channel().map_err(BrokerError::Io)?;
             self.cancels.push(cancel_tx);
             let mode = match self.config.isolation {
                 Isolation::Thread => Mode::Thread {
@@ -588,7 +591,7 @@ struct SlotCtx {
     push: zmq::Socket,
     slots: Slots,
     done: Arc<AtomicU64>,
-    cancel: Receiver<JobRef>,
+    cancel: CancelRx,
     revoked: Arc<Mutex<HashSet<JobRef>>>,
 }
 

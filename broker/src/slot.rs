@@ -14,12 +14,14 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{Receiver, Sender};
 use pypelinin_common::protocol::{ClusterConfig, JobInfo, JobRef, MAX_FRAME_BYTES};
 use pypelinin_common::Data;
 use serde::de::DeserializeOwned;
@@ -122,11 +124,77 @@ pub fn child_main(workers: &HashMap<String, Arc<dyn Worker>>, factory: &StoreFac
     }
 }
 
-/// A slot's child process, from the broker's side.
+/// A slot's child process, from the broker's side. The slot's own thread reads the
+/// child's answers, waiting on the pipe and on its [`CancelRx`] in one `poll`.
 pub struct SlotProcess {
     child: Child,
     stdin: BufWriter<ChildStdin>,
-    results: Receiver<FromSlot>,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// The broker's side of a slot's revokes: attempts to stop, and a wake-up for the
+/// slot's `poll`.
+pub struct CancelTx {
+    tx: Sender<JobRef>,
+    wake: UnixStream,
+}
+
+/// The slot's side of its revokes.
+pub struct CancelRx {
+    rx: Receiver<JobRef>,
+    wake: UnixStream,
+}
+
+/// A revoke channel for one slot.
+pub fn cancel_channel() -> io::Result<(CancelTx, CancelRx)> {
+    let (a, b) = UnixStream::pair()?;
+    a.set_nonblocking(true)?;
+    b.set_nonblocking(true)?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    Ok((CancelTx { tx, wake: a }, CancelRx { rx, wake: b }))
+}
+
+impl CancelTx {
+    /// Asks the slot to stop `job` if it runs it.
+    pub fn send(&self, job: JobRef) {
+        let _ = self.tx.send(job);
+        // A full socket already holds a wake-up: nothing is lost when this one is not
+        // written.
+        let _ = (&self.wake).write(&[1]);
+    }
+}
+
+impl CancelRx {
+    /// Whether `job` was among the revokes received (the others are stale: dropped).
+    fn revoked(&self, job: JobRef) -> bool {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        self.rx.try_iter().any(|j| j == job)
+    }
+}
+
+/// Waits until one of `fds` is readable (or hung up), or `timeout` passes; which.
+fn poll_in(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut items: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32 + 1);
+    loop {
+        // SAFETY: `items` is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(items.as_mut_ptr(), items.len() as libc::nfds_t, ms) };
+        if n >= 0 {
+            return Ok(items.iter().map(|i| i.revents != 0).collect());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// How a job run in a child ended, besides its own result.
@@ -166,31 +234,25 @@ impl SlotProcess {
             .spawn()
             .map_err(|e| format!("start slot process: {e}"))?;
         let stdin = BufWriter::new(child.stdin.take().expect("piped stdin"));
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let (tx, rx) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
-            .name("slot-reader".into())
-            .spawn(move || {
-                while let Ok(Some(msg)) = read_frame::<FromSlot>(&mut stdout) {
-                    if tx.send(msg).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| format!("start slot reader: {e}"))?;
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut slot = SlotProcess {
             child,
             stdin,
-            results: rx,
+            stdout,
         };
         if let Err(e) = write_frame(&mut slot.stdin, &ToSlot::Config(config.clone())) {
             return Err(slot.lost(&format!("slot process did not take its config: {e}")));
         }
-        match slot.results.recv_timeout(CHILD_START_TIMEOUT) {
-            Ok(FromSlot::Ready(Ok(()))) => Ok(slot),
-            Ok(FromSlot::Ready(Err(e))) => Err(slot.lost(&format!("store: {e}"))),
-            Ok(FromSlot::Done(_)) => Err(slot.lost("slot process out of step")),
-            Err(_) => Err(slot.lost("slot process did not start")),
+        let fd = slot.stdout.get_ref().as_raw_fd();
+        match poll_in(&[fd], Some(CHILD_START_TIMEOUT)) {
+            Ok(r) if r[0] => {}
+            _ => return Err(slot.lost("slot process did not start")),
+        }
+        match read_frame::<FromSlot>(&mut slot.stdout) {
+            Ok(Some(FromSlot::Ready(Ok(())))) => Ok(slot),
+            Ok(Some(FromSlot::Ready(Err(e)))) => Err(slot.lost(&format!("store: {e}"))),
+            Ok(Some(FromSlot::Done(_))) => Err(slot.lost("slot process out of step")),
+            _ => Err(slot.lost("slot process did not start")),
         }
     }
 
@@ -221,26 +283,31 @@ impl SlotProcess {
         &mut self,
         job: JobRef,
         deadline: Option<(Instant, Duration)>,
-        cancel: &Receiver<JobRef>,
+        cancel: &CancelRx,
     ) -> Ended {
-        loop {
-            let left = deadline.map_or(Duration::from_secs(3600), |(d, _)| {
-                d.saturating_duration_since(Instant::now())
-            });
-            select! {
-                recv(self.results) -> msg => return match msg {
-                    Ok(FromSlot::Done(r)) => Ended::Returned(r),
-                    Ok(FromSlot::Ready(_)) => Ended::Lost(self.lost("slot process out of step")),
-                    Err(_) => Ended::Lost(self.lost("worker process died")),
-                },
-                recv(cancel) -> c => if c.ok() == Some(job) {
-                    return Ended::Lost(self.lost("cancelled"));
-                },
-                default(left) => if let Some((_, t)) = deadline.filter(|(d, _)| Instant::now() >= *d) {
-                    let ms = t.as_millis();
-                    return Ended::Lost(self.lost(&format!("timed out after {ms} ms")));
-                },
+        let fds = [self.stdout.get_ref().as_raw_fd(), cancel.wake.as_raw_fd()];
+        // An answer may already sit in the reader's buffer, where `poll` cannot see it.
+        while self.stdout.buffer().is_empty() {
+            let left = deadline.map(|(d, _)| d.saturating_duration_since(Instant::now()));
+            let ready = match poll_in(&fds, left) {
+                Ok(r) => r,
+                Err(e) => return Ended::Lost(self.lost(&format!("poll: {e}"))),
+            };
+            if ready[1] && cancel.revoked(job) {
+                return Ended::Lost(self.lost("cancelled"));
             }
+            if ready[0] {
+                break;
+            }
+            if let Some((_, t)) = deadline.filter(|(d, _)| Instant::now() >= *d) {
+                let ms = t.as_millis();
+                return Ended::Lost(self.lost(&format!("timed out after {ms} ms")));
+            }
+        }
+        match read_frame::<FromSlot>(&mut self.stdout) {
+            Ok(Some(FromSlot::Done(r))) => Ended::Returned(r),
+            Ok(Some(FromSlot::Ready(_))) => Ended::Lost(self.lost("slot process out of step")),
+            Ok(None) | Err(_) => Ended::Lost(self.lost("worker process died")),
         }
     }
 
