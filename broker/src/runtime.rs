@@ -678,6 +678,19 @@ fn thread_slot(
     }
 }
 
+/// When the job starting now times out, and after how long.
+fn timeout_from_now(a: &Assignment) -> Option<(Instant, Duration)> {
+    let t = Duration::from_millis(a.info.timeout_ms?);
+    Some((Instant::now() + t, t))
+}
+
+/// Puts the jobs a lost child never started in front of those still to send.
+fn give_back(sent: &mut VecDeque<Assignment>, again: &mut VecDeque<Assignment>) {
+    while let Some(b) = sent.pop_back() {
+        again.push_front(b);
+    }
+}
+
 /// A slot in process isolation: its child runs the jobs it is sent in order. When the
 /// broker prefetches (`in_child` 2) and every slot is busy, the next job already waits
 /// in the child's pipe while the current one runs.
@@ -735,12 +748,7 @@ fn process_slot(
             match c.send(&next.info, behind) {
                 Ok(true) => {
                     if !behind {
-                        deadline = next.info.timeout_ms.map(|t| {
-                            (
-                                Instant::now() + Duration::from_millis(t),
-                                Duration::from_millis(t),
-                            )
-                        });
+                        deadline = timeout_from_now(&next);
                     }
                     sent.push_back(next);
                 }
@@ -779,9 +787,7 @@ fn process_slot(
                     );
                 }
                 // Those queued behind it never started: they go to the next child.
-                while let Some(b) = sent.pop_back() {
-                    again.push_front(b);
-                }
+                give_back(&mut sent, &mut again);
                 Err(why)
             }
         };
@@ -791,19 +797,12 @@ fn process_slot(
         // The next one sent has started in the child already.
         if let Some(next) = sent.front() {
             started_ms = ctx.start(next);
-            deadline = next.info.timeout_ms.map(|t| {
-                (
-                    Instant::now() + Duration::from_millis(t),
-                    Duration::from_millis(t),
-                )
-            });
+            deadline = timeout_from_now(next);
             if ctx.was_revoked(next) {
                 let why = child.as_mut().expect("holds it").lost("cancelled");
                 child = None;
                 let a = sent.pop_front().expect("front");
-                while let Some(b) = sent.pop_back() {
-                    again.push_front(b);
-                }
+                give_back(&mut sent, &mut again);
                 if !ctx.finish(&a, started_ms, Err(why)) {
                     return;
                 }
