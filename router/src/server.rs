@@ -1,8 +1,9 @@
 //! The router's event loop: sockets in, [`RouterState`] in the middle, sockets out.
 //!
 //! One turn: wait for frames (bounded by the next timer), take every frame already
-//! queued (up to [`MAX_BATCH`]), run timers, match work, commit to storage once, and
-//! only then send replies and pushes. Batching the commit is what lets a flushed,
+//! queued (up to [`MAX_BATCH`]), run timers, match work, send the hints that
+//! acknowledge nothing (job changes for pipeliners), commit to storage once, and only
+//! then send replies and the other pushes. Batching the commit is what lets a flushed,
 //! durable router keep up with thousands of requests per second.
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use pypelinin_common::protocol::{self, ClusterConfig, Event, ProtocolError, Requ
 use pypelinin_common::Shutdown;
 use tracing::{debug, error, info, warn};
 
-use crate::state::{ReplyTo, RouterState};
+use crate::state::{Outgoing, ReplyTo, RouterState};
 use crate::store::{Durability, SledStore, StoreError};
 
 /// Most frames handled in one turn before committing and answering.
@@ -143,6 +144,8 @@ impl BoundRouter {
             }
             self.state.tick(Instant::now())?;
             self.state.dispatch()?;
+            let hints = self.state.drain_hints();
+            self.send_all(hints)?;
             self.state.commit()?;
             self.flush_outbox()?;
             let sent = Instant::now();
@@ -221,6 +224,14 @@ impl BoundRouter {
 
     fn flush_outbox(&mut self) -> Result<(), RouterError> {
         let (out, events) = self.state.drain_outbox();
+        self.send_all(out)?;
+        for ev in events {
+            self.publish(&ev);
+        }
+        Ok(())
+    }
+
+    fn send_all(&mut self, out: Vec<Outgoing>) -> Result<(), RouterError> {
         for o in out {
             let sent = self
                 .api
@@ -241,9 +252,6 @@ impl BoundRouter {
                 }
                 Err(e) => return Err(zerr(&self.api_endpoint)(e)),
             }
-        }
-        for ev in events {
-            self.publish(&ev);
         }
         Ok(())
     }

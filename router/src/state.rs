@@ -2,7 +2,8 @@
 //!
 //! It has no sockets. The event loop ([`crate::server`]) feeds it requests and timer
 //! ticks; it answers by filling an outbox, which the loop sends only after
-//! [`RouterState::commit`] made every change durable.
+//! [`RouterState::commit`] made every change durable (all but the hints of
+//! [`RouterState::drain_hints`], which acknowledge nothing).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -1397,6 +1398,17 @@ impl RouterState {
             self.store.put_pipeline(&self.pipelines[&id].rec)?;
         }
         self.store.commit()
+    }
+
+    /// Pushes that may leave before [`RouterState::commit`]: the job changes told to
+    /// pipeliners. They acknowledge nothing, and every decision a pipeliner sends back
+    /// is checked against the router's state in a later turn, after this one's commit;
+    /// sending them first lets the pipeliner decide while the router syncs.
+    pub fn drain_hints(&mut self) -> Vec<Outgoing> {
+        self.changes
+            .drain()
+            .map(|(peer, list)| push(peer, Push::Changed(list)))
+            .collect()
     }
 
     /// Frames to send now (after [`RouterState::commit`]) and events to publish.
