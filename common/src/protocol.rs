@@ -287,6 +287,12 @@ pub struct Advance {
     pub skip: Vec<u32>,
     /// Every job is final: close the pipeline.
     pub finish: bool,
+    /// Jobs to run as soon as their parents have all succeeded (at once if they have):
+    /// the decision made ahead, so that the router starts a child in the very turn its
+    /// last parent's result arrives, instead of after a round trip to the pipeliner.
+    /// A failure among the parents still leaves the child to the pipeliner, to skip.
+    #[serde(default)]
+    pub after: Vec<u32>,
 }
 
 /// Host and slot monitoring, sent by brokers every monitoring interval.

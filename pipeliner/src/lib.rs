@@ -2,8 +2,10 @@
 //!
 //! The router holds the truth. It gives each pipeline to one pipeliner at a time
 //! (`Take`, with the state of every job) and tells it as jobs end (`Changed`); the
-//! pipeliner answers with decisions (`Advance`): which jobs are now ready, which can
-//! never run because an ancestor failed, and when the pipeline is complete. Nothing a
+//! pipeliner answers with decisions (`Advance`): which jobs are now ready, which to
+//! start as soon as their parents have succeeded (asked ahead, so that the router starts
+//! a child in the turn its last parent's result arrives, without a round trip here),
+//! which can never run because an ancestor failed, and when the pipeline is complete. Nothing a
 //! pipeliner holds is lost when it dies: another one gets the same snapshot and goes on.
 
 #![warn(missing_docs)]
@@ -129,7 +131,9 @@ pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerE
             conn.hello_sent = send(&mut conn, &hello(me, config.capacity))?;
         }
         // Finished pipelines leave the walk set: the router closes them on `finish`.
-        out.retain(|a| !a.enqueue.is_empty() || !a.skip.is_empty() || a.finish);
+        out.retain(|a| {
+            !a.enqueue.is_empty() || !a.skip.is_empty() || !a.after.is_empty() || a.finish
+        });
         for a in &out {
             if a.finish {
                 walks.remove(&a.pipeline);

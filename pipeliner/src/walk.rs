@@ -12,6 +12,8 @@ pub struct Walk {
     order: Vec<u32>,
     states: Vec<JobState>,
     requested: Vec<bool>,
+    /// Jobs the router was asked to start once their parents succeed (`after`).
+    armed: Vec<bool>,
     finals: usize,
 }
 
@@ -30,12 +32,14 @@ impl Walk {
         // Running jobs were asked for already; queued ones may be too, and asking again
         // is harmless (the router enqueues a job once).
         let requested = states.iter().map(|s| *s != JobState::Queued).collect();
+        let armed = vec![false; dag.len()];
         Ok(Walk {
             id: snap.id,
             dag,
             order,
             states,
             requested,
+            armed,
             finals,
         })
     }
@@ -88,9 +92,12 @@ impl Walk {
         }
     }
 
-    /// Enqueues job `i` if ready, skips it if it never can run; says which.
+    /// Enqueues job `i` if ready, skips it if it never can run; says which. Any other
+    /// job is armed (once): the router starts it when its parents have succeeded, and
+    /// the walk is left with skipping and finishing.
     fn consider(&mut self, i: u32, a: &mut Advance) -> Option<JobState> {
-        if self.states[i as usize] != JobState::Queued || self.requested[i as usize] {
+        let k = i as usize;
+        if self.states[k] != JobState::Queued || self.requested[k] {
             return None;
         }
         let parents = self.dag.parents(i);
@@ -108,9 +115,18 @@ impl Walk {
             .iter()
             .all(|&p| self.states[p as usize] == JobState::Succeeded)
         {
-            self.requested[i as usize] = true;
-            a.enqueue.push(i);
+            self.requested[k] = true;
+            // An armed job was started by the router with its last parent's result.
+            if !self.armed[k] {
+                a.enqueue.push(i);
+            }
             return Some(JobState::Queued);
+        }
+        // No parent failed: they all succeeded or are on their way. Ask now that the
+        // router start it when they have all succeeded.
+        if !self.armed[k] {
+            self.armed[k] = true;
+            a.after.push(i);
         }
         None
     }
@@ -141,21 +157,45 @@ mod tests {
     }
 
     #[test]
-    fn roots_first_then_children_once_all_parents_succeed() {
+    fn roots_first_and_every_other_job_armed_once() {
         let mut w = walk(vec![]);
         let mut a = w.plan_all();
         a.enqueue.sort();
+        a.after.sort();
         assert_eq!(a.enqueue, vec![0, 5]);
+        assert_eq!(
+            a.after,
+            vec![1, 2, 3, 4],
+            "the router starts them when ready"
+        );
+        // As parents succeed, the armed children were started by the router: nothing
+        // is asked twice.
         let mut a = Advance::default();
-        w.on_change(0, JobState::Succeeded, &mut a);
-        a.enqueue.sort();
-        assert_eq!(a.enqueue, vec![1, 2]);
-        let mut a = Advance::default();
-        w.on_change(1, JobState::Succeeded, &mut a);
-        assert!(a.enqueue.is_empty(), "d must wait for c");
-        w.on_change(2, JobState::Succeeded, &mut a);
-        assert_eq!(a.enqueue, vec![3]);
+        for j in [0, 1, 2, 3] {
+            w.on_change(j, JobState::Succeeded, &mut a);
+        }
+        assert!(a.enqueue.is_empty() && a.after.is_empty() && a.skip.is_empty());
         assert!(!a.finish);
+        w.on_change(4, JobState::Succeeded, &mut a);
+        w.on_change(5, JobState::Succeeded, &mut a);
+        assert!(a.finish);
+    }
+
+    #[test]
+    fn a_walk_rebuilt_mid_way_arms_again() {
+        // A new walk (another pipeliner, or a restarted router) knows nothing of what
+        // was armed: it asks again (the router starts at once what is ready by then).
+        let mut w = walk(vec![
+            JobState::Succeeded,
+            JobState::Succeeded,
+            JobState::Running,
+            JobState::Queued,
+            JobState::Queued,
+            JobState::Succeeded,
+        ]);
+        let a = w.plan_all();
+        assert!(a.enqueue.is_empty());
+        assert_eq!(a.after, vec![3, 4]);
     }
 
     #[test]

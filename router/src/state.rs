@@ -59,6 +59,9 @@ struct PipelineEntry {
     jobs: Vec<JobRecord>,
     owner: Option<PeerId>,
     done: u32,
+    /// Jobs a pipeliner asked to start once their parents have succeeded (`after`).
+    /// Not stored: after a restart, the pipeliner that takes the pipeline asks again.
+    armed: Vec<bool>,
 }
 
 impl PipelineEntry {
@@ -277,12 +280,14 @@ impl RouterState {
                 .enumerate()
                 .map(|(i, j)| (i as u32, j.state, j.enqueued, j.not_before_ms))
                 .collect();
+            let armed = vec![false; jobs.len()];
             let entry = PipelineEntry {
                 rec,
                 dag,
                 jobs,
                 owner: None,
                 done,
+                armed,
             };
             s.pipelines.insert(id, entry);
             if is_open {
@@ -438,6 +443,7 @@ impl RouterState {
         self.pipelines.insert(
             id,
             PipelineEntry {
+                armed: vec![false; jobs.len()],
                 rec,
                 dag,
                 jobs,
@@ -757,6 +763,20 @@ impl RouterState {
             }
         }
         let state = j.state;
+        if state == JobState::Succeeded {
+            // Children the pipeliner armed start in this very turn.
+            let p = &self.pipelines[&id];
+            let armed: Vec<u32> = p
+                .dag
+                .children(i)
+                .iter()
+                .copied()
+                .filter(|&c| p.armed[c as usize])
+                .collect();
+            for c in armed {
+                self.enqueue_if_ready(id, c);
+            }
+        }
         self.job_final(id, i, state)
     }
 
@@ -817,24 +837,16 @@ impl RouterState {
         let id = a.pipeline;
         let _span = info_span!("pipeline", pipeline = %id).entered();
         for i in a.enqueue {
-            let p = &self.pipelines[&id];
-            let Some(j) = p.jobs.get(i as usize) else {
-                continue;
-            };
-            let ready = j.state == JobState::Queued
-                && !j.enqueued
-                && p.dag
-                    .parents(i)
-                    .iter()
-                    .all(|&q| p.jobs[q as usize].state == JobState::Succeeded);
-            if !ready {
+            if !self.enqueue_if_ready(id, i) {
                 debug!(job = i, "enqueue ignored: not ready or already queued");
-                continue;
             }
+        }
+        for i in a.after {
             let p = self.pipelines.get_mut(&id).unwrap();
-            p.jobs[i as usize].enqueued = true;
-            self.dirty_jobs.insert((id, i));
-            self.schedule(id, i, 0);
+            if let Some(armed) = p.armed.get_mut(i as usize) {
+                *armed = true;
+                self.enqueue_if_ready(id, i);
+            }
         }
         for i in a.skip {
             let p = &self.pipelines[&id];
@@ -877,6 +889,26 @@ impl RouterState {
             self.close_pipeline(id, state)?;
         }
         Ok(())
+    }
+
+    /// Puts job `i` in the run queue if it waits and its parents have all succeeded.
+    fn enqueue_if_ready(&mut self, id: PipelineId, i: u32) -> bool {
+        let p = &self.pipelines[&id];
+        let ready = p.jobs.get(i as usize).is_some_and(|j| {
+            j.state == JobState::Queued
+                && !j.enqueued
+                && p.dag
+                    .parents(i)
+                    .iter()
+                    .all(|&q| p.jobs[q as usize].state == JobState::Succeeded)
+        });
+        if ready {
+            let p = self.pipelines.get_mut(&id).unwrap();
+            p.jobs[i as usize].enqueued = true;
+            self.dirty_jobs.insert((id, i));
+            self.schedule(id, i, 0);
+        }
+        ready
     }
 
     fn close_pipeline(&mut self, id: PipelineId, state: PipelineState) -> Result<()> {
@@ -1013,6 +1045,7 @@ impl RouterState {
         }
         p.rec.state = PipelineState::Queued;
         p.rec.finished_ms = None;
+        p.armed.fill(false);
         self.dirty_pipelines.insert(p.rec.id);
         self.unowned.push_back(id);
         Ok(Reply::Status(self.pipelines[&id].status()))

@@ -484,3 +484,41 @@ fn long_jobs_are_not_queued_at_a_busy_broker() {
         "the second long job waited at the router, not at the broker: {first:?} {second:?}"
     );
 }
+
+#[test]
+fn armed_jobs_start_while_the_pipeliner_is_frozen() {
+    // The pipeliner asks ahead for every job to start once its parents succeed, so a
+    // chain goes on without it; only closing the pipeline waits for it.
+    let c = Cluster::start(1, 1);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default();
+    spec.jobs
+        .insert("a".into(), job("Sleep", &[], json!({"ms": 300})));
+    spec.jobs
+        .insert("b".into(), job("Sleep", &["a"], json!({"ms": 300})));
+    spec.jobs
+        .insert("c".into(), job("Sleep", &["b"], json!({"ms": 300})));
+    let id = pm.start(&spec).unwrap();
+    wait_until("a to start", WAIT, || {
+        pm.status(id).unwrap().jobs["a"].state == JobState::Running
+    });
+    c.pipeliners[0].signal("STOP");
+    // Well within the 3 s a silent pipeliner keeps its pipelines.
+    let frozen = Instant::now();
+    wait_until(
+        "c to succeed without the pipeliner",
+        Duration::from_secs(2),
+        || pm.status(id).unwrap().jobs["c"].state == JobState::Succeeded,
+    );
+    let status = pm.status(id).unwrap();
+    assert_eq!(
+        status.state,
+        PipelineState::Running,
+        "closing is the pipeliner's"
+    );
+    assert!(frozen.elapsed() < Duration::from_secs(3));
+    c.pipeliners[0].signal("CONT");
+    let status = pm.wait(id, WAIT).unwrap().status().clone();
+    assert_eq!(status.state, PipelineState::Succeeded);
+    assert_ran_once_in_order(&status, &spec);
+}
