@@ -293,6 +293,10 @@ pub struct Advance {
     /// A failure among the parents still leaves the child to the pipeliner, to skip.
     #[serde(default)]
     pub after: Vec<u32>,
+    /// Close the pipeline as succeeded as soon as every job has succeeded, without
+    /// waiting for a `finish` (which a pipeline with a failure still needs).
+    #[serde(default)]
+    pub close_on_success: bool,
 }
 
 /// Host and slot monitoring, sent by brokers every monitoring interval.

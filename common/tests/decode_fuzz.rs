@@ -436,6 +436,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                     skip: vec![],
                     finish: false,
                     after: vec![3],
+                    close_on_success: true,
                 },
                 Advance {
                     pipeline: pid(2),
@@ -443,6 +444,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                     skip: vec![3, 4],
                     finish: true,
                     after: vec![],
+                    close_on_success: false,
                 },
             ]),
         ),

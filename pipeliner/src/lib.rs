@@ -5,7 +5,8 @@
 //! pipeliner answers with decisions (`Advance`): which jobs are now ready, which to
 //! start as soon as their parents have succeeded (asked ahead, so that the router starts
 //! a child in the turn its last parent's result arrives, without a round trip here),
-//! which can never run because an ancestor failed, and when the pipeline is complete. Nothing a
+//! which can never run because an ancestor failed, and when the pipeline is complete
+//! (asked ahead as well: the router closes a pipeline whose jobs all succeeded itself). Nothing a
 //! pipeliner holds is lost when it dies: another one gets the same snapshot and goes on.
 
 #![warn(missing_docs)]
@@ -130,15 +131,16 @@ pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerE
         if !conn.hello_sent {
             conn.hello_sent = send(&mut conn, &hello(me, config.capacity))?;
         }
-        // Finished pipelines leave the walk set: the router closes them on `finish`.
+        // Finished pipelines leave the walk set: the router closes them on `finish`, or
+        // by itself when every job succeeded.
         out.retain(|a| {
-            !a.enqueue.is_empty() || !a.skip.is_empty() || !a.after.is_empty() || a.finish
+            !a.enqueue.is_empty()
+                || !a.skip.is_empty()
+                || !a.after.is_empty()
+                || a.finish
+                || a.close_on_success
         });
-        for a in &out {
-            if a.finish {
-                walks.remove(&a.pipeline);
-            }
-        }
+        walks.retain(|_, w| !w.is_done());
         if !out.is_empty() && !send(&mut conn, &Request::Advance(out))? {
             // Lost with the connection: the router will hand the pipelines out again.
             walks.clear();

@@ -14,6 +14,8 @@ pub struct Walk {
     requested: Vec<bool>,
     /// Jobs the router was asked to start once their parents succeed (`after`).
     armed: Vec<bool>,
+    /// The router was asked to close the pipeline itself if every job succeeds.
+    close_asked: bool,
     finals: usize,
 }
 
@@ -40,6 +42,7 @@ impl Walk {
             states,
             requested,
             armed,
+            close_asked: false,
             finals,
         })
     }
@@ -54,8 +57,24 @@ impl Walk {
             let i = self.order[k];
             self.consider(i, &mut a);
         }
-        a.finish = self.finals == self.states.len();
+        if !self.is_done() {
+            a.close_on_success = true;
+            self.close_asked = true;
+        }
+        self.finish_into(&mut a);
         a
+    }
+
+    /// Whether every job is final (the walk is over).
+    pub fn is_done(&self) -> bool {
+        self.finals == self.states.len()
+    }
+
+    /// Asks to close the pipeline once every job is final, unless the router closes it
+    /// itself (every job succeeded, and it was asked to).
+    fn finish_into(&self, a: &mut Advance) {
+        let all_succeeded = || self.states.iter().all(|s| *s == JobState::Succeeded);
+        a.finish |= self.is_done() && !(self.close_asked && all_succeeded());
     }
 
     /// Takes a job's new state into account and adds the decisions it leads to.
@@ -63,16 +82,14 @@ impl Walk {
         let Some(cur) = self.states.get(job as usize).copied() else {
             return;
         };
-        if cur.is_final() {
-            // Already final here (a skip we decided ourselves, echoed back).
-            a.finish |= self.finals == self.states.len();
-            return;
+        if !cur.is_final() {
+            self.set(job, state);
+            if state.is_final() {
+                self.cascade(job, a);
+            }
         }
-        self.set(job, state);
-        if state.is_final() {
-            self.cascade(job, a);
-        }
-        a.finish = self.finals == self.states.len();
+        // Otherwise already final here (a skip we decided ourselves, echoed back).
+        self.finish_into(a);
     }
 
     fn set(&mut self, job: u32, state: JobState) {
@@ -162,6 +179,7 @@ mod tests {
         let mut a = w.plan_all();
         a.enqueue.sort();
         a.after.sort();
+        assert!(a.close_on_success);
         assert_eq!(a.enqueue, vec![0, 5]);
         assert_eq!(
             a.after,
@@ -178,7 +196,11 @@ mod tests {
         assert!(!a.finish);
         w.on_change(4, JobState::Succeeded, &mut a);
         w.on_change(5, JobState::Succeeded, &mut a);
-        assert!(a.finish);
+        assert!(w.is_done());
+        assert!(
+            !a.finish,
+            "all succeeded: the router, asked to, closes it itself"
+        );
     }
 
     #[test]

@@ -62,6 +62,9 @@ struct PipelineEntry {
     /// Jobs a pipeliner asked to start once their parents have succeeded (`after`).
     /// Not stored: after a restart, the pipeliner that takes the pipeline asks again.
     armed: Vec<bool>,
+    /// Close as succeeded once every job succeeded, without a `finish` (not stored
+    /// either).
+    close_on_success: bool,
 }
 
 impl PipelineEntry {
@@ -288,6 +291,7 @@ impl RouterState {
                 owner: None,
                 done,
                 armed,
+                close_on_success: false,
             };
             s.pipelines.insert(id, entry);
             if is_open {
@@ -444,6 +448,7 @@ impl RouterState {
             id,
             PipelineEntry {
                 armed: vec![false; jobs.len()],
+                close_on_success: false,
                 rec,
                 dag,
                 jobs,
@@ -792,6 +797,22 @@ impl RouterState {
                 state,
             });
         }
+        if state == JobState::Succeeded {
+            self.close_if_all_succeeded(id)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the pipeline if its pipeliner asked for that and every job succeeded.
+    fn close_if_all_succeeded(&mut self, id: PipelineId) -> Result<()> {
+        let p = &self.pipelines[&id];
+        let close = p.close_on_success
+            && !p.rec.state.is_final()
+            && p.done as usize == p.jobs.len()
+            && p.jobs.iter().all(|j| j.state == JobState::Succeeded);
+        if close {
+            self.close_pipeline(id, PipelineState::Succeeded)?;
+        }
         Ok(())
     }
 
@@ -847,6 +868,10 @@ impl RouterState {
                 *armed = true;
                 self.enqueue_if_ready(id, i);
             }
+        }
+        if a.close_on_success {
+            self.pipelines.get_mut(&id).unwrap().close_on_success = true;
+            self.close_if_all_succeeded(id)?;
         }
         for i in a.skip {
             let p = &self.pipelines[&id];
@@ -1046,6 +1071,7 @@ impl RouterState {
         p.rec.state = PipelineState::Queued;
         p.rec.finished_ms = None;
         p.armed.fill(false);
+        p.close_on_success = false;
         self.dirty_pipelines.insert(p.rec.id);
         self.unowned.push_back(id);
         Ok(Reply::Status(self.pipelines[&id].status()))
