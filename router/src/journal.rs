@@ -93,6 +93,11 @@ impl Journal {
         self.number
     }
 
+    /// Another handle on the file (to sync it from another thread).
+    pub fn handle(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
         self.len

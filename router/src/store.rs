@@ -5,7 +5,9 @@
 //! is acknowledged only once it is durable, and concurrent changes share one flush.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,9 +49,10 @@ pub enum Durability {
     /// turn, shared by every change of the turn). The default.
     #[default]
     Flush,
-    /// Write the journal before every acknowledgement but sync it at most every
-    /// [`BACKGROUND_SYNC`]: a crash of the router process loses nothing (the kernel
-    /// has the writes), a crash of the machine can lose the last half second.
+    /// Write the journal before every acknowledgement but sync it only every
+    /// [`BACKGROUND_SYNC`], from another thread: a crash of the router process loses
+    /// nothing (the kernel has the writes), a crash of the machine can lose the last
+    /// half second.
     Background,
 }
 
@@ -158,6 +161,8 @@ pub struct SledStore {
     durability: Durability,
     journal: Journal,
     last_sync: Instant,
+    /// In background mode, journal files to sync off the router's thread.
+    syncer: SyncSender<File>,
     checkpoint_bytes: u64,
     /// Outputs written since the last checkpoint began.
     recent: Outputs,
@@ -235,6 +240,7 @@ impl SledStore {
             durability,
             journal,
             last_sync: Instant::now(),
+            syncer: background_syncer()?,
             checkpoint_bytes: CHECKPOINT_BYTES,
             recent: Outputs::new(),
             checkpoint: None,
@@ -281,6 +287,21 @@ impl SledStore {
         self.checkpoint = Some(Checkpoint { outputs, thread });
         Ok(())
     }
+}
+
+/// A thread that syncs the journal files it is sent; it ends with the store.
+fn background_syncer() -> Result<SyncSender<File>, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<File>(1);
+    std::thread::Builder::new()
+        .name("journal-sync".into())
+        .spawn(move || {
+            for f in rx {
+                if let Err(e) = f.sync_data() {
+                    warn!(error = %e, "background sync of the journal failed");
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 /// Replays the journals of `dir` numbered up to `last` into sled, then removes them;
@@ -409,14 +430,14 @@ impl StateStore for SledStore {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        let sync = match self.durability {
-            Durability::Flush => true,
-            Durability::Background => self.last_sync.elapsed() >= BACKGROUND_SYNC,
-        };
-        if sync {
+        self.journal.append(self.durability == Durability::Flush)?;
+        if self.durability == Durability::Background && self.last_sync.elapsed() >= BACKGROUND_SYNC
+        {
             self.last_sync = Instant::now();
+            // A sync of half a second of writes can take milliseconds: another thread
+            // waits for it. One at a time; a sync still running covers this one.
+            let _ = self.syncer.try_send(self.journal.handle()?);
         }
-        self.journal.append(sync)?;
         self.reap_checkpoint(false)?;
         if self.journal.len() >= self.checkpoint_bytes && self.checkpoint.is_none() {
             self.start_checkpoint()?;
