@@ -493,7 +493,7 @@ impl Io {
         for slot in 0..self.config.slots {
             let push = self.ctx.socket(zmq::PUSH)?;
             push.connect(&self.results_endpoint)?;
-            let (cancel_tx, cancel_rx) = cancel_channel().map_err(BrokerError::Io)?;
+            let (cancel_tx, cancel_rx) = cancel_channel()?;
             self.cancels.push(cancel_tx);
             let mode = match self.config.isolation {
                 Isolation::Thread => Mode::Thread {
@@ -622,8 +622,7 @@ impl SlotCtx {
     /// Reports how `a` ended; false if the broker is gone.
     fn finish(&self, a: &Assignment, started_ms: u64, result: Result<Data, String>) -> bool {
         if let Err(e) = &result {
-            info_span!("job", pipeline = %a.info.pipeline, job = %a.info.name, attempt = a.job.attempt)
-                .in_scope(|| warn!(error = %e, worker = %a.info.worker, "job failed"));
+            job_span(a).in_scope(|| warn!(error = %e, worker = %a.info.worker, "job failed"));
         }
         self.slots.lock().unwrap()[self.slot] = None;
         self.done.fetch_add(1, Ordering::Relaxed);
@@ -661,8 +660,7 @@ fn thread_slot(
             Err("cancelled".to_string())
         } else {
             let t0 = Instant::now();
-            let r = info_span!("job", pipeline = %a.info.pipeline, job = %a.info.name, attempt = a.job.attempt)
-                .in_scope(|| run_job(store, workers, &a.info));
+            let r = job_span(&a).in_scope(|| run_job(store, workers, &a.info));
             match a.info.timeout_ms.map(Duration::from_millis) {
                 Some(t) if t0.elapsed() > t => Err(format!(
                     "timed out after {} ms (thread isolation cannot stop a worker: it ran for {} ms)",
@@ -676,6 +674,11 @@ fn thread_slot(
             return;
         }
     }
+}
+
+/// The span a job's events are logged in, as in the router.
+fn job_span(a: &Assignment) -> tracing::Span {
+    info_span!("job", pipeline = %a.info.pipeline, job = %a.info.name, attempt = a.job.attempt)
 }
 
 /// When the job starting now times out, and after how long.
@@ -773,8 +776,7 @@ fn process_slot(
             continue;
         };
         let c = child.as_mut().expect("a child holds the jobs sent");
-        let ended = info_span!("job", pipeline = %front.info.pipeline, job = %front.info.name, attempt = front.job.attempt)
-            .in_scope(|| c.wait(front.job, deadline, &ctx.cancel));
+        let ended = job_span(front).in_scope(|| c.wait(front.job, deadline, &ctx.cancel));
         let a = sent.pop_front().expect("front");
         let result = match ended {
             Ended::Returned(r) => r,

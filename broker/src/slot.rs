@@ -6,9 +6,10 @@
 //! exits, runs out of its memory limit or hangs past its timeout ends only its child:
 //! the slot reports the attempt as failed with what happened and starts a new child.
 //!
-//! The cost is a pipe hop each way per job and one process per slot. The slot keeps
-//! the child's next job already in its pipe while the current one runs, so that the hops
-//! overlap with work instead of adding to it; [`crate::Isolation::Thread`] runs workers in the broker's own threads instead,
+//! The cost is a pipe hop each way per job and one process per slot. While every slot
+//! is busy and the broker has jobs queued, a slot sends its child the next job before
+//! the current one ends, so that the hops overlap with work instead of adding to it.
+//! [`crate::Isolation::Thread`] runs workers in the broker's own threads instead,
 //! which is faster but lets a crashing worker take the broker down and cannot stop a
 //! hung one.
 

@@ -768,20 +768,6 @@ impl RouterState {
             }
         }
         let state = j.state;
-        if state == JobState::Succeeded {
-            // Children the pipeliner armed start in this very turn.
-            let p = &self.pipelines[&id];
-            let armed: Vec<u32> = p
-                .dag
-                .children(i)
-                .iter()
-                .copied()
-                .filter(|&c| p.armed[c as usize])
-                .collect();
-            for c in armed {
-                self.enqueue_if_ready(id, c);
-            }
-        }
         self.job_final(id, i, state)
     }
 
@@ -798,6 +784,19 @@ impl RouterState {
             });
         }
         if state == JobState::Succeeded {
+            // What the pipeliner asked ahead happens in this very turn: armed children
+            // start, and the pipeline closes if every job has succeeded.
+            let p = &self.pipelines[&id];
+            let armed: Vec<u32> = p
+                .dag
+                .children(i)
+                .iter()
+                .copied()
+                .filter(|&c| p.armed[c as usize])
+                .collect();
+            for c in armed {
+                self.enqueue_if_ready(id, c);
+            }
             self.close_if_all_succeeded(id)?;
         }
         Ok(())

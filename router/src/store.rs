@@ -158,11 +158,11 @@ pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 pub struct SledStore {
     dir: PathBuf,
     trees: Trees,
-    durability: Durability,
     journal: Journal,
     last_sync: Instant,
-    /// In background mode, journal files to sync off the router's thread.
-    syncer: SyncSender<File>,
+    /// In [`Durability::Background`] mode, where journal files go to be synced off the
+    /// router's thread; `None` in [`Durability::Flush`] mode, which syncs every commit.
+    syncer: Option<SyncSender<File>>,
     checkpoint_bytes: u64,
     /// Outputs written since the last checkpoint began.
     recent: Outputs,
@@ -237,10 +237,12 @@ impl SledStore {
         Ok(SledStore {
             dir: dir.to_path_buf(),
             trees,
-            durability,
             journal,
             last_sync: Instant::now(),
-            syncer: background_syncer()?,
+            syncer: match durability {
+                Durability::Flush => None,
+                Durability::Background => Some(background_syncer()?),
+            },
             checkpoint_bytes: CHECKPOINT_BYTES,
             recent: Outputs::new(),
             checkpoint: None,
@@ -430,13 +432,14 @@ impl StateStore for SledStore {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.journal.append(self.durability == Durability::Flush)?;
-        if self.durability == Durability::Background && self.last_sync.elapsed() >= BACKGROUND_SYNC
-        {
-            self.last_sync = Instant::now();
-            // A sync of half a second of writes can take milliseconds: another thread
-            // waits for it. One at a time; a sync still running covers this one.
-            let _ = self.syncer.try_send(self.journal.handle()?);
+        self.journal.append(self.syncer.is_none())?;
+        if let Some(syncer) = &self.syncer {
+            if self.last_sync.elapsed() >= BACKGROUND_SYNC {
+                self.last_sync = Instant::now();
+                // A sync of half a second of writes can take milliseconds: another
+                // thread waits for it. One at a time; a sync still running covers this.
+                let _ = syncer.try_send(self.journal.handle()?);
+            }
         }
         self.reap_checkpoint(false)?;
         if self.journal.len() >= self.checkpoint_bytes && self.checkpoint.is_none() {
