@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use pypelinin_common::protocol::{
-    decode, encode, Assignment, BrokerHello, ClusterConfig, FromRouter, JobInfo, JobRef, JobReport,
-    MonitoringReport, PipelineId, ProtocolError, Push, Reply, Request, SlotJob, HEARTBEAT_INTERVAL,
-    MAX_OUTPUT_BYTES, PEER_LIVENESS, REQUEST_TIMEOUT,
+    check_output_size, decode, encode, Assignment, BrokerHello, ClusterConfig, FromRouter, JobInfo,
+    JobRef, JobReport, MonitoringReport, PipelineId, ProtocolError, Push, Reply, Request, SlotJob,
+    HEARTBEAT_INTERVAL, PEER_LIVENESS, REQUEST_TIMEOUT,
 };
 use pypelinin_common::transport::dealer;
 use pypelinin_common::{now_ms, Data, Shutdown};
@@ -830,14 +830,7 @@ pub(crate) fn run_job(
         Ok(Err(e)) => return Err(e.to_string()),
         Err(panic) => return Err(format!("worker panicked: {}", panic_message(&*panic))),
     };
-    let size = rmp_serde::to_vec(&output)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > MAX_OUTPUT_BYTES {
-        return Err(format!(
-            "output of {size} bytes exceeds the router's limit of {MAX_OUTPUT_BYTES}; save large outputs in your Store and return a reference"
-        ));
-    }
+    check_output_size(&output).map_err(|e| e.to_string())?;
     store
         .save(info, &output)
         .map_err(|e| format!("store could not save the output: {e}"))?;

@@ -7,14 +7,15 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod ids;
 pub mod pipeline;
 pub mod protocol;
 pub mod shutdown;
 pub mod status;
 pub mod transport;
 
+pub use ids::{JobRef, PipelineId};
 pub use pipeline::{Data, JobSpec, Pipeline, PipelineError, PipelineSpec};
-pub use protocol::{JobRef, PipelineId};
 pub use shutdown::Shutdown;
 pub use status::{JobState, JobStatus, PipelineState, PipelineStatus};
 

@@ -40,13 +40,13 @@
 //! `Error(Stale)` and changes nothing.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::ids::{JobRef, PipelineId};
 use crate::pipeline::{Data, PipelineSpec};
 use crate::status::{JobState, PipelineState, PipelineStatus};
 
@@ -66,6 +66,40 @@ pub const MAX_ELEMENTS: usize = 2_000_000;
 pub const MAX_DEPTH: usize = 128;
 /// Largest job output the router keeps, encoded. Larger outputs belong in the user's store.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
+/// An output refused for its size: larger than [`MAX_OUTPUT_BYTES`] once encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("output of {size} bytes exceeds the router's limit of {MAX_OUTPUT_BYTES}; keep large outputs in your own Store and return a reference")]
+pub struct OutputTooLarge {
+    /// Its encoded size in bytes (`usize::MAX` when it could not be encoded at all).
+    pub size: usize,
+}
+
+/// The one check of an output's size, made by the broker before it saves the output
+/// and by the router before it keeps it: both must refuse the same outputs. Counts the
+/// encoded bytes without allocating them.
+pub fn check_output_size(output: &Data) -> Result<(), OutputTooLarge> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let size = match rmp_serde::encode::write(&mut n, output) {
+        Ok(()) => n.0,
+        Err(_) => usize::MAX,
+    };
+    if size > MAX_OUTPUT_BYTES {
+        Err(OutputTooLarge { size })
+    } else {
+        Ok(())
+    }
+}
 /// How often brokers and pipeliners say they are alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// Heartbeats a peer may miss before the router gives its jobs and pipelines to others.
@@ -79,49 +113,6 @@ pub const REQUEST_ATTEMPTS: u32 = 4;
 pub const SOCKET_HWM: i32 = 1_000_000;
 /// Longest a `Wait` request may be held by the router.
 pub const MAX_WAIT_MS: u64 = 3_600_000;
-
-/// Identifies a pipeline across the cluster; chosen by the client so that a resent
-/// `Submit` is recognised instead of running the pipeline twice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PipelineId(pub Uuid);
-
-impl PipelineId {
-    /// A fresh random id.
-    pub fn new() -> Self {
-        PipelineId(Uuid::new_v4())
-    }
-}
-
-impl Default for PipelineId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for PipelineId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::str::FromStr for PipelineId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(PipelineId)
-    }
-}
-
-/// One attempt of one job: what brokers hold and report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct JobRef {
-    /// The pipeline.
-    pub pipeline: PipelineId,
-    /// The job's index in the pipeline (name order).
-    pub job: u32,
-    /// The attempt, from 1; the fencing token for late reports.
-    pub attempt: u32,
-}
 
 /// Envelope of every frame: version, request id (0 for pushes and events), body.
 #[derive(Debug, Serialize, Deserialize)]

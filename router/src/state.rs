@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use pypelinin_common::now_ms;
 use pypelinin_common::protocol::{
-    Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, Event,
-    FromRouter, Histogram, JobChange, JobInfo, JobRef, JobReport, MonitoringReport, PipelineId,
-    PipelineResult, PipelineSnapshot, PipelineSummary, ProtocolError, Push, Reply, Request,
-    HEARTBEAT_INTERVAL, MAX_OUTPUT_BYTES, MAX_WAIT_MS, PEER_LIVENESS,
+    check_output_size, Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig,
+    ClusterMetrics, Event, FromRouter, Histogram, JobChange, JobInfo, JobRef, JobReport,
+    MonitoringReport, PipelineId, PipelineResult, PipelineSnapshot, PipelineSummary, ProtocolError,
+    Push, Reply, Request, HEARTBEAT_INTERVAL, MAX_WAIT_MS, PEER_LIVENESS,
 };
 use pypelinin_common::status::{Attempt, JobState, JobStatus, PipelineState, PipelineStatus};
 use pypelinin_common::Pipeline;
@@ -733,14 +733,9 @@ impl RouterState {
         let j = &mut self.pipelines.get_mut(&id).unwrap().jobs[i as usize];
         let last = j.history.last_mut().unwrap();
         let result = r.result.and_then(|out| {
-            let size = rmp_serde::to_vec(&out).map(|v| v.len()).unwrap_or(usize::MAX);
-            if size > MAX_OUTPUT_BYTES {
-                Err(format!(
-                    "output of {size} bytes exceeds the router's limit of {MAX_OUTPUT_BYTES}; keep large outputs in your own Store"
-                ))
-            } else {
-                Ok(out)
-            }
+            check_output_size(&out)
+                .map(|()| out)
+                .map_err(|e| e.to_string())
         });
         match result {
             Ok(output) => {
