@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use client::render::{self, Progress};
-use client::{render_table, ClientError, PipelineManager};
+use pypelinin_client::render::{self, Progress};
+use pypelinin_client::{render_table, ClientError, PipelineManager};
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::status::{JobState, PipelineState, PipelineStatus};
 use pypelinin_common::{now_ms, Pipeline, PipelineError, PipelineSpec};

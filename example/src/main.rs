@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use client::{render_table, PipelineManager};
+use pypelinin_client::{render_table, PipelineManager};
 use pypelinin_common::protocol::ClusterConfig;
 use pypelinin_common::{PipelineSpec, Shutdown};
 use serde_json::json;
@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         StoreKind::Json => json!({"kind": "json", "dir": tmp.path().join("outputs")}),
     };
     let shutdown = Shutdown::new();
-    let router = router::BoundRouter::bind(router::RouterConfig {
+    let router = pypelinin_router::BoundRouter::bind(pypelinin_router::RouterConfig {
         api: "tcp://127.0.0.1:0".into(),
         broadcast: "tcp://127.0.0.1:0".into(),
         db: tmp.path().join("router.db"),
@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             store,
             ..ClusterConfig::default()
         },
-        durability: router::Durability::Flush,
+        durability: pypelinin_router::Durability::Flush,
     })?;
     let (api, broadcast) = (
         router.api_endpoint.clone(),
@@ -98,24 +98,24 @@ fn main() -> anyhow::Result<()> {
     threads.push(std::thread::spawn(move || Ok(router.run(s)?)));
     let (a, b, s) = (api.clone(), broadcast.clone(), shutdown.clone());
     threads.push(std::thread::spawn(move || {
-        Ok(pipeliner::run(
-            pipeliner::PipelinerConfig {
+        Ok(pypelinin_pipeliner::run(
+            pypelinin_pipeliner::PipelinerConfig {
                 api: a,
                 broadcast: b,
-                capacity: pipeliner::DEFAULT_CAPACITY,
+                capacity: pypelinin_pipeliner::DEFAULT_CAPACITY,
             },
             s,
         )?)
     }));
     for _ in 0..2 {
-        let mut config = broker::BrokerConfig::new(&api, &broadcast);
+        let mut config = pypelinin_broker::BrokerConfig::new(&api, &broadcast);
         config.slots = 2;
         // The demo's brokers are threads of this process, which cannot re-run itself
         // as a slot child: no process isolation here (example-broker has it).
-        config.isolation = broker::Isolation::Thread;
+        config.isolation = pypelinin_broker::Isolation::Thread;
         let s = shutdown.clone();
         threads.push(std::thread::spawn(move || {
-            Ok(example::workers::register(broker::Broker::new())
+            Ok(example::workers::register(pypelinin_broker::Broker::new())
                 .store_factory(example::stores::store_from_config)
                 .run(config, s)?)
         }));

@@ -2,7 +2,7 @@
 //!
 //! The router hands every broker the same `ClusterConfig`, whose free-form `store`
 //! value is read here by [`store_from_config`]. Two kinds are offered:
-//! - `{"kind": "cluster"}` (the default): [`broker::ClusterStore`], outputs kept in the
+//! - `{"kind": "cluster"}` (the default): [`pypelinin_broker::ClusterStore`], outputs kept in the
 //!   router's database. Nothing to set up, and it works across machines.
 //! - `{"kind": "json", "dir": "..."}`: [`JsonFileStore`], outputs written as JSON files,
 //!   the way pypelinin's example stored results. Useful to inspect outputs with ordinary
@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use broker::{BoxError, ClusterConfig, ClusterStore, JobInfo, MonitoringReport, Store};
+use pypelinin_broker::{BoxError, ClusterConfig, ClusterStore, JobInfo, MonitoringReport, Store};
 use pypelinin_common::{Data, PipelineId};
 use serde_json::Value;
 

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{BoxError, Broker, JobInfo, Worker};
+use pypelinin_broker::{BoxError, Broker, JobInfo, Worker};
 use pypelinin_common::Data;
 use serde_json::{json, Value};
 

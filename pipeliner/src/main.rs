@@ -1,6 +1,6 @@
 use clap::Parser;
-use pipeliner::{PipelinerConfig, DEFAULT_CAPACITY};
 use pypelinin_common::Shutdown;
+use pypelinin_pipeliner::{PipelinerConfig, DEFAULT_CAPACITY};
 
 /// The pypelinin pipeliner: walks pipeline DAGs and schedules their jobs.
 #[derive(Parser, Debug)]
@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     pypelinin_common::init_tracing();
     let args = Args::parse();
     let shutdown = Shutdown::on_signals()?;
-    pipeliner::run(
+    pypelinin_pipeliner::run(
         PipelinerConfig {
             api: args.endpoints.api,
             broadcast: args.endpoints.broadcast,

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use client::render::{self, Progress};
-use client::{ClientError, PipelineManager};
+use pypelinin_client::render::{self, Progress};
+use pypelinin_client::{ClientError, PipelineManager};
 use pypelinin_common::protocol::{ClusterMetrics, Histogram, PipelineId, ProtocolError};
 use pypelinin_common::transport::TransportError;
 use pypelinin_common::{now_ms, PipelineState};

@@ -5,8 +5,8 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use pypelinin_common::protocol::ClusterConfig;
 use pypelinin_common::Shutdown;
-use router::http::Dashboard;
-use router::{BoundRouter, Durability, RouterConfig};
+use pypelinin_router::http::Dashboard;
+use pypelinin_router::{BoundRouter, Durability, RouterConfig};
 
 /// The pypelinin router: the central point of a cluster.
 #[derive(Parser, Debug)]

@@ -245,8 +245,8 @@ impl Cluster {
     }
 
     /// A client for this cluster.
-    pub fn client(&self) -> client::PipelineManager {
-        client::PipelineManager::connect(&self.api, &self.broadcast).expect("client")
+    pub fn client(&self) -> pypelinin_client::PipelineManager {
+        pypelinin_client::PipelineManager::connect(&self.api, &self.broadcast).expect("client")
     }
 
     /// The output the JSON store saved for `job`, if any.

@@ -1,6 +1,6 @@
 //! The `pypelinin` command line against a real cluster.
 
-use cluster_harness::Cluster;
+use pypelinin_tests::Cluster;
 use serde_json::Value;
 
 fn cli(c: &Cluster, args: &[&str]) -> (i32, String, String) {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_harness::{bin, Cluster};
+use pypelinin_tests::{bin, Cluster};
 use serde_json::Value;
 
 fn cli(c: &Cluster, args: &[&str]) -> (i32, String, String) {

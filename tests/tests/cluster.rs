@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use cluster_harness::{assert_ran_once_in_order, Cluster};
 use pypelinin_common::status::{JobState, PipelineState};
 use pypelinin_common::PipelineSpec;
+use pypelinin_tests::{assert_ran_once_in_order, Cluster};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -145,7 +145,7 @@ fn a_failing_job_fails_its_pipeline_skips_descendants_and_lets_other_branches_fi
         .insert("ms".into(), json!(300));
     let id = pm.start(&spec).unwrap();
     let outcome = pm.wait(id, WAIT).unwrap();
-    let client::Outcome::Failed { failures, status } = outcome else {
+    let pypelinin_client::Outcome::Failed { failures, status } = outcome else {
         panic!("pipeline should fail: {outcome:?}");
     };
     assert_eq!(failures.len(), 1);
@@ -197,7 +197,10 @@ fn jobs_for_a_worker_no_broker_offers_wait_instead_of_failing() {
         .start(&PipelineSpec::default().job("x", "NobodyHasThis", &[]))
         .unwrap();
     let err = pm.wait(id, Duration::from_millis(800)).unwrap_err();
-    assert!(matches!(err, client::ClientError::Timeout { .. }), "{err}");
+    assert!(
+        matches!(err, pypelinin_client::ClientError::Timeout { .. }),
+        "{err}"
+    );
     let s = pm.status(id).unwrap();
     assert_eq!(s.state, PipelineState::Running);
     assert_eq!(s.jobs["x"].state, JobState::Queued);
@@ -207,14 +210,15 @@ fn jobs_for_a_worker_no_broker_offers_wait_instead_of_failing() {
 fn invalid_pipelines_are_refused_with_a_reason() {
     let c = Cluster::start(0, 1);
     let mut pm = c.client();
-    let refused = |pm: &mut client::PipelineManager, spec: PipelineSpec| match pm.start(&spec) {
-        Err(client::ClientError::Transport(
-            pypelinin_common::transport::TransportError::Refused(
-                client::ProtocolError::InvalidPipeline(msg),
-            ),
-        )) => msg,
-        other => panic!("expected a refusal, got {other:?}"),
-    };
+    let refused =
+        |pm: &mut pypelinin_client::PipelineManager, spec: PipelineSpec| match pm.start(&spec) {
+            Err(pypelinin_client::ClientError::Transport(
+                pypelinin_common::transport::TransportError::Refused(
+                    pypelinin_client::ProtocolError::InvalidPipeline(msg),
+                ),
+            )) => msg,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
     let msg = refused(&mut pm, PipelineSpec::default());
     assert!(msg.contains("no jobs"), "{msg}");
     let msg = refused(

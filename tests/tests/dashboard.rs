@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster_harness::Proc;
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::{PipelineSpec, PipelineState};
+use pypelinin_tests::Proc;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------
@@ -104,8 +104,8 @@ impl DashCluster {
         }
     }
 
-    fn client(&self) -> client::PipelineManager {
-        client::PipelineManager::connect(&self.api, &self.broadcast).expect("client")
+    fn client(&self) -> pypelinin_client::PipelineManager {
+        pypelinin_client::PipelineManager::connect(&self.api, &self.broadcast).expect("client")
     }
 
     fn url(&self, path: &str) -> String {

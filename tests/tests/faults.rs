@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use cluster_harness::job;
-use cluster_harness::Cluster;
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::status::{JobState, PipelineState};
 use pypelinin_common::{JobSpec, PipelineSpec, PipelineStatus};
+use pypelinin_tests::job;
+use pypelinin_tests::Cluster;
 use serde_json::json;
 
 const PIPELINES: usize = 300;
@@ -87,7 +87,7 @@ fn pipeline(k: usize) -> (Kind, PipelineSpec) {
     (kind, p)
 }
 
-fn snapshot(pm: &mut client::PipelineManager, ids: &[PipelineId]) -> Vec<PipelineStatus> {
+fn snapshot(pm: &mut pypelinin_client::PipelineManager, ids: &[PipelineId]) -> Vec<PipelineStatus> {
     ids.iter()
         .map(|id| pm.status(*id).expect("status"))
         .collect()

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use cluster_harness::Cluster;
 use pypelinin_common::protocol::{
     decode, encode, FromRouter, PipelineId, ProtocolError, Reply, Request, MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
 };
 use pypelinin_common::PipelineSpec;
+use pypelinin_tests::Cluster;
 
 fn raw_dealer(api: &str) -> (zmq::Context, zmq::Socket) {
     let ctx = zmq::Context::new();
@@ -183,7 +183,8 @@ fn a_req_socket_gets_plain_request_reply_and_resubmits_are_idempotent() {
 #[test]
 fn an_unreachable_router_is_reported_with_its_address() {
     let mut pm =
-        client::PipelineManager::connect("tcp://127.0.0.1:9", "tcp://127.0.0.1:10").unwrap();
+        pypelinin_client::PipelineManager::connect("tcp://127.0.0.1:9", "tcp://127.0.0.1:10")
+            .unwrap();
     pm.set_patience(Duration::from_millis(200), 2);
     let err = pm.status(PipelineId::new()).unwrap_err().to_string();
     assert!(

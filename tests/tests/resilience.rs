@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use cluster_harness::job;
-use cluster_harness::{assert_ran_once_in_order, Cluster};
 use pypelinin_common::status::{JobState, PipelineState};
 use pypelinin_common::PipelineSpec;
+use pypelinin_tests::job;
+use pypelinin_tests::{assert_ran_once_in_order, Cluster};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -448,7 +448,7 @@ fn a_job_waiting_in_a_slot_process_behind_a_hung_one_runs_in_the_next_process() 
 
 /// Runs a few instant jobs, so that the router knows the broker's jobs are short and
 /// fills its queue.
-fn prime_with_short_jobs(pm: &mut client::PipelineManager) {
+fn prime_with_short_jobs(pm: &mut pypelinin_client::PipelineManager) {
     for _ in 0..5 {
         let id = pm
             .start(&PipelineSpec::default().job("quick", "Noop", &[]))

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, ValueEnum};
-use client::PipelineManager;
+use pypelinin_client::PipelineManager;
 use pypelinin_common::protocol::{ClusterConfig, PipelineId, PipelineResult};
 use pypelinin_common::{PipelineSpec, PipelineState, Shutdown};
 use serde_json::{json, Value};
@@ -95,15 +95,15 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals()?;
     match role {
         Role::Router => {
-            let router = router::BoundRouter::bind(router::RouterConfig {
+            let router = pypelinin_router::BoundRouter::bind(pypelinin_router::RouterConfig {
                 api: args.api.clone(),
                 broadcast: args.broadcast.clone(),
                 db: args.db.clone().context("--db")?,
                 cluster: ClusterConfig::default(),
                 durability: if args.durable {
-                    router::Durability::Flush
+                    pypelinin_router::Durability::Flush
                 } else {
-                    router::Durability::Background
+                    pypelinin_router::Durability::Background
                 },
             })?;
             println!(
@@ -112,24 +112,24 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
             );
             router.run(shutdown)?;
         }
-        Role::Pipeliner => pipeliner::run(
-            pipeliner::PipelinerConfig {
+        Role::Pipeliner => pypelinin_pipeliner::run(
+            pypelinin_pipeliner::PipelinerConfig {
                 api: args.api.clone(),
                 broadcast: args.broadcast.clone(),
-                capacity: pipeliner::DEFAULT_CAPACITY,
+                capacity: pypelinin_pipeliner::DEFAULT_CAPACITY,
             },
             shutdown,
         )?,
         Role::Broker => {
-            let mut config = broker::BrokerConfig::new(&args.api, &args.broadcast);
+            let mut config = pypelinin_broker::BrokerConfig::new(&args.api, &args.broadcast);
             config.slots = SLOTS;
             config.drain_timeout = Duration::from_secs(2);
             config.prefetch = args.prefetch;
             config.isolation = match args.isolation {
-                Iso::Process => broker::Isolation::Process,
-                Iso::Thread => broker::Isolation::Thread,
+                Iso::Process => pypelinin_broker::Isolation::Process,
+                Iso::Thread => pypelinin_broker::Isolation::Thread,
             };
-            example::workers::register(broker::Broker::new()).run(config, shutdown)?;
+            example::workers::register(pypelinin_broker::Broker::new()).run(config, shutdown)?;
         }
     }
     Ok(())

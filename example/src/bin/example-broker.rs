@@ -40,19 +40,20 @@ enum IsolationArg {
 fn main() -> anyhow::Result<()> {
     pypelinin_common::init_tracing();
     let args = Args::parse();
-    let mut config = broker::BrokerConfig::new(&args.endpoints.api, &args.endpoints.broadcast);
+    let mut config =
+        pypelinin_broker::BrokerConfig::new(&args.endpoints.api, &args.endpoints.broadcast);
     if let Some(n) = args.workers {
         config.slots = n;
     }
     config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
     config.isolation = match args.isolation {
-        IsolationArg::Process => broker::Isolation::Process,
-        IsolationArg::Thread => broker::Isolation::Thread,
+        IsolationArg::Process => pypelinin_broker::Isolation::Process,
+        IsolationArg::Thread => pypelinin_broker::Isolation::Thread,
     };
     config.slot_memory_bytes = args.slot_memory_mb.map(|mb| mb << 20);
     config.prefetch = args.prefetch;
     let shutdown = Shutdown::on_signals()?;
-    example::workers::register(broker::Broker::new())
+    example::workers::register(pypelinin_broker::Broker::new())
         .store_factory(example::stores::store_from_config)
         .run(config, shutdown)?;
     Ok(())
