@@ -91,6 +91,15 @@ fn read_commands_print_tables_and_json() {
     assert_eq!(s["jobs"]["a"]["error"], "nope");
     let o = cli_json(&c, &["outputs", &ok, "--json"], 0);
     assert_eq!(o["b"]["greeting"], "hello");
+    // The same object both ways: indented by default, one line with --json.
+    let (code, compact, _) = cli(&c, &["outputs", &ok, "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(compact.trim_end().lines().count(), 1, "{compact}");
+    let (code, pretty, _) = cli(&c, &["outputs", &ok]);
+    assert_eq!(code, 0);
+    assert!(pretty.trim_end().lines().count() > 1, "{pretty}");
+    let pretty: Value = serde_json::from_str(&pretty).unwrap();
+    assert_eq!(pretty, o);
 
     // logs: every attempt with its broker and error; the output of a succeeded job.
     let (code, out, _) = cli(&c, &["logs", &bad, "a"]);
