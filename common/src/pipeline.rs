@@ -326,9 +326,9 @@ impl Pipeline {
             .find(|c| c.len() > 1 || g.contains_edge(c[0], c[0]))?;
         // Walk inside the strongly connected set until a job repeats: that walk is a cycle.
         let inside: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
-        let mut path = vec![scc[0]];
+        let mut here = scc[0];
+        let mut path = vec![here];
         loop {
-            let here = *path.last().unwrap();
             let next = g.neighbors(here).find(|n| inside.contains(n))?;
             if let Some(pos) = path.iter().position(|&n| n == next) {
                 let mut cycle: Vec<String> = path[pos..]
@@ -339,6 +339,7 @@ impl Pipeline {
                 return Some(cycle);
             }
             path.push(next);
+            here = next;
         }
     }
 

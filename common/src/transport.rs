@@ -130,10 +130,10 @@ impl Requester {
         self.next_id += 1;
         let frame = encode(id, req);
         for _ in 0..self.attempts.max(1) {
-            if self.socket.is_none() {
-                self.socket = Some(dealer(&self.ctx, &self.endpoint)?);
-            }
-            let socket = self.socket.as_ref().unwrap();
+            let socket: &zmq::Socket = match &mut self.socket {
+                Some(s) => s,
+                empty => empty.insert(dealer(&self.ctx, &self.endpoint)?),
+            };
             // With `immediate`, a send blocks while nothing is connected: bound it.
             socket.set_sndtimeo(timeout.as_millis().min(i32::MAX as u128) as i32)?;
             if let Err(zmq::Error::EAGAIN) = socket.send(&frame[..], 0) {
@@ -184,14 +184,17 @@ impl Requester {
         let id = self.next_id;
         self.next_id += 1;
         let frame = encode(id, req);
-        if self.socket.is_none() {
-            let s = dealer(&self.ctx, &self.endpoint)?;
-            // With `immediate`, the first send waits for the connection: bound it.
-            s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
-            self.socket = Some(s);
-        }
+        let socket: &zmq::Socket = match &mut self.socket {
+            Some(s) => s,
+            empty => {
+                let s = dealer(&self.ctx, &self.endpoint)?;
+                // With `immediate`, the first send waits for the connection: bound it.
+                s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
+                empty.insert(s)
+            }
+        };
         // If it cannot leave now (no connection), `collect` resends it.
-        let _ = self.socket.as_ref().unwrap().send(&frame[..], 0);
+        let _ = socket.send(&frame[..], 0);
         self.posted.insert(id, frame);
         Ok(id)
     }
@@ -205,15 +208,18 @@ impl Requester {
             if self.posted.is_empty() {
                 return Ok(out);
             }
-            if attempt > 0 || self.socket.is_none() {
-                self.socket = Some(dealer(&self.ctx, &self.endpoint)?);
-                let socket = self.socket.as_ref().unwrap();
-                socket.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
-                for frame in self.posted.values() {
-                    let _ = socket.send(&frame[..], 0);
+            let fresh = attempt > 0 || self.socket.is_none();
+            let socket: &zmq::Socket = match &mut self.socket {
+                Some(s) if !fresh => s,
+                slot => {
+                    let socket = slot.insert(dealer(&self.ctx, &self.endpoint)?);
+                    socket.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
+                    for frame in self.posted.values() {
+                        let _ = socket.send(&frame[..], 0);
+                    }
+                    socket
                 }
-            }
-            let socket = self.socket.as_ref().unwrap();
+            };
             let deadline = Instant::now() + self.timeout;
             while !self.posted.is_empty() {
                 let left = deadline.saturating_duration_since(Instant::now());

@@ -451,7 +451,7 @@ fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
                 ms.push(t0.elapsed().as_secs_f64() * 1000.0);
                 check(&r[0], "s9", i, 10, None)?;
             }
-            ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            ms.sort_by(f64::total_cmp);
             let median = (ms[times / 2 - 1] + ms[times / 2]) / 2.0;
             let p95 = ms[((times as f64 * 0.95).ceil() as usize).max(1) - 1];
             jobs = 10.0 * times as f64;
@@ -472,7 +472,7 @@ fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
 }
 
 fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     let med = if v.len() % 2 == 1 {
         v[v.len() / 2]
     } else {
