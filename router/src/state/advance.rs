@@ -1,0 +1,160 @@
+//! Advancing pipelines: the pipeliner's decisions (enqueue, arm, skip, finish), what a
+//! success starts on its own (armed children), and closing a pipeline.
+
+use super::*;
+
+impl RouterState {
+    pub(super) fn advance(&mut self, peer: &PeerId, list: Vec<Advance>) -> Result<Reply> {
+        match self.peers.get(peer) {
+            Some(Peer {
+                role: Role::Pipeliner(_),
+                ..
+            }) => {}
+            _ => return Ok(Reply::Error(ProtocolError::UnknownPeer)),
+        }
+        let mut stale = Vec::new();
+        for a in list {
+            let owned = self
+                .pipelines
+                .get(&a.pipeline)
+                .is_some_and(|p| p.owner.as_ref() == Some(peer));
+            if !owned {
+                stale.push(a.pipeline);
+                continue;
+            }
+            self.apply_advance(a)?;
+        }
+        Ok(if stale.is_empty() {
+            Reply::Ok
+        } else {
+            Reply::Error(ProtocolError::Stale(format!(
+                "not the owner of pipeline(s) {stale:?}"
+            )))
+        })
+    }
+
+    pub(super) fn apply_advance(&mut self, a: Advance) -> Result<()> {
+        let id = a.pipeline;
+        let _span = info_span!("pipeline", pipeline = %id).entered();
+        for i in a.enqueue {
+            if !self.enqueue_if_ready(id, i) {
+                debug!(job = i, "enqueue ignored: not ready or already queued");
+            }
+        }
+        for i in a.after {
+            let p = self.pipelines.get_mut(&id).unwrap();
+            if let Some(armed) = p.armed.get_mut(i as usize) {
+                *armed = true;
+                self.enqueue_if_ready(id, i);
+            }
+        }
+        if a.close_on_success {
+            self.pipelines.get_mut(&id).unwrap().close_on_success = true;
+            self.close_if_all_succeeded(id)?;
+        }
+        for i in a.skip {
+            let p = &self.pipelines[&id];
+            let Some(j) = p.jobs.get(i as usize) else {
+                continue;
+            };
+            let blocked_by = p.dag.parents(i).iter().copied().find(|&q| {
+                matches!(
+                    p.jobs[q as usize].state,
+                    JobState::Failed | JobState::Skipped
+                )
+            });
+            let (Some(q), false) = (blocked_by, j.enqueued || j.state != JobState::Queued) else {
+                debug!(job = i, "skip ignored: job can still run");
+                continue;
+            };
+            let reason = format!(
+                "not run: {} {}",
+                p.dag.name(q),
+                p.jobs[q as usize].state.as_str()
+            );
+            let p = self.pipelines.get_mut(&id).unwrap();
+            let j = &mut p.jobs[i as usize];
+            j.state = JobState::Skipped;
+            j.error = Some(reason);
+            self.job_final(id, i, JobState::Skipped)?;
+        }
+        if a.finish {
+            let p = self.pipelines.get_mut(&id).unwrap();
+            if p.done as usize != p.jobs.len() || p.rec.state.is_final() {
+                debug!("finish ignored: jobs still open");
+                return Ok(());
+            }
+            let failed = p.jobs.iter().any(|j| j.state != JobState::Succeeded);
+            let state = if failed {
+                PipelineState::Failed
+            } else {
+                PipelineState::Succeeded
+            };
+            self.close_pipeline(id, state)?;
+        }
+        Ok(())
+    }
+
+    /// Puts job `i` in the run queue if it waits and its parents have all succeeded.
+    pub(super) fn enqueue_if_ready(&mut self, id: PipelineId, i: u32) -> bool {
+        let p = &self.pipelines[&id];
+        let ready = p.jobs.get(i as usize).is_some_and(|j| {
+            j.state == JobState::Queued
+                && !j.enqueued
+                && p.dag
+                    .parents(i)
+                    .iter()
+                    .all(|&q| p.jobs[q as usize].state == JobState::Succeeded)
+        });
+        if ready {
+            let p = self.pipelines.get_mut(&id).unwrap();
+            p.jobs[i as usize].enqueued = true;
+            self.dirty_jobs.insert((id, i));
+            self.schedule(id, i, 0);
+        }
+        ready
+    }
+
+    /// Closes the pipeline if its pipeliner asked for that and every job succeeded.
+    pub(super) fn close_if_all_succeeded(&mut self, id: PipelineId) -> Result<()> {
+        let p = &self.pipelines[&id];
+        let close = p.close_on_success
+            && !p.rec.state.is_final()
+            && p.done as usize == p.jobs.len()
+            && p.jobs.iter().all(|j| j.state == JobState::Succeeded);
+        if close {
+            self.close_pipeline(id, PipelineState::Succeeded)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn close_pipeline(&mut self, id: PipelineId, state: PipelineState) -> Result<()> {
+        let p = self.pipelines.get_mut(&id).unwrap();
+        p.rec.state = state;
+        p.rec.finished_ms = Some(now_ms());
+        self.dirty_pipelines.insert(p.rec.id);
+        info!(pipeline = %id, state = state.as_str(), ms = p.rec.finished_ms.unwrap() - p.rec.submitted_ms, "pipeline finished");
+        if let Some(owner) = p.owner.take() {
+            if let Some(Peer {
+                role: Role::Pipeliner(pl),
+                ..
+            }) = self.peers.get_mut(&owner)
+            {
+                pl.owned.remove(&id);
+            }
+        }
+        self.events.push(Event::PipelineFinished { id, state });
+        for key in self.waiting_on.remove(&id).unwrap_or_default() {
+            let done = self.waiters.get_mut(&key).map(|w| {
+                w.pending -= 1;
+                w.pending == 0
+            });
+            if done == Some(true) {
+                let w = self.waiters.remove(&key).unwrap();
+                let reply = self.answer(&w.ids, w.outputs)?;
+                self.reply(&w.to, reply);
+            }
+        }
+        Ok(())
+    }
+}
