@@ -73,7 +73,6 @@ impl RouterState {
             // The attempt number and the broker's name fence the report: a broker whose
             // lease expired, or a report resent after a reconnect, changes nothing.
             if !self.is_current(&r.job, &broker) {
-                self.counters.stale_reports += 1;
                 warn!(pipeline = %r.job.pipeline, job = r.job.job, attempt = r.job.attempt, %broker, "stale report ignored");
                 stale.push(r.job);
                 continue;
@@ -340,7 +339,6 @@ impl RouterState {
         }
         j.state = JobState::Queued;
         j.not_before_ms = 0;
-        self.counters.requeued += 1;
         self.store
             .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
         self.schedule(id, i, 0);

@@ -112,15 +112,6 @@ impl PipelineEntry {
     }
 }
 
-/// Counters for logs and tests.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
-    /// Reports refused because their attempt was no longer current.
-    pub stale_reports: u64,
-    /// Attempts given back to the queue because their broker died or left.
-    pub requeued: u64,
-}
-
 /// All of the router's state.
 pub struct RouterState {
     store: Box<dyn StateStore>,
@@ -146,8 +137,6 @@ pub struct RouterState {
     dirty_pipelines: HashSet<PipelineId>,
     deadlines: BinaryHeap<Reverse<(Instant, PipelineId, u32, u32)>>,
     events: Vec<Event>,
-    /// Counters for operators and tests.
-    pub counters: Counters,
     job_durations: HashMap<String, Histogram>,
     latency: Histogram,
     attempts_finished: u64,
@@ -182,7 +171,6 @@ impl RouterState {
             dirty_pipelines: HashSet::new(),
             deadlines: BinaryHeap::new(),
             events: Vec::new(),
-            counters: Counters::default(),
             job_durations: HashMap::new(),
             latency: Histogram::new(LATENCY_BOUNDS),
             attempts_finished: 0,
