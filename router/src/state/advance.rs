@@ -131,7 +131,7 @@ impl RouterState {
     pub(super) fn close_pipeline(&mut self, id: PipelineId, state: PipelineState) -> Result<()> {
         let p = self.pipelines.get_mut(&id).unwrap();
         p.rec.state = state;
-        p.rec.finished_ms = Some(now_ms());
+        p.rec.finished_ms = Some(self.clock.wall_ms());
         self.dirty_pipelines.insert(p.rec.id);
         info!(pipeline = %id, state = state.as_str(), ms = p.rec.finished_ms.unwrap() - p.rec.submitted_ms, "pipeline finished");
         if let Some(owner) = p.owner.take() {

@@ -97,7 +97,7 @@ impl RouterState {
         j.history.push(Attempt {
             number,
             broker,
-            started_ms: now_ms(),
+            started_ms: self.clock.wall_ms(),
             finished_ms: None,
             error: None,
         });
@@ -107,7 +107,8 @@ impl RouterState {
             // if no report came within a lease after that (and after its longest wait
             // in the broker's queue). Without a bound on that wait, the broker's own
             // timeout and its lease are what stop the attempt.
-            let at = Instant::now() + Duration::from_millis(t.saturating_add(q)) + peer_timeout();
+            let at =
+                self.clock.instant() + Duration::from_millis(t.saturating_add(q)) + peer_timeout();
             self.deadlines.push(Reverse((at, id, i, number)));
         }
         let p = &self.pipelines[&id];

@@ -31,7 +31,7 @@ impl RouterState {
             spec: dag.spec().clone(),
             state: PipelineState::Queued,
             seq: self.next_seq,
-            submitted_ms: now_ms(),
+            submitted_ms: self.clock.wall_ms(),
             finished_ms: None,
         };
         self.next_seq += 1;
@@ -133,7 +133,7 @@ impl RouterState {
                 if j.failures <= retries {
                     let backoff = delay.saturating_mul(1u64 << (j.failures - 1).min(20));
                     j.state = JobState::Queued;
-                    j.not_before_ms = now_ms() + backoff;
+                    j.not_before_ms = self.clock.wall_ms() + backoff;
                     info!(%error, retry_in_ms = backoff, "attempt failed, will retry");
                     let nb = j.not_before_ms;
                     self.store
@@ -181,7 +181,7 @@ impl RouterState {
     }
 
     pub(super) fn schedule(&mut self, id: PipelineId, i: u32, not_before_ms: u64) {
-        if not_before_ms > now_ms() {
+        if not_before_ms > self.clock.wall_ms() {
             self.delayed.push(Reverse((not_before_ms, id, i)));
         } else {
             let worker = self.pipelines[&id].dag.job(i).worker.clone();
@@ -264,7 +264,7 @@ impl RouterState {
                 let j = &mut self.pipelines.get_mut(&id).unwrap().jobs[i as usize];
                 if state == JobState::Running {
                     if let Some(last) = j.history.last_mut() {
-                        last.finished_ms = Some(now_ms());
+                        last.finished_ms = Some(self.clock.wall_ms());
                         last.error = Some("cancelled".into());
                     }
                 }
@@ -316,7 +316,7 @@ impl RouterState {
                 attempt,
             },
             started_ms: 0,
-            finished_ms: now_ms(),
+            finished_ms: self.clock.wall_ms(),
             result: Err(format!(
                 "timed out after {t} ms (no report from its broker within a lease after that)"
             )),
@@ -334,7 +334,7 @@ impl RouterState {
             return Ok(());
         }
         if let Some(last) = j.history.last_mut() {
-            last.finished_ms = Some(now_ms());
+            last.finished_ms = Some(self.clock.wall_ms());
             last.error = Some(format!("lost: {why}"));
         }
         j.state = JobState::Queued;

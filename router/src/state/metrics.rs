@@ -22,7 +22,7 @@ impl RouterState {
             .or_insert_with(|| Histogram::new(DURATION_BOUNDS))
             .observe(seconds);
         self.attempts_finished += 1;
-        let sec = now_ms() / 1000;
+        let sec = self.clock.wall_ms() / 1000;
         match self.throughput.back_mut() {
             Some((s, n)) if *s == sec => *n += 1,
             _ => self.throughput.push_back((sec, 1)),

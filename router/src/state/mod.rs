@@ -6,17 +6,20 @@
 //! [`RouterState::drain_hints`], which acknowledge nothing).
 
 mod advance;
+mod clock;
 mod dispatch;
 mod jobs;
 mod metrics;
 mod peers;
 mod waiters;
 
+#[cfg(test)]
+mod tests;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use pypelinin_common::now_ms;
 use pypelinin_common::protocol::{
     check_output_size, Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig,
     ClusterMetrics, Event, FromRouter, Histogram, JobChange, JobInfo, JobRef, JobReport,
@@ -28,7 +31,9 @@ use pypelinin_common::Pipeline;
 use tracing::{debug, info, info_span, warn};
 use uuid::Uuid;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 use metrics::LATENCY_BOUNDS;
+pub use peers::PREFETCH_HORIZON_MS;
 use peers::{Peer, Role};
 use waiters::Waiter;
 
@@ -115,6 +120,7 @@ impl PipelineEntry {
 /// All of the router's state.
 pub struct RouterState {
     store: Box<dyn StateStore>,
+    clock: Box<dyn Clock>,
     config: ClusterConfig,
     pipelines: HashMap<PipelineId, PipelineEntry>,
     order: BTreeMap<u64, PipelineId>,
@@ -148,8 +154,18 @@ type Result<T> = std::result::Result<T, StoreError>;
 impl RouterState {
     /// Loads the state kept in `store`.
     pub fn load(store: Box<dyn StateStore>, config: ClusterConfig) -> Result<Self> {
+        Self::load_with_clock(store, config, Box::new(SystemClock))
+    }
+
+    /// [`RouterState::load`], reading the time from `clock` (tests move it by hand).
+    pub fn load_with_clock(
+        store: Box<dyn StateStore>,
+        config: ClusterConfig,
+        clock: Box<dyn Clock>,
+    ) -> Result<Self> {
         let mut s = RouterState {
             store,
+            clock,
             config,
             pipelines: HashMap::new(),
             order: BTreeMap::new(),
@@ -176,7 +192,7 @@ impl RouterState {
             attempts_finished: 0,
             throughput: VecDeque::new(),
         };
-        let grace = Instant::now() + peer_timeout() * 2;
+        let grace = s.clock.instant() + peer_timeout() * 2;
         let (mut open, mut running) = (0, 0);
         for (rec, jobs) in s.store.load()? {
             let dag = Pipeline::new(rec.spec.clone()).map_err(|e| StoreError::Corrupt {
@@ -229,7 +245,7 @@ impl RouterState {
 
     /// Handles one request from `to.peer`.
     pub fn handle(&mut self, to: ReplyTo, req: Request) -> Result<()> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         if let Some(p) = self.peers.get_mut(&to.peer) {
             p.last_seen = now;
         }
@@ -313,7 +329,7 @@ impl RouterState {
 
     /// Timers: retry delays, waits, silent peers, orphaned attempts.
     pub fn tick(&mut self, now: Instant) -> Result<()> {
-        let wall = now_ms();
+        let wall = self.clock.wall_ms();
         while let Some(Reverse((t, id, i))) = self.delayed.peek().copied() {
             if t > wall {
                 break;
@@ -368,7 +384,7 @@ impl RouterState {
 
     /// When the next timer is due, to bound the event loop's poll.
     pub fn next_timer(&self, now: Instant) -> Option<Duration> {
-        let wall = now_ms();
+        let wall = self.clock.wall_ms();
         let retry = self
             .delayed
             .peek()

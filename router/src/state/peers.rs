@@ -21,7 +21,7 @@ pub(super) struct BrokerPeer {
 
 /// A broker is sent jobs to queue beyond its slots only as far as their work lasts
 /// this long: many for jobs of microseconds, where a round trip per job would be most
-/// of the cost, none for jobs of this length or more, which must not wait behind one
+/// of the cost, none for jobs longer than this, which must not wait behind one
 /// another at one broker while a slot elsewhere is free.
 pub const PREFETCH_HORIZON_MS: f64 = 20.0;
 /// Weight of the latest job in a broker's moving average of job durations.
