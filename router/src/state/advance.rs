@@ -1,6 +1,8 @@
 //! Advancing pipelines: the pipeliner's decisions (enqueue, arm, skip, finish), what a
 //! success starts on its own (armed children), and closing a pipeline.
 
+use pypelinin_common::dag::{self, Readiness};
+
 use super::*;
 
 impl RouterState {
@@ -57,12 +59,12 @@ impl RouterState {
             let Some(j) = p.jobs.get(i as usize) else {
                 continue;
             };
-            let blocked_by = p.dag.parents(i).iter().copied().find(|&q| {
-                matches!(
-                    p.jobs[q as usize].state,
-                    JobState::Failed | JobState::Skipped
-                )
-            });
+            let parents = p.dag.parents(i);
+            let blocked_by = match dag::readiness(parents.iter().map(|&q| p.jobs[q as usize].state))
+            {
+                Readiness::Blocked { by } => Some(parents[by]),
+                Readiness::Ready | Readiness::Waiting => None,
+            };
             let (Some(q), false) = (blocked_by, j.enqueued || j.state != JobState::Queued) else {
                 debug!(job = i, "skip ignored: job can still run");
                 continue;
@@ -101,10 +103,8 @@ impl RouterState {
         let ready = p.jobs.get(i as usize).is_some_and(|j| {
             j.state == JobState::Queued
                 && !j.enqueued
-                && p.dag
-                    .parents(i)
-                    .iter()
-                    .all(|&q| p.jobs[q as usize].state == JobState::Succeeded)
+                && dag::readiness(p.dag.parents(i).iter().map(|&q| p.jobs[q as usize].state))
+                    == Readiness::Ready
         });
         if ready {
             let p = self.pipelines.get_mut(&id).unwrap();
