@@ -24,8 +24,15 @@ impl Walk {
     /// Starts walking from a router snapshot.
     pub fn new(snap: PipelineSnapshot) -> Result<Self, PipelineError> {
         let dag = Pipeline::new(snap.spec)?;
+        // Pipeline::new refused any cycle, so toposort finds none; were it to, the walk
+        // would have no order to follow, and the pipeline is refused like a bad one.
         let order = toposort(&dag.graph(), None)
-            .expect("a valid pipeline has no cycle")
+            .map_err(|c| {
+                let job = dag.name(c.node_id().index() as u32).to_string();
+                PipelineError::Cycle {
+                    cycle: vec![job.clone(), job],
+                }
+            })?
             .into_iter()
             .map(|n| n.index() as u32)
             .collect();

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// A checkpoint into sled failed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A record did not encode (a job's output that MessagePack cannot hold).
+    #[error("encoding a record: {0}")]
+    Encode(String),
     /// A record did not decode (a corrupt or foreign database).
     #[error("corrupt record {key}: {message}")]
     Corrupt {
@@ -258,14 +261,9 @@ impl SledStore {
 
     /// Joins a finished checkpoint (or, with `wait`, any checkpoint).
     fn reap_checkpoint(&mut self, wait: bool) -> Result<(), StoreError> {
-        if !self
-            .checkpoint
-            .as_ref()
-            .is_some_and(|c| wait || c.thread.is_finished())
-        {
+        let Some(c) = self.checkpoint.take_if(|c| wait || c.thread.is_finished()) else {
             return Ok(());
-        }
-        let c = self.checkpoint.take().expect("checked above");
+        };
         c.thread.join().unwrap_or_else(|_| {
             Err(StoreError::Checkpoint(
                 "the checkpoint thread panicked".into(),
@@ -349,8 +347,8 @@ fn job_key(id: PipelineId, job: u32) -> [u8; 20] {
     k
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    rmp_serde::to_vec_named(v).expect("records always encode")
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
 }
 
 fn dec<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -395,22 +393,23 @@ impl StateStore for SledStore {
     }
 
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
-        if self.specs_written.insert(rec.id) {
+        if !self.specs_written.contains(&rec.id) {
             self.journal
-                .put(Table::Spec, rec.id.0.as_bytes(), &enc(&rec.spec));
+                .put(Table::Spec, rec.id.0.as_bytes(), &enc(&rec.spec)?);
+            self.specs_written.insert(rec.id);
         }
         self.journal
-            .put(Table::Pipeline, rec.id.0.as_bytes(), &enc(rec));
+            .put(Table::Pipeline, rec.id.0.as_bytes(), &enc(rec)?);
         Ok(())
     }
 
     fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
-        self.journal.put(Table::Job, &job_key(id, job), &enc(rec));
+        self.journal.put(Table::Job, &job_key(id, job), &enc(rec)?);
         Ok(())
     }
 
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
-        let (key, value) = (job_key(id, job), enc(output));
+        let (key, value) = (job_key(id, job), enc(output)?);
         self.journal.put(Table::Output, &key, &value);
         self.recent.insert(key, value);
         Ok(())

@@ -43,19 +43,28 @@ impl RouterState {
                 debug!(job = i, "enqueue ignored: not ready or already queued");
             }
         }
+        // advance() found the pipeline, and pipelines are never removed: the lookups
+        // below that give up when it is missing never do.
         for i in a.after {
-            let p = self.pipelines.get_mut(&id).unwrap();
+            let Some(p) = self.pipelines.get_mut(&id) else {
+                return Ok(());
+            };
             if let Some(armed) = p.armed.get_mut(i as usize) {
                 *armed = true;
                 self.enqueue_if_ready(id, i);
             }
         }
         if a.close_on_success {
-            self.pipelines.get_mut(&id).unwrap().close_on_success = true;
+            let Some(p) = self.pipelines.get_mut(&id) else {
+                return Ok(());
+            };
+            p.close_on_success = true;
             self.close_if_all_succeeded(id)?;
         }
         for i in a.skip {
-            let p = &self.pipelines[&id];
+            let Some(p) = self.pipelines.get(&id) else {
+                return Ok(());
+            };
             let Some(j) = p.jobs.get(i as usize) else {
                 continue;
             };
@@ -74,14 +83,21 @@ impl RouterState {
                 p.dag.name(q),
                 p.jobs[q as usize].state.as_str()
             );
-            let p = self.pipelines.get_mut(&id).unwrap();
-            let j = &mut p.jobs[i as usize];
+            let Some(j) = self
+                .pipelines
+                .get_mut(&id)
+                .and_then(|p| p.jobs.get_mut(i as usize))
+            else {
+                return Ok(());
+            };
             j.state = JobState::Skipped;
             j.error = Some(reason);
             self.job_final(id, i, JobState::Skipped)?;
         }
         if a.finish {
-            let p = self.pipelines.get_mut(&id).unwrap();
+            let Some(p) = self.pipelines.get(&id) else {
+                return Ok(());
+            };
             if p.done as usize != p.jobs.len() || p.rec.state.is_final() {
                 debug!("finish ignored: jobs still open");
                 return Ok(());
@@ -99,16 +115,22 @@ impl RouterState {
 
     /// Puts job `i` in the run queue if it waits and its parents have all succeeded.
     pub(super) fn enqueue_if_ready(&mut self, id: PipelineId, i: u32) -> bool {
-        let p = &self.pipelines[&id];
+        let Some(p) = self.pipelines.get(&id) else {
+            return false;
+        };
         let ready = p.jobs.get(i as usize).is_some_and(|j| {
             j.state == JobState::Queued
                 && !j.enqueued
                 && dag::readiness(p.dag.parents(i).iter().map(|&q| p.jobs[q as usize].state))
                     == Readiness::Ready
         });
-        if ready {
-            let p = self.pipelines.get_mut(&id).unwrap();
-            p.jobs[i as usize].enqueued = true;
+        if let (true, Some(j)) = (
+            ready,
+            self.pipelines
+                .get_mut(&id)
+                .and_then(|p| p.jobs.get_mut(i as usize)),
+        ) {
+            j.enqueued = true;
             self.dirty_jobs.insert((id, i));
             self.schedule(id, i, 0);
         }
@@ -129,11 +151,14 @@ impl RouterState {
     }
 
     pub(super) fn close_pipeline(&mut self, id: PipelineId, state: PipelineState) -> Result<()> {
-        let p = self.pipelines.get_mut(&id).unwrap();
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(());
+        };
+        let finished = self.clock.wall_ms();
         p.rec.state = state;
-        p.rec.finished_ms = Some(self.clock.wall_ms());
+        p.rec.finished_ms = Some(finished);
         self.dirty_pipelines.insert(p.rec.id);
-        info!(pipeline = %id, state = state.as_str(), ms = p.rec.finished_ms.unwrap() - p.rec.submitted_ms, "pipeline finished");
+        info!(pipeline = %id, state = state.as_str(), ms = finished.saturating_sub(p.rec.submitted_ms), "pipeline finished");
         if let Some(owner) = p.owner.take() {
             if let Some(Peer {
                 role: Role::Pipeliner(pl),
@@ -149,8 +174,10 @@ impl RouterState {
                 w.pending -= 1;
                 w.pending == 0
             });
-            if done == Some(true) {
-                let w = self.waiters.remove(&key).unwrap();
+            if done != Some(true) {
+                continue;
+            }
+            if let Some(w) = self.waiters.remove(&key) {
                 let reply = self.answer(&w.ids, w.outputs)?;
                 self.reply(&w.to, reply);
             }

@@ -55,7 +55,9 @@ impl RouterState {
                 } else {
                     self.longest_wait(&peer)
                 };
-                let a = self.start_attempt(id, i, name, queued_for)?;
+                let Some(a) = self.start_attempt(id, i, name, queued_for)? else {
+                    continue;
+                };
                 if let Some(b) = self.broker_mut(&peer) {
                     b.running.insert(a.job);
                 }
@@ -89,9 +91,13 @@ impl RouterState {
         i: u32,
         broker: String,
         queued_for: Option<u64>,
-    ) -> Result<Assignment> {
-        let p = self.pipelines.get_mut(&id).expect("queued job's pipeline");
-        let j = &mut p.jobs[i as usize];
+    ) -> Result<Option<Assignment>> {
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(None);
+        };
+        let Some(j) = p.jobs.get_mut(i as usize) else {
+            return Ok(None);
+        };
         let number = j.attempt() + 1;
         j.state = JobState::Running;
         j.history.push(Attempt {
@@ -123,7 +129,7 @@ impl RouterState {
             job: i,
             attempt: number,
         };
-        Ok(Assignment {
+        Ok(Some(Assignment {
             job,
             info: JobInfo {
                 pipeline: id,
@@ -134,7 +140,7 @@ impl RouterState {
                 parents,
                 timeout_ms: p.dag.timeout_ms(i),
             },
-        })
+        }))
     }
 
     pub(super) fn assign_pipelines(&mut self) -> Result<()> {
@@ -159,14 +165,17 @@ impl RouterState {
             pl.owned.insert(id);
             let peer = peer.clone();
             self.unowned.pop_front();
-            let p = self.pipelines.get_mut(&id).unwrap();
+            let Some(p) = self.pipelines.get_mut(&id) else {
+                continue; // cannot be: checked open above
+            };
             p.owner = Some(peer.clone());
             if p.rec.state == PipelineState::Queued {
                 p.rec.state = PipelineState::Running;
                 self.dirty_pipelines.insert(p.rec.id);
             }
-            let snap = self.snapshot(id).unwrap();
-            self.takes.entry(peer).or_default().push(snap);
+            if let Some(snap) = self.snapshot(id) {
+                self.takes.entry(peer).or_default().push(snap);
+            }
         }
         Ok(())
     }

@@ -65,7 +65,9 @@ impl RouterState {
         }
         let mut stale = Vec::new();
         for r in reports {
-            let b = self.broker_mut(peer).expect("checked above");
+            let Some(b) = self.broker_mut(peer) else {
+                break; // checked above; handling a report never drops a peer
+            };
             if b.running.remove(&r.job) {
                 b.observe(&r);
             }
@@ -99,22 +101,40 @@ impl RouterState {
         })
     }
 
+    /// Records the outcome of attempt `r.job`, which the caller checked is current.
     pub(super) fn finish_attempt(&mut self, r: JobReport) -> Result<()> {
         let (id, i) = (r.job.pipeline, r.job.job);
-        let p = self.pipelines.get_mut(&id).expect("current attempt");
+        let Some(p) = self.pipelines.get(&id) else {
+            return Ok(());
+        };
+        let Some(started_ms) = p
+            .jobs
+            .get(i as usize)
+            .and_then(|j| j.history.last())
+            .map(|a| a.started_ms)
+        else {
+            return Ok(());
+        };
         let name = p.dag.name(i).to_string();
         let _span =
             info_span!("job", pipeline = %id, job = %name, attempt = r.job.attempt).entered();
         let retries = p.dag.retries(i);
         let delay = p.dag.retry_delay_ms(i);
-        let j = &mut p.jobs[i as usize];
-        let last = j.history.last_mut().expect("running job has an attempt");
-        last.finished_ms = Some(r.finished_ms.max(last.started_ms));
-        let seconds = (last.finished_ms.unwrap() - last.started_ms) as f64 / 1000.0;
+        let finished_ms = r.finished_ms.max(started_ms);
         let worker = p.dag.job(i).worker.clone();
-        self.record_attempt(worker, seconds);
-        let j = &mut self.pipelines.get_mut(&id).unwrap().jobs[i as usize];
-        let last = j.history.last_mut().unwrap();
+        self.record_attempt(worker, (finished_ms - started_ms) as f64 / 1000.0);
+        let now = self.clock.wall_ms();
+        let Some(j) = self
+            .pipelines
+            .get_mut(&id)
+            .and_then(|p| p.jobs.get_mut(i as usize))
+        else {
+            return Ok(());
+        };
+        let Some(last) = j.history.last_mut() else {
+            return Ok(());
+        };
+        last.finished_ms = Some(finished_ms);
         let result = r.result.and_then(|out| {
             check_output_size(&out)
                 .map(|()| out)
@@ -133,7 +153,7 @@ impl RouterState {
                 if j.failures <= retries {
                     let backoff = delay.saturating_mul(1u64 << (j.failures - 1).min(20));
                     j.state = JobState::Queued;
-                    j.not_before_ms = self.clock.wall_ms() + backoff;
+                    j.not_before_ms = now + backoff;
                     info!(%error, retry_in_ms = backoff, "attempt failed, will retry");
                     let nb = j.not_before_ms;
                     self.store
@@ -151,7 +171,9 @@ impl RouterState {
 
     /// Records that job `i` reached a final state and tells its pipeliner.
     pub(super) fn job_final(&mut self, id: PipelineId, i: u32, state: JobState) -> Result<()> {
-        let p = self.pipelines.get_mut(&id).expect("known pipeline");
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(());
+        };
         p.done += 1;
         self.dirty_jobs.insert((id, i));
         if let Some(owner) = p.owner.clone() {
@@ -224,7 +246,9 @@ impl RouterState {
             return Ok(Reply::Status(p.status()));
         }
         info!(pipeline = %id, jobs = targets.len(), "retrying pipeline");
-        let p = self.pipelines.get_mut(&id).unwrap();
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        };
         for &i in &targets {
             let j = &mut p.jobs[i as usize];
             if j.state.is_final() {
@@ -261,10 +285,17 @@ impl RouterState {
                 if state == JobState::Running {
                     self.revoke(id, i);
                 }
-                let j = &mut self.pipelines.get_mut(&id).unwrap().jobs[i as usize];
+                let now = self.clock.wall_ms();
+                let Some(j) = self
+                    .pipelines
+                    .get_mut(&id)
+                    .and_then(|p| p.jobs.get_mut(i as usize))
+                else {
+                    continue;
+                };
                 if state == JobState::Running {
                     if let Some(last) = j.history.last_mut() {
-                        last.finished_ms = Some(self.clock.wall_ms());
+                        last.finished_ms = Some(now);
                         last.error = Some("cancelled".into());
                     }
                 }

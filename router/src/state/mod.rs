@@ -344,7 +344,9 @@ impl RouterState {
             .map(|(k, _)| *k)
             .collect();
         for k in expired {
-            let w = self.waiters.remove(&k).unwrap();
+            let Some(w) = self.waiters.remove(&k) else {
+                continue;
+            };
             for id in &w.ids {
                 if let Some(v) = self.waiting_on.get_mut(id) {
                     v.retain(|x| *x != k);
