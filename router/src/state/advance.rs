@@ -2,8 +2,12 @@
 //! success starts on its own (armed children), and closing a pipeline.
 
 use pypelinin_common::dag::{self, Readiness};
+use pypelinin_common::protocol::{Advance, Event, PipelineId, ProtocolError, Reply};
+use pypelinin_common::status::{JobState, PipelineState};
+use tracing::{debug, info, info_span};
 
-use super::*;
+use super::peers::{Peer, Role};
+use super::{PeerId, Result, RouterState};
 
 impl RouterState {
     pub(super) fn advance(&mut self, peer: &PeerId, list: Vec<Advance>) -> Result<Reply> {

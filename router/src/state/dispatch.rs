@@ -1,7 +1,15 @@
 //! Dispatch: matching queued jobs with brokers' free slots (and the prefetch allowed
 //! beyond them), and open pipelines with pipeliners.
 
-use super::*;
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pypelinin_common::protocol::{Assignment, JobInfo, JobRef, PipelineId, PipelineSnapshot};
+use pypelinin_common::status::{Attempt, JobState, PipelineState};
+
+use super::peers::{Peer, Role};
+use super::{peer_timeout, PeerId, Result, RouterState};
 
 impl RouterState {
     /// Matches queued jobs with brokers' free slots and open pipelines with pipeliners.

@@ -2,14 +2,21 @@
 //! succeeded, failed, skipped, cancelled), fencing reports by attempt number, retries
 //! with backoff, requeues, timeouts, cancel and retry of a whole pipeline.
 
-use super::*;
+use std::cmp::Reverse;
+
+use pypelinin_common::protocol::{
+    check_output_size, Event, JobChange, JobRef, JobReport, PipelineId, ProtocolError, Reply,
+};
+use pypelinin_common::status::{JobState, PipelineState};
+use pypelinin_common::{Pipeline, PipelineSpec};
+use tracing::{debug, info, info_span, warn};
+
+use super::peers::Role;
+use super::{PeerId, PipelineEntry, Result, RouterState};
+use crate::store::{JobRecord, PipelineRecord};
 
 impl RouterState {
-    pub(super) fn submit(
-        &mut self,
-        id: PipelineId,
-        spec: pypelinin_common::PipelineSpec,
-    ) -> Result<Reply> {
+    pub(super) fn submit(&mut self, id: PipelineId, spec: PipelineSpec) -> Result<Reply> {
         if let Some(p) = self.pipelines.get(&id) {
             return Ok(if p.rec.spec == spec {
                 Reply::Submitted { id }

@@ -1,7 +1,12 @@
 //! Metrics: job-duration and request-latency histograms, throughput, and the
 //! cluster-wide counts served by `Request::Metrics`.
 
-use super::*;
+use std::time::Duration;
+
+use pypelinin_common::protocol::{ClusterMetrics, Histogram};
+
+use super::peers::Role;
+use super::RouterState;
 
 /// Bounds of the job-duration histograms, in seconds.
 const DURATION_BOUNDS: &[f64] = &[

@@ -4,6 +4,14 @@
 //! ticks; it answers by filling an outbox, which the loop sends only after
 //! [`RouterState::commit`] made every change durable (all but the hints of
 //! [`RouterState::drain_hints`], which acknowledge nothing).
+//!
+//! This file owns the one shared [`RouterState`]: its construction and recovery from
+//! the store, the dispatch of each request to the concern that handles it, the timers,
+//! and the commit and outbox. Each concern is a file of its own, adding methods to the
+//! same struct: `peers` (peers and leases), `jobs` (the job state machine and its
+//! attempts), `advance` (what the pipeliner decides and what a success starts or
+//! closes), `dispatch` (jobs to brokers, pipelines to pipeliners), `waiters`
+//! (waits and read-only replies), `metrics`, and `clock`.
 
 mod advance;
 mod clock;
@@ -21,20 +29,17 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
-    check_output_size, Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig,
-    ClusterMetrics, Event, FromRouter, Histogram, JobChange, JobInfo, JobRef, JobReport,
-    MonitoringReport, PipelineId, PipelineResult, PipelineSnapshot, PipelineSummary, ProtocolError,
-    Push, Reply, Request, HEARTBEAT_INTERVAL, MAX_WAIT_MS, PEER_LIVENESS,
+    Assignment, ClusterConfig, Event, FromRouter, Histogram, JobChange, JobRef, PipelineId,
+    PipelineSnapshot, ProtocolError, Push, Reply, Request, HEARTBEAT_INTERVAL, PEER_LIVENESS,
 };
-use pypelinin_common::status::{Attempt, JobState, JobStatus, PipelineState, PipelineStatus};
+use pypelinin_common::status::{JobState, JobStatus, PipelineStatus};
 use pypelinin_common::Pipeline;
-use tracing::{debug, info, info_span, warn};
-use uuid::Uuid;
+use tracing::info;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 use metrics::LATENCY_BOUNDS;
+use peers::Peer;
 pub use peers::PREFETCH_HORIZON_MS;
-use peers::{Peer, Role};
 use waiters::Waiter;
 
 use crate::store::{JobRecord, PipelineRecord, StateStore, StoreError};

@@ -1,7 +1,17 @@
 //! Peers and their leases: brokers and pipeliners saying hello, what each holds,
 //! and what happens to that when one leaves or falls silent.
 
-use super::*;
+use std::collections::HashSet;
+use std::time::Instant;
+
+use pypelinin_common::protocol::{
+    BrokerHello, BrokerStatus, JobRef, JobReport, MonitoringReport, PipelineId, ProtocolError,
+    Reply,
+};
+use tracing::info;
+use uuid::Uuid;
+
+use super::{PeerId, Result, RouterState};
 
 pub(super) struct BrokerPeer {
     pub(super) name: String,

@@ -1,7 +1,15 @@
 //! Waiters and read-only replies: clients waiting for pipelines to finish, and the
 //! statuses, results, outputs and listings they are answered with.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use pypelinin_common::protocol::{
+    PipelineId, PipelineResult, PipelineSummary, ProtocolError, Reply, MAX_WAIT_MS,
+};
+use pypelinin_common::status::{JobState, PipelineState};
+
+use super::{ReplyTo, Result, RouterState};
 
 pub(super) struct Waiter {
     pub(super) to: ReplyTo,
