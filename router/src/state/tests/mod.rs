@@ -7,6 +7,7 @@ mod advance;
 mod dag_rule;
 mod dispatch;
 mod jobs;
+mod recovery;
 
 use std::time::Duration;
 
@@ -53,6 +54,22 @@ impl Rig {
             clock,
             next_id: 1,
             pushes: Vec::new(),
+        }
+    }
+
+    /// The router restarted: a new state loaded from what this one committed, with no
+    /// peers; the clock goes on.
+    fn restart(self) -> Self {
+        let state = RouterState::load_with_clock(
+            Box::new(self.store.clone()),
+            ClusterConfig::default(),
+            Box::new(self.clock.clone()),
+        )
+        .unwrap();
+        Rig {
+            state,
+            pushes: Vec::new(),
+            ..self
         }
     }
 
