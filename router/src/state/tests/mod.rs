@@ -8,6 +8,7 @@ mod dag_rule;
 mod dispatch;
 mod jobs;
 mod recovery;
+mod waiters;
 
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ struct Rig {
     next_id: u64,
     /// Pushes received, by peer, oldest first.
     pushes: Vec<(Vec<u8>, Push)>,
+    /// Replies not taken yet: peer, request id, reply.
+    replies: Vec<(Vec<u8>, u64, Reply)>,
 }
 
 impl Rig {
@@ -54,6 +57,7 @@ impl Rig {
             clock,
             next_id: 1,
             pushes: Vec::new(),
+            replies: Vec::new(),
         }
     }
 
@@ -69,6 +73,7 @@ impl Rig {
         Rig {
             state,
             pushes: Vec::new(),
+            replies: Vec::new(),
             ..self
         }
     }
@@ -82,22 +87,19 @@ impl Rig {
     }
 
     /// What the event loop does after taking frames: timers, matching, commit, send.
-    fn turn(&mut self) -> Vec<(Vec<u8>, u64, FromRouter)> {
+    fn turn(&mut self) {
         self.state.tick(self.clock_now()).unwrap();
         self.state.dispatch().unwrap();
         let mut out = self.state.drain_hints();
         self.state.commit().unwrap();
         let (rest, _events) = self.state.drain_outbox();
         out.extend(rest);
-        let mut replies = Vec::new();
         for o in out {
-            let (id, msg) = decode::<FromRouter>(&o.payload).unwrap();
-            match msg {
-                FromRouter::Push(p) => self.pushes.push((o.peer, p)),
-                other => replies.push((o.peer, id, other)),
+            match decode::<FromRouter>(&o.payload).unwrap() {
+                (_, FromRouter::Push(p)) => self.pushes.push((o.peer, p)),
+                (id, FromRouter::Reply(r)) => self.replies.push((o.peer, id, r)),
             }
         }
-        replies
     }
 
     fn clock_now(&self) -> std::time::Instant {
@@ -107,6 +109,21 @@ impl Rig {
 
     /// Sends `req` from `peer`, runs one turn and returns the reply.
     fn send(&mut self, peer: &[u8], req: Request) -> Reply {
+        let id = self.post(peer, req);
+        self.reply_to(peer, id).expect("a reply")
+    }
+
+    /// The reply to request `id` of `peer`, if it came.
+    fn reply_to(&mut self, peer: &[u8], id: u64) -> Option<Reply> {
+        let k = self
+            .replies
+            .iter()
+            .position(|(p, i, _)| p == peer && *i == id)?;
+        Some(self.replies.remove(k).2)
+    }
+
+    /// Sends `req` from `peer` and runs one turn; the request's id.
+    fn post(&mut self, peer: &[u8], req: Request) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let to = ReplyTo {
@@ -115,14 +132,8 @@ impl Rig {
             id,
         };
         self.state.handle(to, req).unwrap();
-        let replies = self.turn();
-        replies
-            .into_iter()
-            .find_map(|(p, i, m)| match m {
-                FromRouter::Reply(r) if p == peer && i == id => Some(r),
-                _ => None,
-            })
-            .expect("a reply")
+        self.turn();
+        id
     }
 
     fn pipeliner(&mut self) {
