@@ -1,6 +1,7 @@
 //! One pipeline's walk: which jobs are ready, which can never run, when it is done.
 
 use petgraph::algo::toposort;
+use pypelinin_common::dag::{self, Readiness};
 use pypelinin_common::protocol::{Advance, PipelineId, PipelineSnapshot};
 use pypelinin_common::status::JobState;
 use pypelinin_common::{Pipeline, PipelineError};
@@ -23,8 +24,15 @@ impl Walk {
     /// Starts walking from a router snapshot.
     pub fn new(snap: PipelineSnapshot) -> Result<Self, PipelineError> {
         let dag = Pipeline::new(snap.spec)?;
+        // Pipeline::new refused any cycle, so toposort finds none; were it to, the walk
+        // would have no order to follow, and the pipeline is refused like a bad one.
         let order = toposort(&dag.graph(), None)
-            .expect("a valid pipeline has no cycle")
+            .map_err(|c| {
+                let job = dag.name(c.node_id().index() as u32).to_string();
+                PipelineError::Cycle {
+                    cycle: vec![job.clone(), job],
+                }
+            })?
             .into_iter()
             .map(|n| n.index() as u32)
             .collect();
@@ -100,11 +108,22 @@ impl Walk {
         self.states[job as usize] = state;
     }
 
+    /// What job `from` reaching a final state leads to: every descendant it blocks for
+    /// good is skipped; otherwise (a success) its children are considered again.
     fn cascade(&mut self, from: u32, a: &mut Advance) {
-        let mut stack: Vec<u32> = self.dag.children(from).to_vec();
-        while let Some(c) = stack.pop() {
+        if dag::blocks(self.states[from as usize]) {
+            for c in dag::skipped_by(&self.dag, &self.states, from) {
+                self.set(c, JobState::Skipped);
+                a.skip.push(c);
+            }
+            return;
+        }
+        for k in 0..self.dag.children(from).len() {
+            let c = self.dag.children(from)[k];
+            // A child another parent blocks was skipped with that parent; should it
+            // still be open here, its own descendants go with it.
             if self.consider(c, a) == Some(JobState::Skipped) {
-                stack.extend_from_slice(self.dag.children(c));
+                self.cascade(c, a);
             }
         }
     }
@@ -117,35 +136,30 @@ impl Walk {
         if self.states[k] != JobState::Queued || self.requested[k] {
             return None;
         }
-        let parents = self.dag.parents(i);
-        if parents.iter().any(|&p| {
-            matches!(
-                self.states[p as usize],
-                JobState::Failed | JobState::Skipped | JobState::Cancelled
-            )
-        }) {
-            self.set(i, JobState::Skipped);
-            a.skip.push(i);
-            return Some(JobState::Skipped);
-        }
-        if parents
-            .iter()
-            .all(|&p| self.states[p as usize] == JobState::Succeeded)
-        {
-            self.requested[k] = true;
-            // An armed job was started by the router with its last parent's result.
-            if !self.armed[k] {
-                a.enqueue.push(i);
+        match dag::job_readiness(&self.dag, &self.states, i) {
+            Readiness::Blocked { .. } => {
+                self.set(i, JobState::Skipped);
+                a.skip.push(i);
+                Some(JobState::Skipped)
             }
-            return Some(JobState::Queued);
+            Readiness::Ready => {
+                self.requested[k] = true;
+                // An armed job was started by the router with its last parent's result.
+                if !self.armed[k] {
+                    a.enqueue.push(i);
+                }
+                Some(JobState::Queued)
+            }
+            Readiness::Waiting => {
+                // No parent blocks it: they are all on their way. Ask now that the
+                // router start it when they have all succeeded.
+                if !self.armed[k] {
+                    self.armed[k] = true;
+                    a.after.push(i);
+                }
+                None
+            }
         }
-        // No parent failed: they all succeeded or are on their way. Ask now that the
-        // router start it when they have all succeeded.
-        if !self.armed[k] {
-            self.armed[k] = true;
-            a.after.push(i);
-        }
-        None
     }
 }
 
@@ -243,6 +257,63 @@ mod tests {
         assert!(a.enqueue.is_empty() && !a.finish);
         w.on_change(5, JobState::Succeeded, &mut a);
         assert!(a.finish);
+    }
+
+    /// The pipeliner skips, enqueues or arms a job exactly as the common rule says,
+    /// for every combination of its two parents' states.
+    #[test]
+    fn every_decision_follows_the_common_rule() {
+        use pypelinin_common::dag::{readiness, Readiness};
+        const ALL: [JobState; 6] = [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Skipped,
+            JobState::Cancelled,
+        ];
+        for p in ALL {
+            for q in ALL {
+                let mut w = Walk::new(PipelineSnapshot {
+                    id: PipelineId::new(),
+                    spec: PipelineSpec::default()
+                        .job("p", "W", &[])
+                        .job("q", "W", &[])
+                        .job("x", "W", &["p", "q"]),
+                    states: vec![p, q, JobState::Queued],
+                })
+                .unwrap();
+                let a = w.plan_all();
+                let decided = (
+                    a.skip.contains(&2),
+                    a.enqueue.contains(&2),
+                    a.after.contains(&2),
+                );
+                let want = match readiness([p, q]) {
+                    Readiness::Blocked { .. } => (true, false, false),
+                    Readiness::Ready => (false, true, false),
+                    Readiness::Waiting => (false, false, true),
+                };
+                assert_eq!(decided, want, "parents {p:?} {q:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cancelled_parent_skips_its_descendants_as_a_failed_one_does() {
+        let mut w = walk(vec![
+            JobState::Succeeded,
+            JobState::Running,
+            JobState::Running,
+            JobState::Queued,
+            JobState::Queued,
+            JobState::Running,
+        ]);
+        w.plan_all();
+        let mut a = Advance::default();
+        w.on_change(2, JobState::Cancelled, &mut a);
+        a.skip.sort();
+        assert_eq!(a.skip, vec![3, 4]);
     }
 
     #[test]

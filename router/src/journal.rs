@@ -168,10 +168,16 @@ pub fn replay(dir: &Path, n: u64, into: &mut Changes) -> io::Result<Replay> {
 
 fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     let header = bytes.get(at..at + HEADER)?;
-    let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().unwrap());
+    let len = le_u32(&header[..4])? as usize;
+    let crc = le_u32(&header[4..])?;
     let payload = bytes.get(at + HEADER..at + HEADER + len)?;
     (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// The little-endian `u32` at the start of `b`, if it holds four bytes.
+fn le_u32(b: &[u8]) -> Option<u32> {
+    let four: [u8; 4] = b.get(..4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(four))
 }
 
 /// Applies one frame's entries; false (and nothing applied) if it does not parse,
@@ -189,10 +195,10 @@ fn parse_payload(mut p: &[u8], into: &mut Changes) -> bool {
             return false;
         };
         let rest = &rest[klen as usize..];
-        let Some(vlen) = rest.get(..4) else {
+        let Some(vlen) = rest.get(..4).and_then(le_u32) else {
             return false;
         };
-        let vlen = u32::from_le_bytes(vlen.try_into().unwrap()) as usize;
+        let vlen = vlen as usize;
         let Some(value) = rest.get(4..4 + vlen) else {
             return false;
         };

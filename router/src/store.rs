@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,9 @@ pub enum StoreError {
     /// A checkpoint into sled failed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A record did not encode (a job's output that MessagePack cannot hold).
+    #[error("encoding a record: {0}")]
+    Encode(String),
     /// A record did not decode (a corrupt or foreign database).
     #[error("corrupt record {key}: {message}")]
     Corrupt {
@@ -258,14 +261,9 @@ impl SledStore {
 
     /// Joins a finished checkpoint (or, with `wait`, any checkpoint).
     fn reap_checkpoint(&mut self, wait: bool) -> Result<(), StoreError> {
-        if !self
-            .checkpoint
-            .as_ref()
-            .is_some_and(|c| wait || c.thread.is_finished())
-        {
+        let Some(c) = self.checkpoint.take_if(|c| wait || c.thread.is_finished()) else {
             return Ok(());
-        }
-        let c = self.checkpoint.take().expect("checked above");
+        };
         c.thread.join().unwrap_or_else(|_| {
             Err(StoreError::Checkpoint(
                 "the checkpoint thread panicked".into(),
@@ -349,8 +347,8 @@ fn job_key(id: PipelineId, job: u32) -> [u8; 20] {
     k
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    rmp_serde::to_vec_named(v).expect("records always encode")
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
 }
 
 fn dec<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -395,22 +393,23 @@ impl StateStore for SledStore {
     }
 
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
-        if self.specs_written.insert(rec.id) {
+        if !self.specs_written.contains(&rec.id) {
             self.journal
-                .put(Table::Spec, rec.id.0.as_bytes(), &enc(&rec.spec));
+                .put(Table::Spec, rec.id.0.as_bytes(), &enc(&rec.spec)?);
+            self.specs_written.insert(rec.id);
         }
         self.journal
-            .put(Table::Pipeline, rec.id.0.as_bytes(), &enc(rec));
+            .put(Table::Pipeline, rec.id.0.as_bytes(), &enc(rec)?);
         Ok(())
     }
 
     fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
-        self.journal.put(Table::Job, &job_key(id, job), &enc(rec));
+        self.journal.put(Table::Job, &job_key(id, job), &enc(rec)?);
         Ok(())
     }
 
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
-        let (key, value) = (job_key(id, job), enc(output));
+        let (key, value) = (job_key(id, job), enc(output)?);
         self.journal.put(Table::Output, &key, &value);
         self.recent.insert(key, value);
         Ok(())
@@ -445,6 +444,117 @@ impl StateStore for SledStore {
         if self.journal.len() >= self.checkpoint_bytes && self.checkpoint.is_none() {
             self.start_checkpoint()?;
         }
+        Ok(())
+    }
+}
+
+/// A [`StateStore`] in memory: nothing survives the process. For tests of the state
+/// machine, which then need no disk and no sled; clones share one store, so a test
+/// can load a second [`crate::state::RouterState`] from what the first one wrote, as a
+/// restarted router would. Only committed writes are loaded, as with sled's journal.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Memory>>,
+}
+
+#[derive(Default)]
+struct Memory {
+    /// Written and not yet committed.
+    pending: Tables,
+    committed: Tables,
+    commits: u64,
+}
+
+#[derive(Clone, Default)]
+struct Tables {
+    pipelines: HashMap<PipelineId, PipelineRecord>,
+    jobs: HashMap<(PipelineId, u32), JobRecord>,
+    outputs: HashMap<(PipelineId, u32), Data>,
+}
+
+impl Tables {
+    fn merge(&mut self, other: Tables) {
+        self.pipelines.extend(other.pipelines);
+        self.jobs.extend(other.jobs);
+        self.outputs.extend(other.outputs);
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many commits it has seen.
+    pub fn commits(&self) -> u64 {
+        self.lock().commits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        // A panic while holding the lock leaves whole maps behind (each write is one
+        // insert): the data is still consistent, so a poisoned lock is used as is.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn load(&self) -> Result<Vec<Loaded>, StoreError> {
+        let m = self.lock();
+        let c = &m.committed;
+        let mut out = Vec::with_capacity(c.pipelines.len());
+        for rec in c.pipelines.values() {
+            let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
+            for i in 0..rec.spec.jobs.len() as u32 {
+                match c.jobs.get(&(rec.id, i)) {
+                    Some(j) => jobs.push(j.clone()),
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            key: rec.id.to_string(),
+                            message: format!("no record of job {i}"),
+                        })
+                    }
+                }
+            }
+            out.push((rec.clone(), jobs));
+        }
+        out.sort_by_key(|(p, _)| p.seq);
+        Ok(out)
+    }
+
+    fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
+        self.lock().pending.pipelines.insert(rec.id, rec.clone());
+        Ok(())
+    }
+
+    fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
+        self.lock().pending.jobs.insert((id, job), rec.clone());
+        Ok(())
+    }
+
+    fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
+        self.lock()
+            .pending
+            .outputs
+            .insert((id, job), output.clone());
+        Ok(())
+    }
+
+    fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError> {
+        let m = self.lock();
+        let k = (id, job);
+        Ok(m.pending
+            .outputs
+            .get(&k)
+            .or_else(|| m.committed.outputs.get(&k))
+            .cloned())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let mut m = self.lock();
+        let pending = std::mem::take(&mut m.pending);
+        m.committed.merge(pending);
+        m.commits += 1;
         Ok(())
     }
 }

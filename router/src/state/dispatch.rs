@@ -1,0 +1,199 @@
+//! Dispatch: matching queued jobs with brokers' free slots (and the prefetch allowed
+//! beyond them), and open pipelines with pipeliners.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pypelinin_common::protocol::{Assignment, JobInfo, JobRef, PipelineId, PipelineSnapshot};
+use pypelinin_common::status::{Attempt, JobState, PipelineState};
+
+use super::peers::{Peer, Role};
+use super::{peer_timeout, PeerId, Result, RouterState};
+
+impl RouterState {
+    /// Matches queued jobs with brokers' free slots and open pipelines with pipeliners.
+    pub fn dispatch(&mut self) -> Result<()> {
+        self.assign_pipelines()?;
+        let brokers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| matches!(&p.role, Role::Broker(b) if b.credit() > 0))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for peer in brokers {
+            while let Some(Peer {
+                role: Role::Broker(b),
+                ..
+            }) = self.peers.get_mut(&peer)
+            {
+                if b.credit() == 0 {
+                    break;
+                }
+                let n = b.workers.len();
+                let mut next = None;
+                for k in 0..n {
+                    let w = &b.workers[(b.rotate + k) % n];
+                    if let Some(q) = self.queues.get_mut(w) {
+                        if let Some(job) = q.pop_front() {
+                            next = Some(job);
+                            b.rotate = (b.rotate + k + 1) % n;
+                            break;
+                        }
+                    }
+                }
+                let Some((id, i)) = next else { break };
+                let runnable = self
+                    .pipelines
+                    .get(&id)
+                    .is_some_and(|p| p.jobs[i as usize].state == JobState::Queued);
+                if !runnable {
+                    continue; // cancelled while it waited in the queue
+                }
+                let Some(Peer {
+                    role: Role::Broker(b),
+                    ..
+                }) = self.peers.get_mut(&peer)
+                else {
+                    break;
+                };
+                let name = b.name.clone();
+                let queued_for = if b.running.len() < b.slots as usize {
+                    Some(0)
+                } else {
+                    self.longest_wait(&peer)
+                };
+                let Some(a) = self.start_attempt(id, i, name, queued_for)? else {
+                    continue;
+                };
+                if let Some(b) = self.broker_mut(&peer) {
+                    b.running.insert(a.job);
+                }
+                self.assigns.entry(peer.clone()).or_default().push(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest a job queued at broker `peer` now can wait for a slot: the sum of
+    /// the timeouts of everything it holds, or `None` if one of those has no timeout.
+    pub(super) fn longest_wait(&self, peer: &PeerId) -> Option<u64> {
+        let Some(Peer {
+            role: Role::Broker(b),
+            ..
+        }) = self.peers.get(peer)
+        else {
+            return None;
+        };
+        b.running.iter().try_fold(0u64, |sum, r| {
+            let t = self.pipelines.get(&r.pipeline)?.dag.timeout_ms(r.job)?;
+            Some(sum.saturating_add(t))
+        })
+    }
+
+    /// Starts attempt `n + 1` of job `i` on `broker`, where it may first wait in the
+    /// broker's queue for up to `queued_for` ms (`None`: no bound is known).
+    pub(super) fn start_attempt(
+        &mut self,
+        id: PipelineId,
+        i: u32,
+        broker: String,
+        queued_for: Option<u64>,
+    ) -> Result<Option<Assignment>> {
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(None);
+        };
+        let Some(j) = p.jobs.get_mut(i as usize) else {
+            return Ok(None);
+        };
+        let number = j.attempt() + 1;
+        j.state = JobState::Running;
+        j.history.push(Attempt {
+            number,
+            broker,
+            started_ms: self.clock.wall_ms(),
+            finished_ms: None,
+            error: None,
+        });
+        self.dirty_jobs.insert((id, i));
+        if let (Some(t), Some(q)) = (p.dag.timeout_ms(i), queued_for) {
+            // A backstop: brokers stop a job at its timeout and report; this fires only
+            // if no report came within a lease after that (and after its longest wait
+            // in the broker's queue). Without a bound on that wait, the broker's own
+            // timeout and its lease are what stop the attempt.
+            let at =
+                self.clock.instant() + Duration::from_millis(t.saturating_add(q)) + peer_timeout();
+            self.deadlines.push(Reverse((at, id, i, number)));
+        }
+        let p = &self.pipelines[&id];
+        let mut parents = BTreeMap::new();
+        for &q in p.dag.parents(i) {
+            if let Some(out) = self.store.get_output(id, q)? {
+                parents.insert(p.dag.name(q).to_string(), out);
+            }
+        }
+        let job = JobRef {
+            pipeline: id,
+            job: i,
+            attempt: number,
+        };
+        Ok(Some(Assignment {
+            job,
+            info: JobInfo {
+                pipeline: id,
+                name: p.dag.name(i).to_string(),
+                worker: p.dag.job(i).worker.clone(),
+                attempt: number,
+                data: p.dag.job_data(i),
+                parents,
+                timeout_ms: p.dag.timeout_ms(i),
+            },
+        }))
+    }
+
+    pub(super) fn assign_pipelines(&mut self) -> Result<()> {
+        while let Some(&id) = self.unowned.front() {
+            let open = self
+                .pipelines
+                .get(&id)
+                .is_some_and(|p| !p.rec.state.is_final() && p.owner.is_none());
+            if !open {
+                self.unowned.pop_front();
+                continue;
+            }
+            let best = self
+                .peers
+                .iter_mut()
+                .filter_map(|(k, p)| match &mut p.role {
+                    Role::Pipeliner(pl) if (pl.owned.len() as u32) < pl.capacity => Some((k, pl)),
+                    _ => None,
+                })
+                .min_by_key(|(_, pl)| pl.owned.len());
+            let Some((peer, pl)) = best else { break };
+            pl.owned.insert(id);
+            let peer = peer.clone();
+            self.unowned.pop_front();
+            let Some(p) = self.pipelines.get_mut(&id) else {
+                continue; // cannot be: checked open above
+            };
+            p.owner = Some(peer.clone());
+            if p.rec.state == PipelineState::Queued {
+                p.rec.state = PipelineState::Running;
+                self.dirty_pipelines.insert(p.rec.id);
+            }
+            if let Some(snap) = self.snapshot(id) {
+                self.takes.entry(peer).or_default().push(snap);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn snapshot(&self, id: PipelineId) -> Option<PipelineSnapshot> {
+        let p = self.pipelines.get(&id)?;
+        Some(PipelineSnapshot {
+            id,
+            spec: p.rec.spec.clone(),
+            states: p.jobs.iter().map(|j| j.state).collect(),
+        })
+    }
+}

@@ -1,0 +1,385 @@
+//! Jobs and their attempts: submission, the job state machine (queued, running,
+//! succeeded, failed, skipped, cancelled), fencing reports by attempt number, retries
+//! with backoff, requeues, timeouts, cancel and retry of a whole pipeline.
+
+use std::cmp::Reverse;
+
+use pypelinin_common::protocol::{
+    check_output_size, Event, JobChange, JobRef, JobReport, PipelineId, ProtocolError, Reply,
+};
+use pypelinin_common::status::{JobState, PipelineState};
+use pypelinin_common::{Pipeline, PipelineSpec};
+use tracing::{debug, info, info_span, warn};
+
+use super::peers::Role;
+use super::{PeerId, PipelineEntry, Result, RouterState};
+use crate::store::{JobRecord, PipelineRecord};
+
+impl RouterState {
+    pub(super) fn submit(&mut self, id: PipelineId, spec: PipelineSpec) -> Result<Reply> {
+        if let Some(p) = self.pipelines.get(&id) {
+            return Ok(if p.rec.spec == spec {
+                Reply::Submitted { id }
+            } else {
+                Reply::Error(ProtocolError::Conflict(format!(
+                    "pipeline {id} exists with another spec"
+                )))
+            });
+        }
+        let dag = match Pipeline::new(spec) {
+            Ok(d) => d,
+            Err(e) => {
+                info!(pipeline = %id, error = %e, "pipeline refused");
+                return Ok(Reply::Error(ProtocolError::InvalidPipeline(e.to_string())));
+            }
+        };
+        let rec = PipelineRecord {
+            id,
+            spec: dag.spec().clone(),
+            state: PipelineState::Queued,
+            seq: self.next_seq,
+            submitted_ms: self.clock.wall_ms(),
+            finished_ms: None,
+        };
+        self.next_seq += 1;
+        let jobs = vec![JobRecord::new(); dag.len()];
+        for i in 0..jobs.len() {
+            self.dirty_jobs.insert((id, i as u32));
+        }
+        self.dirty_pipelines.insert(id);
+        self.order.insert(rec.seq, id);
+        debug!(pipeline = %id, jobs = dag.len(), "pipeline accepted");
+        self.pipelines.insert(
+            id,
+            PipelineEntry {
+                armed: vec![false; jobs.len()],
+                close_on_success: false,
+                rec,
+                dag,
+                jobs,
+                owner: None,
+                done: 0,
+            },
+        );
+        self.unowned.push_back(id);
+        self.events.push(Event::PipelineSubmitted { id });
+        Ok(Reply::Submitted { id })
+    }
+
+    pub(super) fn job_done(&mut self, peer: &PeerId, reports: Vec<JobReport>) -> Result<Reply> {
+        if self.broker_mut(peer).is_none() {
+            return Ok(Reply::Error(ProtocolError::UnknownPeer));
+        }
+        let mut stale = Vec::new();
+        for r in reports {
+            let Some(b) = self.broker_mut(peer) else {
+                break; // checked above; handling a report never drops a peer
+            };
+            if b.running.remove(&r.job) {
+                b.observe(&r);
+            }
+            let broker = b.name.clone();
+            // The attempt number and the broker's name fence the report: a broker whose
+            // lease expired, or a report resent after a reconnect, changes nothing.
+            if !self.is_current(&r.job, &broker) {
+                warn!(pipeline = %r.job.pipeline, job = r.job.job, attempt = r.job.attempt, %broker, "stale report ignored");
+                stale.push(r.job);
+                continue;
+            }
+            self.finish_attempt(r)?;
+        }
+        Ok(if stale.is_empty() {
+            Reply::Ok
+        } else {
+            Reply::Error(ProtocolError::Stale(format!(
+                "{} report(s) for attempts that are no longer current",
+                stale.len()
+            )))
+        })
+    }
+
+    pub(super) fn is_current(&self, r: &JobRef, broker: &str) -> bool {
+        self.pipelines.get(&r.pipeline).is_some_and(|p| {
+            p.jobs.get(r.job as usize).is_some_and(|j| {
+                j.state == JobState::Running
+                    && j.attempt() == r.attempt
+                    && j.history.last().is_some_and(|a| a.broker == broker)
+            })
+        })
+    }
+
+    /// Records the outcome of attempt `r.job`, which the caller checked is current.
+    pub(super) fn finish_attempt(&mut self, r: JobReport) -> Result<()> {
+        let (id, i) = (r.job.pipeline, r.job.job);
+        let Some(p) = self.pipelines.get(&id) else {
+            return Ok(());
+        };
+        let Some(started_ms) = p
+            .jobs
+            .get(i as usize)
+            .and_then(|j| j.history.last())
+            .map(|a| a.started_ms)
+        else {
+            return Ok(());
+        };
+        let name = p.dag.name(i).to_string();
+        let _span =
+            info_span!("job", pipeline = %id, job = %name, attempt = r.job.attempt).entered();
+        let retries = p.dag.retries(i);
+        let delay = p.dag.retry_delay_ms(i);
+        let finished_ms = r.finished_ms.max(started_ms);
+        let worker = p.dag.job(i).worker.clone();
+        self.record_attempt(worker, (finished_ms - started_ms) as f64 / 1000.0);
+        let now = self.clock.wall_ms();
+        let Some(j) = self
+            .pipelines
+            .get_mut(&id)
+            .and_then(|p| p.jobs.get_mut(i as usize))
+        else {
+            return Ok(());
+        };
+        let Some(last) = j.history.last_mut() else {
+            return Ok(());
+        };
+        last.finished_ms = Some(finished_ms);
+        let result = r.result.and_then(|out| {
+            check_output_size(&out)
+                .map(|()| out)
+                .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(output) => {
+                j.state = JobState::Succeeded;
+                j.error = None;
+                self.store.put_output(id, i, &output)?;
+            }
+            Err(error) => {
+                last.error = Some(error.clone());
+                j.error = Some(error.clone());
+                j.failures += 1;
+                if j.failures <= retries {
+                    let backoff = delay.saturating_mul(1u64 << (j.failures - 1).min(20));
+                    j.state = JobState::Queued;
+                    j.not_before_ms = now + backoff;
+                    info!(%error, retry_in_ms = backoff, "attempt failed, will retry");
+                    let nb = j.not_before_ms;
+                    self.store
+                        .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+                    self.schedule(id, i, nb);
+                    return Ok(());
+                }
+                warn!(%error, "job failed");
+                j.state = JobState::Failed;
+            }
+        }
+        let state = j.state;
+        self.job_final(id, i, state)
+    }
+
+    /// Records that job `i` reached a final state and tells its pipeliner.
+    pub(super) fn job_final(&mut self, id: PipelineId, i: u32, state: JobState) -> Result<()> {
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(());
+        };
+        p.done += 1;
+        self.dirty_jobs.insert((id, i));
+        if let Some(owner) = p.owner.clone() {
+            self.changes.entry(owner).or_default().push(JobChange {
+                pipeline: id,
+                job: i,
+                state,
+            });
+        }
+        if state == JobState::Succeeded {
+            // What the pipeliner asked ahead happens in this very turn: armed children
+            // start, and the pipeline closes if every job has succeeded.
+            let p = &self.pipelines[&id];
+            let armed: Vec<u32> = p
+                .dag
+                .children(i)
+                .iter()
+                .copied()
+                .filter(|&c| p.armed[c as usize])
+                .collect();
+            for c in armed {
+                self.enqueue_if_ready(id, c);
+            }
+            self.close_if_all_succeeded(id)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn schedule(&mut self, id: PipelineId, i: u32, not_before_ms: u64) {
+        if not_before_ms > self.clock.wall_ms() {
+            self.delayed.push(Reverse((not_before_ms, id, i)));
+        } else {
+            let worker = self.pipelines[&id].dag.job(i).worker.clone();
+            self.queues.entry(worker).or_default().push_back((id, i));
+        }
+    }
+
+    /// Runs again the jobs of a finished pipeline that did not succeed, or the named
+    /// ones and their descendants; what succeeded otherwise is kept.
+    pub(super) fn retry(&mut self, id: PipelineId, names: Vec<String>) -> Result<Reply> {
+        let Some(p) = self.pipelines.get(&id) else {
+            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        };
+        if !p.rec.state.is_final() {
+            return Ok(Reply::Error(ProtocolError::Refused(format!(
+                "pipeline {id} is still {}: retry it once it has finished",
+                p.rec.state.as_str()
+            ))));
+        }
+        let mut targets: Vec<u32> = Vec::new();
+        if names.is_empty() {
+            targets.extend(
+                (0..p.jobs.len() as u32)
+                    .filter(|&i| p.jobs[i as usize].state != JobState::Succeeded),
+            );
+        } else {
+            for n in &names {
+                let Some(i) = p.dag.index_of(n) else {
+                    return Ok(Reply::Error(ProtocolError::Refused(format!(
+                        "pipeline {id} has no job {n:?}"
+                    ))));
+                };
+                targets.push(i);
+                targets.extend(p.dag.descendants(i));
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        if targets.is_empty() {
+            return Ok(Reply::Status(p.status()));
+        }
+        info!(pipeline = %id, jobs = targets.len(), "retrying pipeline");
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        };
+        for &i in &targets {
+            let j = &mut p.jobs[i as usize];
+            if j.state.is_final() {
+                p.done -= 1;
+            }
+            j.state = JobState::Queued;
+            j.enqueued = false;
+            j.failures = 0;
+            j.not_before_ms = 0;
+            j.error = None;
+            self.dirty_jobs.insert((id, i));
+        }
+        p.rec.state = PipelineState::Queued;
+        p.rec.finished_ms = None;
+        p.armed.fill(false);
+        p.close_on_success = false;
+        self.dirty_pipelines.insert(p.rec.id);
+        self.unowned.push_back(id);
+        Ok(Reply::Status(self.pipelines[&id].status()))
+    }
+
+    /// Cancels a pipeline: queued jobs never start, running ones are revoked.
+    pub(super) fn cancel(&mut self, id: PipelineId) -> Result<Reply> {
+        let Some(p) = self.pipelines.get(&id) else {
+            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        };
+        if !p.rec.state.is_final() {
+            info!(pipeline = %id, "cancelling pipeline");
+            for i in 0..p.jobs.len() as u32 {
+                let state = self.pipelines[&id].jobs[i as usize].state;
+                if state.is_final() {
+                    continue;
+                }
+                if state == JobState::Running {
+                    self.revoke(id, i);
+                }
+                let now = self.clock.wall_ms();
+                let Some(j) = self
+                    .pipelines
+                    .get_mut(&id)
+                    .and_then(|p| p.jobs.get_mut(i as usize))
+                else {
+                    continue;
+                };
+                if state == JobState::Running {
+                    if let Some(last) = j.history.last_mut() {
+                        last.finished_ms = Some(now);
+                        last.error = Some("cancelled".into());
+                    }
+                }
+                j.state = JobState::Cancelled;
+                j.error = Some("cancelled".into());
+                self.job_final(id, i, JobState::Cancelled)?;
+            }
+            self.close_pipeline(id, PipelineState::Cancelled)?;
+        }
+        Ok(Reply::Status(self.pipelines[&id].status()))
+    }
+
+    /// Tells the broker running job `i` to stop it.
+    pub(super) fn revoke(&mut self, id: PipelineId, i: u32) {
+        let attempt = self.pipelines[&id].jobs[i as usize].attempt();
+        let holder = self.peers.iter().find_map(|(k, p)| match &p.role {
+            Role::Broker(b) if b.running.iter().any(|r| r.pipeline == id && r.job == i) => {
+                Some(k.clone())
+            }
+            _ => None,
+        });
+        if let Some(peer) = holder {
+            self.revokes.entry(peer).or_default().push(JobRef {
+                pipeline: id,
+                job: i,
+                attempt,
+            });
+        }
+    }
+
+    /// An attempt ran past its timeout and a lease more with no report: fail it here.
+    pub(super) fn overdue(&mut self, id: PipelineId, i: u32, attempt: u32) -> Result<()> {
+        let current = self.pipelines.get(&id).is_some_and(|p| {
+            let j = &p.jobs[i as usize];
+            j.state == JobState::Running && j.attempt() == attempt
+        });
+        if !current {
+            return Ok(());
+        }
+        self.revoke(id, i);
+        let p = &self.pipelines[&id];
+        let t = p.dag.timeout_ms(i).unwrap_or(0);
+        let broker = p.jobs[i as usize].history.last().map(|a| a.broker.clone());
+        warn!(pipeline = %id, job = i, attempt, ?broker, "attempt overdue: failing it");
+        self.finish_attempt(JobReport {
+            job: JobRef {
+                pipeline: id,
+                job: i,
+                attempt,
+            },
+            started_ms: 0,
+            finished_ms: self.clock.wall_ms(),
+            result: Err(format!(
+                "timed out after {t} ms (no report from its broker within a lease after that)"
+            )),
+        })
+    }
+
+    /// Gives a running attempt back to the queue (its broker is gone); the attempt
+    /// number moves on, so a late report from the old broker is stale.
+    pub(super) fn requeue(&mut self, id: PipelineId, i: u32, why: &str) -> Result<()> {
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(());
+        };
+        let j = &mut p.jobs[i as usize];
+        if j.state != JobState::Running {
+            return Ok(());
+        }
+        if let Some(last) = j.history.last_mut() {
+            last.finished_ms = Some(self.clock.wall_ms());
+            last.error = Some(format!("lost: {why}"));
+        }
+        j.state = JobState::Queued;
+        j.not_before_ms = 0;
+        self.store
+            .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+        self.schedule(id, i, 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,465 @@
+//! The router's state machine: every pipeline, job, broker and pipeliner.
+//!
+//! It has no sockets. The event loop ([`crate::server`]) feeds it requests and timer
+//! ticks; it answers by filling an outbox, which the loop sends only after
+//! [`RouterState::commit`] made every change durable (all but the hints of
+//! [`RouterState::drain_hints`], which acknowledge nothing).
+//!
+//! This file owns the one shared [`RouterState`]: its construction and recovery from
+//! the store, the dispatch of each request to the concern that handles it, the timers,
+//! and the commit and outbox. Each concern is a file of its own, adding methods to the
+//! same struct: `peers` (peers and leases), `jobs` (the job state machine and its
+//! attempts), `advance` (what the pipeliner decides and what a success starts or
+//! closes), `dispatch` (jobs to brokers, pipelines to pipeliners), `waiters`
+//! (waits and read-only replies), `metrics`, and `clock`.
+
+mod advance;
+mod clock;
+mod dispatch;
+mod jobs;
+mod metrics;
+mod peers;
+mod waiters;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use pypelinin_common::protocol::{
+    Assignment, ClusterConfig, Event, FromRouter, Histogram, JobChange, JobRef, PipelineId,
+    PipelineSnapshot, ProtocolError, Push, Reply, Request, HEARTBEAT_INTERVAL, PEER_LIVENESS,
+};
+use pypelinin_common::status::{JobState, JobStatus, PipelineStatus};
+use pypelinin_common::Pipeline;
+use tracing::info;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+use metrics::LATENCY_BOUNDS;
+use peers::Peer;
+pub use peers::PREFETCH_HORIZON_MS;
+use waiters::Waiter;
+
+use crate::store::{JobRecord, PipelineRecord, StateStore, StoreError};
+
+/// A peer's ZeroMQ routing identity.
+pub type PeerId = Vec<u8>;
+
+/// Where a reply goes: the peer and whether it is a REQ socket (which needs the empty
+/// delimiter frame back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// Routing identity.
+    pub peer: PeerId,
+    /// REQ peers need an empty delimiter frame.
+    pub req: bool,
+    /// The request's id.
+    pub id: u64,
+}
+
+/// A frame ready to send: identity, optional delimiter, payload.
+pub struct Outgoing {
+    /// Routing identity.
+    pub peer: PeerId,
+    /// Whether to add the empty delimiter frame.
+    pub req: bool,
+    /// Encoded frame.
+    pub payload: Vec<u8>,
+}
+
+/// How long a peer may stay silent before it is declared dead.
+pub fn peer_timeout() -> Duration {
+    HEARTBEAT_INTERVAL * PEER_LIVENESS
+}
+
+struct PipelineEntry {
+    rec: PipelineRecord,
+    dag: Pipeline,
+    jobs: Vec<JobRecord>,
+    owner: Option<PeerId>,
+    done: u32,
+    /// Jobs a pipeliner asked to start once their parents have succeeded (`after`).
+    /// Not stored: after a restart, the pipeliner that takes the pipeline asks again.
+    armed: Vec<bool>,
+    /// Close as succeeded once every job succeeded, without a `finish` (not stored
+    /// either).
+    close_on_success: bool,
+}
+
+impl PipelineEntry {
+    fn status(&self) -> PipelineStatus {
+        let jobs = self
+            .dag
+            .names()
+            .iter()
+            .zip(&self.jobs)
+            .enumerate()
+            .map(|(i, (name, j))| {
+                let last = j.history.last();
+                let status = JobStatus {
+                    worker: self.dag.job(i as u32).worker.clone(),
+                    state: j.state,
+                    attempts: j.attempt(),
+                    error: j.error.clone(),
+                    started_ms: last.map(|a| a.started_ms),
+                    finished_ms: last.and_then(|a| a.finished_ms),
+                    duration_ms: last
+                        .and_then(|a| a.finished_ms.map(|f| f.saturating_sub(a.started_ms))),
+                    history: j.history.clone(),
+                };
+                (name.clone(), status)
+            })
+            .collect();
+        PipelineStatus {
+            id: self.rec.id,
+            state: self.rec.state,
+            submitted_ms: self.rec.submitted_ms,
+            finished_ms: self.rec.finished_ms,
+            jobs,
+        }
+    }
+}
+
+/// All of the router's state.
+pub struct RouterState {
+    store: Box<dyn StateStore>,
+    clock: Box<dyn Clock>,
+    config: ClusterConfig,
+    pipelines: HashMap<PipelineId, PipelineEntry>,
+    order: BTreeMap<u64, PipelineId>,
+    next_seq: u64,
+    peers: HashMap<PeerId, Peer>,
+    queues: HashMap<String, VecDeque<(PipelineId, u32)>>,
+    delayed: BinaryHeap<Reverse<(u64, PipelineId, u32)>>,
+    unowned: VecDeque<PipelineId>,
+    orphans: HashMap<(PipelineId, u32), Instant>,
+    waiters: HashMap<u64, Waiter>,
+    waiting_on: HashMap<PipelineId, Vec<u64>>,
+    next_waiter: u64,
+    outbox: Vec<Outgoing>,
+    assigns: HashMap<PeerId, Vec<Assignment>>,
+    takes: HashMap<PeerId, Vec<PipelineSnapshot>>,
+    changes: HashMap<PeerId, Vec<JobChange>>,
+    revokes: HashMap<PeerId, Vec<JobRef>>,
+    /// Records changed this turn, written once each at commit.
+    dirty_jobs: HashSet<(PipelineId, u32)>,
+    dirty_pipelines: HashSet<PipelineId>,
+    deadlines: BinaryHeap<Reverse<(Instant, PipelineId, u32, u32)>>,
+    events: Vec<Event>,
+    job_durations: HashMap<String, Histogram>,
+    latency: Histogram,
+    attempts_finished: u64,
+    throughput: VecDeque<(u64, u32)>,
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl RouterState {
+    /// Loads the state kept in `store`.
+    pub fn load(store: Box<dyn StateStore>, config: ClusterConfig) -> Result<Self> {
+        Self::load_with_clock(store, config, Box::new(SystemClock))
+    }
+
+    /// [`RouterState::load`], reading the time from `clock` (tests move it by hand).
+    pub fn load_with_clock(
+        store: Box<dyn StateStore>,
+        config: ClusterConfig,
+        clock: Box<dyn Clock>,
+    ) -> Result<Self> {
+        let mut s = RouterState {
+            store,
+            clock,
+            config,
+            pipelines: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 1,
+            peers: HashMap::new(),
+            queues: HashMap::new(),
+            delayed: BinaryHeap::new(),
+            unowned: VecDeque::new(),
+            orphans: HashMap::new(),
+            waiters: HashMap::new(),
+            waiting_on: HashMap::new(),
+            next_waiter: 1,
+            outbox: Vec::new(),
+            assigns: HashMap::new(),
+            takes: HashMap::new(),
+            changes: HashMap::new(),
+            revokes: HashMap::new(),
+            dirty_jobs: HashSet::new(),
+            dirty_pipelines: HashSet::new(),
+            deadlines: BinaryHeap::new(),
+            events: Vec::new(),
+            job_durations: HashMap::new(),
+            latency: Histogram::new(LATENCY_BOUNDS),
+            attempts_finished: 0,
+            throughput: VecDeque::new(),
+        };
+        let grace = s.clock.instant() + peer_timeout() * 2;
+        let (mut open, mut running) = (0, 0);
+        for (rec, jobs) in s.store.load()? {
+            let dag = Pipeline::new(rec.spec.clone()).map_err(|e| StoreError::Corrupt {
+                key: rec.id.to_string(),
+                message: e.to_string(),
+            })?;
+            let id = rec.id;
+            s.next_seq = s.next_seq.max(rec.seq + 1);
+            s.order.insert(rec.seq, id);
+            let done = jobs.iter().filter(|j| j.state.is_final()).count() as u32;
+            let is_open = !rec.state.is_final();
+            let todo: Vec<(u32, JobState, bool, u64)> = jobs
+                .iter()
+                .enumerate()
+                .map(|(i, j)| (i as u32, j.state, j.enqueued, j.not_before_ms))
+                .collect();
+            let armed = vec![false; jobs.len()];
+            let entry = PipelineEntry {
+                rec,
+                dag,
+                jobs,
+                owner: None,
+                done,
+                armed,
+                close_on_success: false,
+            };
+            s.pipelines.insert(id, entry);
+            if is_open {
+                open += 1;
+                s.unowned.push_back(id);
+                for (i, state, enqueued, not_before_ms) in todo {
+                    match state {
+                        JobState::Queued if enqueued => s.schedule(id, i, not_before_ms),
+                        JobState::Running => {
+                            // Its broker may still be running it: wait for it to say hello.
+                            running += 1;
+                            s.orphans.insert((id, i), grace);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        info!(
+            pipelines = s.pipelines.len(),
+            open, running, "router state loaded"
+        );
+        Ok(s)
+    }
+
+    /// Handles one request from `to.peer`.
+    pub fn handle(&mut self, to: ReplyTo, req: Request) -> Result<()> {
+        let now = self.clock.instant();
+        if let Some(p) = self.peers.get_mut(&to.peer) {
+            p.last_seen = now;
+        }
+        let reply = match req {
+            Request::Submit { id, pipeline } => self.submit(id, pipeline)?,
+            Request::Status { id } => match self.pipelines.get(&id) {
+                Some(p) => Reply::Status(p.status()),
+                None => Reply::Error(ProtocolError::UnknownPipeline(id)),
+            },
+            Request::Wait { ids, timeout_ms } => {
+                match self.wait(&to, ids, timeout_ms, now, false)? {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            }
+            Request::Results { ids, timeout_ms } => {
+                match self.wait(&to, ids, timeout_ms, now, true)? {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            }
+            Request::Outputs { id } => self.outputs(id)?,
+            Request::List { limit, state } => Reply::List(self.list(limit as usize, state)),
+            Request::Retry { id, jobs } => self.retry(id, jobs)?,
+            Request::Brokers => Reply::Brokers(self.brokers(now)),
+            Request::Spec { id } => match self.pipelines.get(&id) {
+                Some(p) => Reply::Spec(p.rec.spec.clone()),
+                None => Reply::Error(ProtocolError::UnknownPipeline(id)),
+            },
+            Request::Metrics => Reply::Metrics(self.metrics()),
+            Request::Cancel { id } => self.cancel(id)?,
+            Request::BrokerHello(h) => self.broker_hello(&to.peer, h, now)?,
+            Request::JobDone(reports) => self.job_done(&to.peer, reports)?,
+            Request::Monitor(m) => match self.broker_mut(&to.peer) {
+                Some(b) => {
+                    b.monitor = Some(m);
+                    Reply::Ok
+                }
+                None => Reply::Error(ProtocolError::UnknownPeer),
+            },
+            Request::Drain => match self.broker_mut(&to.peer) {
+                Some(b) => {
+                    b.draining = true;
+                    Reply::Ok
+                }
+                None => Reply::Error(ProtocolError::UnknownPeer),
+            },
+            Request::PipelinerHello {
+                pipeliner,
+                capacity,
+            } => self.pipeliner_hello(&to.peer, pipeliner, capacity, now),
+            Request::Advance(list) => self.advance(&to.peer, list)?,
+            Request::Heartbeat => {
+                if self.peers.contains_key(&to.peer) {
+                    Reply::Ok
+                } else {
+                    Reply::Error(ProtocolError::UnknownPeer)
+                }
+            }
+            Request::Bye => {
+                self.drop_peer(&to.peer, "said bye")?;
+                Reply::Ok
+            }
+        };
+        self.reply(&to, reply);
+        Ok(())
+    }
+
+    /// Answers a frame that could not be decoded.
+    pub fn reply_error(&mut self, to: &ReplyTo, error: ProtocolError) {
+        self.reply(to, Reply::Error(error));
+    }
+
+    fn reply(&mut self, to: &ReplyTo, reply: Reply) {
+        self.outbox.push(Outgoing {
+            peer: to.peer.clone(),
+            req: to.req,
+            payload: pypelinin_common::protocol::encode(to.id, &FromRouter::Reply(reply)),
+        });
+    }
+
+    /// Timers: retry delays, waits, silent peers, orphaned attempts.
+    pub fn tick(&mut self, now: Instant) -> Result<()> {
+        let wall = self.clock.wall_ms();
+        while let Some(Reverse((t, id, i))) = self.delayed.peek().copied() {
+            if t > wall {
+                break;
+            }
+            self.delayed.pop();
+            self.schedule(id, i, 0);
+        }
+        let expired: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            let Some(w) = self.waiters.remove(&k) else {
+                continue;
+            };
+            for id in &w.ids {
+                if let Some(v) = self.waiting_on.get_mut(id) {
+                    v.retain(|x| *x != k);
+                }
+            }
+            let reply = self.answer(&w.ids, w.outputs)?;
+            self.reply(&w.to, reply);
+        }
+        let silent: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_seen) > peer_timeout())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for peer in silent {
+            self.drop_peer(&peer, "fell silent")?;
+        }
+        while let Some(Reverse((at, id, i, attempt))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.overdue(id, i, attempt)?;
+        }
+        let lost: Vec<(PipelineId, u32)> = self
+            .orphans
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (id, i) in lost {
+            self.orphans.remove(&(id, i));
+            self.requeue(id, i, "did not come back after the router restarted")?;
+        }
+        Ok(())
+    }
+
+    /// When the next timer is due, to bound the event loop's poll.
+    pub fn next_timer(&self, now: Instant) -> Option<Duration> {
+        let wall = self.clock.wall_ms();
+        let retry = self
+            .delayed
+            .peek()
+            .map(|Reverse((t, _, _))| Duration::from_millis(t.saturating_sub(wall)));
+        let wait = self
+            .waiters
+            .values()
+            .map(|w| w.deadline.saturating_duration_since(now))
+            .min();
+        [retry, wait].into_iter().flatten().min()
+    }
+
+    /// Makes every change durable; only then may the outbox be sent.
+    pub fn commit(&mut self) -> Result<()> {
+        // Each record changed this turn is written once, however often it changed.
+        for (id, i) in self.dirty_jobs.drain() {
+            self.store
+                .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+        }
+        for id in self.dirty_pipelines.drain() {
+            self.store.put_pipeline(&self.pipelines[&id].rec)?;
+        }
+        self.store.commit()
+    }
+
+    /// Pushes that may leave before [`RouterState::commit`]: the job changes told to
+    /// pipeliners. They acknowledge nothing, and every decision a pipeliner sends back
+    /// is checked against the router's state in a later turn, after this one's commit;
+    /// sending them first lets the pipeliner decide while the router syncs.
+    pub fn drain_hints(&mut self) -> Vec<Outgoing> {
+        self.changes
+            .drain()
+            .map(|(peer, list)| push(peer, Push::Changed(list)))
+            .collect()
+    }
+
+    /// Frames to send now (after [`RouterState::commit`]) and events to publish.
+    pub fn drain_outbox(&mut self) -> (Vec<Outgoing>, Vec<Event>) {
+        for (peer, list) in self.assigns.drain() {
+            self.outbox.push(push(peer, Push::Assign(list)));
+        }
+        for (peer, list) in self.takes.drain() {
+            self.outbox.push(push(peer, Push::Take(list)));
+        }
+        for (peer, list) in self.changes.drain() {
+            self.outbox.push(push(peer, Push::Changed(list)));
+        }
+        for (peer, list) in self.revokes.drain() {
+            self.outbox.push(push(peer, Push::Revoke(list)));
+        }
+        (
+            std::mem::take(&mut self.outbox),
+            std::mem::take(&mut self.events),
+        )
+    }
+
+    /// Pipelines not yet final.
+    pub fn open_pipelines(&self) -> usize {
+        self.pipelines
+            .values()
+            .filter(|p| !p.rec.state.is_final())
+            .count()
+    }
+}
+fn push(peer: PeerId, p: Push) -> Outgoing {
+    Outgoing {
+        peer,
+        req: false,
+        payload: pypelinin_common::protocol::encode(0, &FromRouter::Push(p)),
+    }
+}

@@ -1,0 +1,94 @@
+//! Waits: answered when the pipelines finish, or at their deadline.
+
+use super::*;
+
+const WAITER: &[u8] = b"waiter";
+
+#[test]
+fn a_wait_is_answered_when_its_pipeline_finishes() {
+    let mut r = Rig::with_peers(1);
+    let id = r.submit_planned(single());
+    let wait = Request::Wait {
+        ids: vec![id],
+        timeout_ms: 60_000,
+    };
+    let w = r.post(WAITER, wait);
+    assert!(r.reply_to(WAITER, w).is_none(), "still running");
+    let a = r.assigned().remove(0);
+    r.succeed(a.job);
+    match r.reply_to(WAITER, w) {
+        Some(Reply::Statuses(s)) => assert_eq!(s[0].state, PipelineState::Succeeded),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_wait_for_results_carries_the_outputs_and_failures() {
+    let mut r = Rig::with_peers(2);
+    let ok = r.submit_planned(single());
+    let bad = r.submit_planned(single());
+    let w = r.post(
+        WAITER,
+        Request::Results {
+            ids: vec![ok, bad],
+            timeout_ms: 60_000,
+        },
+    );
+    for a in r.assigned() {
+        if a.job.pipeline == ok {
+            r.succeed(a.job);
+        } else {
+            r.fail(a.job);
+        }
+    }
+    assert!(
+        r.reply_to(WAITER, w).is_none(),
+        "the failed one is still open"
+    );
+    r.advance(Advance {
+        pipeline: bad,
+        finish: true,
+        ..Advance::default()
+    });
+    match r.reply_to(WAITER, w) {
+        Some(Reply::Results(res)) => {
+            assert_eq!(res[0].outputs["a"], output(0));
+            assert_eq!(res[1].state, PipelineState::Failed);
+            assert_eq!(res[1].failed, vec![("a".to_string(), "boom".to_string())]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_wait_that_times_out_is_answered_with_the_states_then() {
+    let mut r = Rig::with_peers(1);
+    let id = r.submit_planned(single());
+    let w = r.post(
+        WAITER,
+        Request::Wait {
+            ids: vec![id],
+            timeout_ms: 1_000,
+        },
+    );
+    r.wait(Duration::from_millis(999));
+    assert!(r.reply_to(WAITER, w).is_none());
+    r.wait(Duration::from_millis(1));
+    match r.reply_to(WAITER, w) {
+        Some(Reply::Statuses(s)) => assert_eq!(s[0].state, PipelineState::Running),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_wait_for_an_unknown_pipeline_is_refused_at_once() {
+    let mut r = Rig::new();
+    let reply = r.send(
+        WAITER,
+        Request::Wait {
+            ids: vec![PipelineId::new()],
+            timeout_ms: 1_000,
+        },
+    );
+    assert!(matches!(reply, Reply::Error(_)), "{reply:?}");
+}
