@@ -12,7 +12,9 @@ pub struct Endpoints {
     /// Router API address (ZeroMQ ROUTER). With tcp, port 0 makes the router pick a free port.
     #[arg(long, env = "PYPELININ_API", default_value = DEFAULT_API)]
     pub api: String,
-    /// Router broadcast address (ZeroMQ PUB).
+    /// Router broadcast address (ZeroMQ PUB). The router binds it and clients subscribe
+    /// to it; pipeliners and brokers accept it so that every daemon takes the same
+    /// flags, but need nothing from it (the router pushes them what they need).
     #[arg(long, env = "PYPELININ_BROADCAST", default_value = DEFAULT_BROADCAST)]
     pub broadcast: String,
 }

@@ -96,12 +96,11 @@ fn main() -> anyhow::Result<()> {
     let mut threads: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
     let s = shutdown.clone();
     threads.push(std::thread::spawn(move || Ok(router.run(s)?)));
-    let (a, b, s) = (api.clone(), broadcast.clone(), shutdown.clone());
+    let (a, s) = (api.clone(), shutdown.clone());
     threads.push(std::thread::spawn(move || {
         Ok(pypelinin_pipeliner::run(
             pypelinin_pipeliner::PipelinerConfig {
                 api: a,
-                broadcast: b,
                 capacity: pypelinin_pipeliner::DEFAULT_CAPACITY,
             },
             s,

@@ -35,9 +35,6 @@ pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub struct PipelinerConfig {
     /// Router API address.
     pub api: String,
-    /// Router broadcast address (kept for symmetry with the other daemons; the
-    /// pipeliner gets everything it needs by direct push).
-    pub broadcast: String,
     /// Most pipelines walked at once.
     pub capacity: u32,
 }

@@ -20,7 +20,6 @@ fn main() -> anyhow::Result<()> {
     pypelinin_pipeliner::run(
         PipelinerConfig {
             api: args.endpoints.api,
-            broadcast: args.endpoints.broadcast,
             capacity: args.capacity,
         },
         shutdown,

@@ -115,7 +115,6 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
         Role::Pipeliner => pypelinin_pipeliner::run(
             pypelinin_pipeliner::PipelinerConfig {
                 api: args.api.clone(),
-                broadcast: args.broadcast.clone(),
                 capacity: pypelinin_pipeliner::DEFAULT_CAPACITY,
             },
             shutdown,
