@@ -422,7 +422,9 @@ fn a_job_waiting_in_a_slot_process_behind_a_hung_one_runs_in_the_next_process() 
         p.jobs.insert(name.into(), j);
         p
     };
-    let first = pm.start(&sleep("first", 500, None)).unwrap();
+    // Long enough that `hang` and `after` reach the broker's queue before it ends, even
+    // on a loaded machine (the log check below fails if they did not).
+    let first = pm.start(&sleep("first", 2_000, None)).unwrap();
     wait_until("the first job to start", WAIT, || {
         pm.status(first).unwrap().jobs["first"].state == JobState::Running
     });
@@ -446,10 +448,11 @@ fn a_job_waiting_in_a_slot_process_behind_a_hung_one_runs_in_the_next_process() 
     );
 }
 
-/// Runs a few instant jobs, so that the router knows the broker's jobs are short and
-/// fills its queue.
+/// Runs instant jobs, so that the router knows the broker's jobs are short and fills
+/// its queue. Enough of them that its moving average of job durations forgets the
+/// first, which may include starting a slot process on a loaded machine (0.9^40 < 2 %).
 fn prime_with_short_jobs(pm: &mut pypelinin_client::PipelineManager) {
-    for _ in 0..5 {
+    for _ in 0..40 {
         let id = pm
             .start(&PipelineSpec::default().job("quick", "Noop", &[]))
             .unwrap();
