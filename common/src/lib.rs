@@ -10,6 +10,7 @@ pub mod cli;
 pub mod ids;
 pub mod pipeline;
 pub mod protocol;
+pub mod render;
 pub mod shutdown;
 pub mod status;
 pub mod transport;
