@@ -97,7 +97,13 @@ function setLive(ok, text) {
   el.textContent = text;
 }
 
-const alive = () => setLive(true, "live · " + new Date().toLocaleTimeString([], { hour12: false }));
+// Each pushed event: the indicator says when the last one came, and counts them (in
+// data-events, with data-stream telling whether the stream is open: for people and tests).
+function alive() {
+  setLive(true, "live · " + new Date().toLocaleTimeString([], { hour12: false }));
+  const el = $("#live");
+  el.dataset.events = String(Number(el.dataset.events || 0) + 1);
+}
 
 // Reads the current view again from the API (on a route change, a search, an action,
 // a pushed change that concerns it, or the fallback timer).
@@ -150,10 +156,12 @@ function connect() {
   source.addEventListener("open", () => {
     clearInterval(fallback);
     fallback = 0;
+    $("#live").dataset.stream = "open";
     setLive(true, "live");
     refresh();
   });
   source.addEventListener("error", () => {
+    $("#live").dataset.stream = "down";
     if (!fallback) {
       setLive(false, "reconnecting…");
       fallback = setInterval(() => { refresh(); refreshSummary(); }, FALLBACK_MS);

@@ -860,6 +860,15 @@ fn dashboard_in_headless_chromium() {
     pm.wait(pushed, Duration::from_secs(30)).unwrap();
     let pushed_s = pushed.to_string();
     browser.wait_text(&[&pushed_s, "1/1 jobs"], Duration::from_secs(20));
+    let stream = browser.script(
+        "const live = document.getElementById('live'); \
+         return [live.className, live.dataset.stream, Number(live.dataset.events) > 0];",
+    );
+    assert_eq!(
+        stream,
+        json!(["live ok", "open", true]),
+        "the page listens to the event stream, it is up, events came"
+    );
 
     // Search narrows the list without a reload; clearing it brings everything back.
     browser.type_into("#search", &bad_s[..8]);
