@@ -1,6 +1,6 @@
 //! The routes: the page, its assets, the JSON API, `/metrics` and the event stream.
 //!
-//! Every handler asks the router through [`Links`](crate::link::Links) and turns the
+//! Every handler asks the router through [`Links`] and turns the
 //! answer (or the error) into an [`Answer`]; a middleware refuses POSTs from other sites'
 //! pages, logs each request in an `http` span and marks every response uncacheable.
 
