@@ -11,6 +11,7 @@ pub mod dag;
 pub mod ids;
 pub mod pipeline;
 pub mod protocol;
+pub mod render;
 pub mod shutdown;
 pub mod status;
 pub mod transport;

@@ -6,7 +6,6 @@
 
 #![warn(missing_docs)]
 
-pub mod http;
 pub mod journal;
 pub mod server;
 pub mod state;

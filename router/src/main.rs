@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use pypelinin_common::protocol::ClusterConfig;
 use pypelinin_common::Shutdown;
-use pypelinin_router::http::Dashboard;
+use pypelinin_dashboard::Dashboard;
 use pypelinin_router::{BoundRouter, Durability, RouterConfig};
 
 /// The pypelinin router: the central point of a cluster.

@@ -1,5 +1,6 @@
-//! The router's dashboard (`--http`): its JSON API and `/metrics` over plain HTTP, and
-//! the page itself in headless Chromium driven through chromedriver's WebDriver API.
+//! The router's dashboard (`--http`): its JSON API, `/metrics` and the event stream over
+//! plain HTTP, and the page itself in headless Chromium driven through chromedriver's
+//! WebDriver API.
 //!
 //! The browser test needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
 //! them): without them it fails when `CI` is set and is skipped otherwise. With
@@ -445,6 +446,151 @@ fn json_api_and_prometheus_metrics() {
 }
 
 // ---------------------------------------------------------------------------------
+// The event stream (Server-Sent Events)
+// ---------------------------------------------------------------------------------
+
+/// An open `GET /api/events`, read one event at a time.
+struct EventStream {
+    lines: BufReader<ureq::BodyReader<'static>>,
+}
+
+impl EventStream {
+    fn open(url: &str) -> EventStream {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let response = agent
+            .get(url)
+            .header("Accept", "text/event-stream")
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert!(kind.starts_with("text/event-stream"), "{url}: {kind}");
+        EventStream {
+            lines: BufReader::new(response.into_body().into_reader()),
+        }
+    }
+
+    /// The next event: its name and its JSON data. Comments (keep-alives) are skipped.
+    fn next(&mut self) -> (String, Value) {
+        let (mut kind, mut data) = (String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            let n = self.lines.read_line(&mut line).expect("reading the stream");
+            assert!(n > 0, "the event stream ended");
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if !data.is_empty() {
+                    let value = serde_json::from_str(&data)
+                        .unwrap_or_else(|e| panic!("event {kind}: data {data:?}: {e}"));
+                    return (kind, value);
+                }
+            } else if let Some(v) = line.strip_prefix("event:") {
+                kind = v.trim_start().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+    }
+
+    /// Reads events until one named `kind` satisfies `want`; `None` ends the wait with
+    /// a failure after `timeout` (checked between events: keep-alives come every 15 s).
+    fn until<T>(
+        &mut self,
+        kind: &str,
+        timeout: Duration,
+        mut want: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} event as expected; seen: {seen:?}"
+            );
+            let (k, v) = self.next();
+            if k == kind {
+                if let Some(found) = want(&v) {
+                    return found;
+                }
+            }
+            seen.push(k);
+        }
+    }
+}
+
+/// The summary of `id` in a `pipelines` event, if it is among the changes.
+fn changed_summary(event: &Value, id: PipelineId) -> Option<Value> {
+    event["changed"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id.to_string())
+        .cloned()
+}
+
+#[test]
+fn event_stream_pushes_submissions_and_ends() {
+    let c = DashCluster::start();
+    let mut stream = EventStream::open(&c.url("/api/events"));
+    // The greeting: what the dashboard knows, here no pipeline, then the metrics.
+    let greeting = stream.until("pipelines", Duration::from_secs(30), |v| Some(v.clone()));
+    assert_eq!(greeting["changed"], json!([]), "{greeting}");
+    assert!(greeting["now_ms"].is_u64());
+    let metrics = stream.until("metrics", Duration::from_secs(30), |v| Some(v.clone()));
+    assert!(
+        metrics["pipelines"].is_object() && metrics["now_ms"].is_u64(),
+        "{metrics}"
+    );
+
+    // A pipeline submitted by another client is pushed, with its progress, until it ends.
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default()
+        .job("nap", "Sleep", &[])
+        .job("after", "Noop", &["nap"]);
+    spec.jobs.get_mut("nap").unwrap().data = json!({"ms": 300}).as_object().unwrap().clone();
+    let id = pm.start(&spec).unwrap();
+    let last = stream.until("pipelines", Duration::from_secs(60), |v| {
+        let p = changed_summary(v, id)?;
+        (p["state"] == "succeeded").then_some(p)
+    });
+    assert_eq!(last["jobs"], 2, "{last}");
+    assert_eq!(last["done"], 2, "{last}");
+    assert!(
+        last["finished_ms"].is_u64() && last["duration_ms"].is_u64(),
+        "{last}"
+    );
+    stream.until("metrics", Duration::from_secs(30), |m| {
+        (m["pipelines"]["succeeded"] == 1).then_some(())
+    });
+
+    // A second stream is greeted with the state so far; the first one is still served.
+    let mut second = EventStream::open(&c.url("/api/events"));
+    let greeting = second.until("pipelines", Duration::from_secs(30), |v| Some(v.clone()));
+    let known = changed_summary(&greeting, id).expect("the pipeline in the greeting");
+    assert_eq!(known["state"], "succeeded");
+    // Both are pushed the next pipeline, and only what changed: never the ended one again.
+    let failing = pm.start(&flaky_pipeline()).unwrap();
+    for s in [&mut stream, &mut second] {
+        s.until("pipelines", Duration::from_secs(60), |v| {
+            assert!(
+                changed_summary(v, id).is_none(),
+                "an unchanged pipeline is pushed again: {v}"
+            );
+            (changed_summary(v, failing)?["state"] == "failed").then_some(())
+        });
+    }
+    assert_eq!(pm.status(failing).unwrap().state, PipelineState::Failed);
+}
+
+// ---------------------------------------------------------------------------------
 // Headless Chromium through chromedriver (W3C WebDriver over HTTP)
 // ---------------------------------------------------------------------------------
 
@@ -703,6 +849,24 @@ fn dashboard_in_headless_chromium() {
         "the running pipeline's progress: {text}"
     );
     browser.screenshot(&shots.join("dashboard-pipelines.png"));
+
+    // A pipeline submitted elsewhere shows up by itself: the page does not poll, the
+    // dashboard pushes the change over its event stream.
+    let pushed = pm
+        .start(&PipelineSpec::default().job("only", "Noop", &[]))
+        .unwrap();
+    pm.wait(pushed, Duration::from_secs(30)).unwrap();
+    let pushed_s = pushed.to_string();
+    browser.wait_text(&[&pushed_s, "1/1 jobs"], Duration::from_secs(20));
+    let stream = browser.script(
+        "const live = document.getElementById('live'); \
+         return [live.className, live.dataset.stream, Number(live.dataset.events) > 0];",
+    );
+    assert_eq!(
+        stream,
+        json!(["live ok", "open", true]),
+        "the page listens to the event stream, it is up, events came"
+    );
 
     // Search narrows the list without a reload; clearing it brings everything back.
     browser.type_into("#search", &bad_s[..8]);

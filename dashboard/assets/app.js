@@ -1,9 +1,11 @@
-// The pypelinin dashboard. It reads the router's JSON API (/api/...) once a second and
-// redraws the current view; nothing is loaded from elsewhere.
+// The pypelinin dashboard. It reads the router's JSON API (/api/...) and listens to the
+// dashboard's event stream (/api/events, Server-Sent Events): each pushed change redraws
+// what it concerns, and nothing polls while the stream is up (a slow refresh runs only
+// while it is down). Nothing is loaded from elsewhere.
 // Routes: #/ (pipelines), #/pipeline/ID (one pipeline), #/brokers (brokers, metrics).
 "use strict";
 
-const POLL_MS = 1000;
+const FALLBACK_MS = 10000; // refresh period while the event stream is down
 const PIPELINE_STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const JOB_STATES = ["queued", "running", "succeeded", "failed", "skipped", "cancelled"];
 // The same colours as JobState::color and `pypelinin dot`.
@@ -83,11 +85,11 @@ async function api(path, options = {}) {
   return body;
 }
 
-let current = null;      // the view on screen: { refresh(generation), fail(error) }
+let current = null;      // the view on screen: { refresh(generation), fail(error), on…(data) }
 let generation = 0;      // bumped on every route change: late answers are dropped
-let timer = 0;
 let busy = false;
 let again = false;
+let fallback = 0;        // the slow refresh timer, while the stream is down
 
 function setLive(ok, text) {
   const el = $("#live");
@@ -95,19 +97,25 @@ function setLive(ok, text) {
   el.textContent = text;
 }
 
-async function tick() {
+// Each pushed event: the indicator says when the last one came, and counts them (in
+// data-events, with data-stream telling whether the stream is open: for people and tests).
+function alive() {
+  setLive(true, "live · " + new Date().toLocaleTimeString([], { hour12: false }));
+  const el = $("#live");
+  el.dataset.events = String(Number(el.dataset.events || 0) + 1);
+}
+
+// Reads the current view again from the API (on a route change, a search, an action,
+// a pushed change that concerns it, or the fallback timer).
+async function refresh() {
   if (busy) { again = true; return; }
-  clearTimeout(timer);
   busy = true;
   const gen = generation;
-  refreshSummary();
   try {
     await current.refresh(gen);
-    setLive(true, "live · " + new Date().toLocaleTimeString([], { hour12: false }));
   } catch (error) {
     if (gen === generation) {
       if (error.status) {
-        setLive(true, "live");
         if (current.fail) current.fail(error);
       } else {
         setLive(false, "router unreachable: retrying");
@@ -116,23 +124,55 @@ async function tick() {
   } finally {
     busy = false;
   }
-  if (again) { again = false; tick(); return; }
-  timer = setTimeout(tick, POLL_MS);
+  if (again) { again = false; refresh(); }
+}
+
+function showSummary(m) {
+  const p = m.pipelines || {};
+  const parts = [
+    `<b>${p.running || 0}</b> running`,
+    `<b>${p.queued || 0}</b> queued`,
+    `<b>${p.failed || 0}</b> failed`,
+    `<b>${m.brokers}</b> broker${m.brokers === 1 ? "" : "s"}`,
+    `queue <b>${m.queue_depth}</b>`,
+  ];
+  $("#summary").innerHTML = parts.join(" · ");
 }
 
 async function refreshSummary() {
-  try {
-    const m = await api("/api/metrics");
-    const p = m.pipelines || {};
-    const parts = [
-      `<b>${p.running || 0}</b> running`,
-      `<b>${p.queued || 0}</b> queued`,
-      `<b>${p.failed || 0}</b> failed`,
-      `<b>${m.brokers}</b> broker${m.brokers === 1 ? "" : "s"}`,
-      `queue <b>${m.queue_depth}</b>`,
-    ];
-    $("#summary").innerHTML = parts.join(" · ");
-  } catch (_) { /* the live indicator tells */ }
+  try { showSummary(await api("/api/metrics")); } catch (_) { /* the live indicator tells */ }
+}
+
+// The event stream. On (re)connection the dashboard sends what it knows, so the view is
+// read again then; after that each event carries a change.
+function connect() {
+  const source = new EventSource("/api/events");
+  const on = (kind, handle) => source.addEventListener(kind, (e) => {
+    let data;
+    try { data = JSON.parse(e.data); } catch (_) { return; }
+    alive();
+    handle(data);
+  });
+  source.addEventListener("open", () => {
+    clearInterval(fallback);
+    fallback = 0;
+    $("#live").dataset.stream = "open";
+    setLive(true, "live");
+    refresh();
+  });
+  source.addEventListener("error", () => {
+    $("#live").dataset.stream = "down";
+    if (!fallback) {
+      setLive(false, "reconnecting…");
+      fallback = setInterval(() => { refresh(); refreshSummary(); }, FALLBACK_MS);
+    }
+    // A refused stream is not retried by the browser: try again later.
+    if (source.readyState === EventSource.CLOSED) setTimeout(connect, FALLBACK_MS);
+  });
+  on("pipelines", (d) => { if (current.onPipelines) current.onPipelines(d); });
+  on("metrics", (m) => { showSummary(m); if (current.onMetrics) current.onMetrics(m); });
+  on("brokers", (b) => { if (current.onBrokers) current.onBrokers(b); });
+  source.addEventListener("unreachable", () => setLive(false, "router unreachable: retrying"));
 }
 
 function route() {
@@ -152,7 +192,7 @@ function route() {
     a.classList.toggle("active", a.id === `nav-${tab}`);
   }
   window.scrollTo(0, 0);
-  tick();
+  refresh();
 }
 
 window.addEventListener("hashchange", route);
@@ -180,8 +220,8 @@ function pipelinesView() {
       <tbody></tbody>
     </table>
   </section>`;
-  $("#search").addEventListener("input", (e) => { filter.q = e.target.value.trim(); tick(); });
-  $("#state-filter").addEventListener("change", (e) => { filter.state = e.target.value; tick(); });
+  $("#search").addEventListener("input", (e) => { filter.q = e.target.value.trim(); refresh(); });
+  $("#state-filter").addEventListener("change", (e) => { filter.state = e.target.value; refresh(); });
   $("#pipelines tbody").addEventListener("click", (e) => {
     const row = e.target.closest("tr[data-id]");
     if (row && !e.target.closest("a")) location.hash = `#/pipeline/${row.dataset.id}`;
@@ -210,6 +250,8 @@ function pipelinesView() {
     fail(error) {
       $("#pipelines tbody").innerHTML = `<tr><td colspan="5" class="error">${esc(error.message)}</td></tr>`;
     },
+    // Something in the list changed: read it again, with the search and filter applied.
+    onPipelines() { refresh(); },
   };
 }
 
@@ -249,6 +291,7 @@ function pipelineView(id) {
   let tabled = "";       // same for the job table
   let outputsOf = "";    // which succeeded jobs the outputs section shows
   let focused = null;
+  let final = false;     // whether the pipeline shown has ended (then only its own change matters)
 
   function message(text, isError = false) {
     const el = $("#message");
@@ -272,7 +315,7 @@ function pipelineView(id) {
     } catch (error) {
       message(error.message, true);
     }
-    tick();
+    refresh();
   }
 
   function focus(name) {
@@ -303,7 +346,7 @@ function pipelineView(id) {
   });
 
   function render(p) {
-    const final = FINAL.has(p.state);
+    final = FINAL.has(p.state);
     const g = p.progress;
     $("#pipeline-state").innerHTML = badge(p.state);
     $("#retry").disabled = !final || p.state === "succeeded";
@@ -362,6 +405,12 @@ function pipelineView(id) {
     fail(error) {
       message(error.status === 404 ? `No pipeline ${id} on this router.` : error.message, true);
     },
+    // Its summary changed (state, progress); while it runs, job counts moving anywhere may
+    // be its jobs starting, which summaries do not show.
+    onPipelines(d) {
+      if (!final || d.changed.some((p) => p.id === id)) refresh();
+    },
+    onMetrics() { if (!final) refresh(); },
   };
 }
 
@@ -533,13 +582,20 @@ function brokersView() {
       if (gen !== generation) return;
       cards(m);
       chart(m);
-      $("#brokers tbody").innerHTML = brokers.map(brokerRow).join("")
-        || `<tr><td colspan="9" class="empty">No broker has joined this router.</td></tr>`;
+      brokersTable(brokers);
     },
     fail(error) {
       $("#brokers tbody").innerHTML = `<tr><td colspan="9" class="error">${esc(error.message)}</td></tr>`;
     },
+    // Pushed data is drawn as is: no request.
+    onMetrics(m) { cards(m); chart(m); },
+    onBrokers(brokers) { brokersTable(brokers); },
   };
+}
+
+function brokersTable(brokers) {
+  $("#brokers tbody").innerHTML = brokers.map(brokerRow).join("")
+    || `<tr><td colspan="9" class="empty">No broker has joined this router.</td></tr>`;
 }
 
 function brokerRow(b) {
@@ -625,3 +681,4 @@ function chart(m) {
 }
 
 route();
+connect();

@@ -1,0 +1,170 @@
+//! The dashboard's narrow line to the router: the few requests it makes, over the
+//! router's API socket, with the common protocol types.
+//!
+//! A [`Link`] is one blocking ZeroMQ connection ([`Requester`]); ZeroMQ sockets are
+//! not thread-safe, so a link is used by one thread at a time. [`Links`] keeps a few of
+//! them and lends one to a `tokio` blocking thread per call, so that the async handlers
+//! never block the runtime and never share a socket.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pypelinin_common::protocol::{
+    BrokerStatus, ClusterMetrics, PipelineId, PipelineSummary, Reply, Request,
+};
+use pypelinin_common::transport::{Requester, TransportError};
+use pypelinin_common::{Data, PipelineSpec, PipelineState, PipelineStatus};
+use tokio::sync::Semaphore;
+
+/// How long one attempt waits for the router: the router runs in the same process, so a
+/// short patience keeps pages snappy when it is busy (an error beats a hung tab).
+pub const PATIENCE: Duration = Duration::from_millis(2_500);
+/// Attempts per request before the router is reported unreachable.
+pub const ATTEMPTS: u32 = 2;
+/// Connections to the router at most, hence requests to it at once.
+pub const LINKS: usize = 4;
+
+/// Why a request to the router gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The router did not answer, or refused.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The router answered with something the dashboard does not expect.
+    #[error("unexpected reply from router: {0}")]
+    Unexpected(String),
+    /// The thread serving the request ended without an answer (the dashboard is
+    /// stopping, or a bug panicked it).
+    #[error("the request to the router was abandoned: {0}")]
+    Abandoned(String),
+}
+
+/// One blocking connection to the router's API socket.
+pub struct Link {
+    requester: Requester,
+}
+
+/// `Ok(x)` when the reply is the expected variant, an [`LinkError::Unexpected`] otherwise.
+macro_rules! expect_reply {
+    ($reply:expr, $variant:path) => {
+        match $reply {
+            $variant(x) => Ok(x),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
+    };
+}
+
+impl Link {
+    /// A link to the router at `api`; connects lazily.
+    pub fn new(ctx: &zmq::Context, api: &str) -> Link {
+        let mut requester = Requester::new(ctx, api);
+        requester.timeout = PATIENCE;
+        requester.attempts = ATTEMPTS;
+        Link { requester }
+    }
+
+    fn ask(&mut self, req: &Request) -> Result<Reply, LinkError> {
+        Ok(self.requester.request(req)?)
+    }
+
+    /// The newest pipelines (in `state`, any with `None`), newest first.
+    pub fn list(
+        &mut self,
+        limit: u32,
+        state: Option<PipelineState>,
+    ) -> Result<Vec<PipelineSummary>, LinkError> {
+        expect_reply!(self.ask(&Request::List { limit, state })?, Reply::List)
+    }
+
+    /// A pipeline's status.
+    pub fn status(&mut self, id: PipelineId) -> Result<PipelineStatus, LinkError> {
+        expect_reply!(self.ask(&Request::Status { id })?, Reply::Status)
+    }
+
+    /// The spec a pipeline was submitted with (for its edges).
+    pub fn spec(&mut self, id: PipelineId) -> Result<PipelineSpec, LinkError> {
+        expect_reply!(self.ask(&Request::Spec { id })?, Reply::Spec)
+    }
+
+    /// Outputs of the pipeline's succeeded jobs.
+    pub fn outputs(&mut self, id: PipelineId) -> Result<BTreeMap<String, Data>, LinkError> {
+        expect_reply!(self.ask(&Request::Outputs { id })?, Reply::Outputs)
+    }
+
+    /// Cancels a pipeline; its status after.
+    pub fn cancel(&mut self, id: PipelineId) -> Result<PipelineStatus, LinkError> {
+        expect_reply!(self.ask(&Request::Cancel { id })?, Reply::Status)
+    }
+
+    /// Runs again the named jobs (every one that did not succeed when empty).
+    pub fn retry(&mut self, id: PipelineId, jobs: &[String]) -> Result<PipelineStatus, LinkError> {
+        let req = Request::Retry {
+            id,
+            jobs: jobs.to_vec(),
+        };
+        expect_reply!(self.ask(&req)?, Reply::Status)
+    }
+
+    /// The brokers with their last monitoring report.
+    pub fn brokers(&mut self) -> Result<Vec<BrokerStatus>, LinkError> {
+        expect_reply!(self.ask(&Request::Brokers)?, Reply::Brokers)
+    }
+
+    /// Cluster metrics.
+    pub fn metrics(&mut self) -> Result<ClusterMetrics, LinkError> {
+        expect_reply!(self.ask(&Request::Metrics)?, Reply::Metrics)
+    }
+}
+
+/// A few [`Link`]s shared by the async side: each call borrows one on a blocking thread.
+#[derive(Clone)]
+pub struct Links {
+    ctx: zmq::Context,
+    api: String,
+    idle: Arc<Mutex<Vec<Link>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Links {
+    /// Links to the router at `api`, at most [`LINKS`] of them, made as needed.
+    pub fn new(ctx: &zmq::Context, api: &str) -> Links {
+        Links {
+            ctx: ctx.clone(),
+            api: api.to_string(),
+            idle: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(Semaphore::new(LINKS)),
+        }
+    }
+
+    /// Runs `call` with a link of its own on a blocking thread and returns its answer.
+    pub async fn run<T, F>(&self, call: F) -> Result<T, LinkError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Link) -> Result<T, LinkError> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| LinkError::Abandoned(e.to_string()))?;
+        let idle = Arc::clone(&self.idle);
+        let taken = lock(&idle).pop();
+        let mut link = taken.unwrap_or_else(|| Link::new(&self.ctx, &self.api));
+        let joined = tokio::task::spawn_blocking(move || {
+            let answer = call(&mut link);
+            // A link whose request failed keeps working: its requester starts a fresh
+            // socket on the next attempt.
+            lock(&idle).push(link);
+            answer
+        })
+        .await;
+        joined.map_err(|e| LinkError::Abandoned(e.to_string()))?
+    }
+}
+
+/// The pool's lock; a panic elsewhere cannot leave the list of idle links inconsistent
+/// (it is only pushed and popped), so a poisoned lock is used as is.
+fn lock(idle: &Mutex<Vec<Link>>) -> std::sync::MutexGuard<'_, Vec<Link>> {
+    idle.lock().unwrap_or_else(|p| p.into_inner())
+}
