@@ -46,6 +46,28 @@ pub struct App {
     pub hub: Arc<Hub>,
 }
 
+/// The same request with one trailing slash taken off its path (`/api/pipelines/` is
+/// `/api/pipelines`); `/` stays. Applied before routing.
+pub fn trim_trailing_slash(mut request: Request) -> Request {
+    let uri = request.uri();
+    let path = uri.path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = &path[..path.len() - 1];
+        let rebuilt = match uri.query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_string(),
+        };
+        if let Ok(pq) = rebuilt.parse::<axum::http::uri::PathAndQuery>() {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(pq);
+            if let Ok(new) = Uri::from_parts(parts) {
+                *request.uri_mut() = new;
+            }
+        }
+    }
+    request
+}
+
 /// The routes, with the origin check, logging and no-cache headers around them.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()

@@ -70,7 +70,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::ServiceExt;
 use tokio::sync::watch;
+use tower::util::MapRequestLayer;
+use tower::Layer;
 use tracing::{info, warn};
 
 pub use api::{escape_html, same_origin, ListQuery};
@@ -151,7 +155,10 @@ impl Dashboard {
         runtime.spawn(events::refresh(Arc::clone(&hub), links));
         let mut until = stopped;
         runtime.spawn(async move {
-            let served = axum::serve(listener, api::router(app))
+            // A trailing slash names the same route (`/api/pipelines/`), as it always
+            // has: the path is trimmed before routing.
+            let routes = MapRequestLayer::new(api::trim_trailing_slash).layer(api::router(app));
+            let served = axum::serve(listener, ServiceExt::<Request>::into_make_service(routes))
                 .with_graceful_shutdown(async move {
                     let _ = until.wait_for(|s| *s).await;
                 })

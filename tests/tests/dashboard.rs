@@ -249,6 +249,10 @@ fn json_api_and_prometheus_metrics() {
     assert_eq!(v["pipelines"][0]["id"], ok.to_string());
     let (_, v) = get_json(&c.url("/api/pipelines?limit=1"));
     assert_eq!(v["pipelines"].as_array().unwrap().len(), 1);
+    // A trailing slash names the same route, query and all.
+    let (code, v) = get_json(&c.url("/api/pipelines/?state=failed"));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["pipelines"][0]["id"], bad.to_string(), "{v}");
     let (code, v) = get_json(&c.url("/api/pipelines?state=sleepy"));
     assert_eq!(code, 400);
     assert!(v["error"].as_str().unwrap().contains("sleepy"), "{v}");
