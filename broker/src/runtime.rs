@@ -53,8 +53,6 @@ pub enum Isolation {
 pub struct BrokerConfig {
     /// Router API address.
     pub api: String,
-    /// Router broadcast address (unused by the broker today: jobs come by direct push).
-    pub broadcast: String,
     /// Concurrent worker slots.
     pub slots: usize,
     /// On shutdown, how long to let running jobs finish before giving them back.
@@ -76,11 +74,11 @@ pub struct BrokerConfig {
 pub const PREFETCH_PER_SLOT: usize = 32;
 
 impl BrokerConfig {
-    /// A config with one slot per CPU and the default drain timeout.
-    pub fn new(api: &str, broadcast: &str) -> Self {
+    /// A config with one slot per CPU and the default drain timeout. A broker needs only
+    /// the router's API address: its jobs come by direct push, never by broadcast.
+    pub fn new(api: &str) -> Self {
         BrokerConfig {
             api: api.to_string(),
-            broadcast: broadcast.to_string(),
             slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             isolation: Isolation::Process,

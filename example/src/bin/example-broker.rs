@@ -6,6 +6,9 @@ use pypelinin_common::Shutdown;
 
 /// A pypelinin broker offering the example workers (Reader, WordCount, Links, Report)
 /// and the diagnostic ones (Noop, Echo, Sleep, Fail, Crash, Step, Join).
+///
+/// A broker needs only --api: --broadcast is accepted, like every daemon's, but brokers
+/// don't use it (their jobs come by direct push from the router).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -40,8 +43,8 @@ enum IsolationArg {
 fn main() -> anyhow::Result<()> {
     pypelinin_common::init_tracing();
     let args = Args::parse();
-    let mut config =
-        pypelinin_broker::BrokerConfig::new(&args.endpoints.api, &args.endpoints.broadcast);
+    // `--broadcast` is accepted like every daemon's, and unused: see `Args`.
+    let mut config = pypelinin_broker::BrokerConfig::new(&args.endpoints.api);
     if let Some(n) = args.workers {
         config.slots = n;
     }
