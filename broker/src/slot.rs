@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{StoreFactory, Worker};
+use crate::job::run_job;
 
 /// Set in a slot child's environment; its presence makes `Broker::run` serve one slot.
 pub const CHILD_ENV: &str = "PYPELININ_BROKER_SLOT";
@@ -36,10 +37,17 @@ pub const CHILD_ENV: &str = "PYPELININ_BROKER_SLOT";
 /// How long a new child may take to build its store and say it is ready.
 const CHILD_START_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 enum ToSlot {
     Config(ClusterConfig),
     Run(Box<JobInfo>),
+}
+
+/// [`ToSlot`] as sent: the same encoding, without copying the job.
+#[derive(Serialize)]
+enum ToSlotRef<'a> {
+    Config(&'a ClusterConfig),
+    Run(&'a JobInfo),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -113,7 +121,7 @@ pub fn child_main(workers: &HashMap<String, Arc<dyn Worker>>, factory: &StoreFac
     loop {
         match read_frame::<ToSlot>(&mut input) {
             Ok(Some(ToSlot::Run(info))) => {
-                let result = crate::runtime::run_job(&*store, workers, &info);
+                let result = run_job(&*store, workers, &info).map_err(|e| e.to_string());
                 if write_frame(&mut out, &FromSlot::Done(result)).is_err() {
                     std::process::exit(2);
                 }
@@ -198,18 +206,92 @@ fn poll_in(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
     }
 }
 
+/// Why a slot process could not take or finish a job: the attempt fails with this, and
+/// the slot starts a new process for the next one.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// The broker could not find its own executable to start again.
+    #[error("own executable: {0}")]
+    OwnExecutable(io::Error),
+    /// The operating system refused the process.
+    #[error("start slot process: {0}")]
+    Spawn(io::Error),
+    /// The child died before it read the cluster configuration.
+    #[error("slot process did not take its config: {0}")]
+    Config(io::Error),
+    /// The child did not say it was ready in time, or said something else.
+    #[error("slot process did not start")]
+    NotStarted,
+    /// The child could not build the store.
+    #[error("store: {0}")]
+    Store(String),
+    /// The child answered what was not asked.
+    #[error("slot process out of step")]
+    OutOfStep,
+    /// The job could not be encoded for the child.
+    #[error("could not encode the job: {0}")]
+    Encode(io::Error),
+    /// The child's pipe was closed while the job was written.
+    #[error("could not hand the job over: {0}")]
+    HandOver(io::Error),
+    /// Waiting on the child's pipe failed.
+    #[error("poll: {0}")]
+    Poll(io::Error),
+    /// The attempt was revoked while it ran: its child was killed.
+    #[error("cancelled")]
+    Cancelled,
+    /// The attempt ran past its timeout: its child was killed.
+    #[error("timed out after {0} ms")]
+    TimedOut(u128),
+    /// The child ended without answering: the worker crashed, aborted, exited or ran
+    /// out of memory. How it ended is known once the child is reaped.
+    #[error("worker process died{0}")]
+    Died(Death),
+}
+
+/// How a slot process that died ended, as its exit status tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// Not known (yet): the child is not reaped.
+    Unknown,
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl Death {
+    fn of(status: std::process::ExitStatus) -> Death {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Death::Exited(code),
+            (_, Some(sig)) => Death::Signal(sig),
+            _ => Death::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Death {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Death::Unknown => Ok(()),
+            Death::Exited(code) => write!(f, ": exited with code {code}"),
+            Death::Signal(sig) => write!(f, ": killed by signal {sig} ({})", signal_name(*sig)),
+        }
+    }
+}
+
 /// How a job run in a child ended, besides its own result.
 pub enum Ended {
     /// The worker returned (success or error).
     Returned(Result<Data, String>),
     /// The child had to be killed or died; the slot needs a new one.
-    Lost(String),
+    Lost(SlotError),
 }
 
 impl SlotProcess {
     /// Starts a child and waits for it to build its store.
-    pub fn spawn(config: &ClusterConfig, memory_limit: Option<u64>) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    pub fn spawn(config: &ClusterConfig, memory_limit: Option<u64>) -> Result<Self, SlotError> {
+        let exe = std::env::current_exe().map_err(SlotError::OwnExecutable)?;
         let mut cmd = Command::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env(CHILD_ENV, "1")
@@ -231,29 +313,31 @@ impl SlotProcess {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("start slot process: {e}"))?;
-        let stdin = BufWriter::new(child.stdin.take().expect("piped stdin"));
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut child = cmd.spawn().map_err(SlotError::Spawn)?;
+        // Both were asked for as pipes just above, so a spawned child has them.
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SlotError::NotStarted);
+        };
         let mut slot = SlotProcess {
             child,
-            stdin,
-            stdout,
+            stdin: BufWriter::new(stdin),
+            stdout: BufReader::new(stdout),
         };
-        if let Err(e) = write_frame(&mut slot.stdin, &ToSlot::Config(config.clone())) {
-            return Err(slot.lost(&format!("slot process did not take its config: {e}")));
+        if let Err(e) = write_frame(&mut slot.stdin, &ToSlotRef::Config(config)) {
+            return Err(slot.lost(SlotError::Config(e)));
         }
         let fd = slot.stdout.get_ref().as_raw_fd();
         match poll_in(&[fd], Some(CHILD_START_TIMEOUT)) {
             Ok(r) if r[0] => {}
-            _ => return Err(slot.lost("slot process did not start")),
+            _ => return Err(slot.lost(SlotError::NotStarted)),
         }
         match read_frame::<FromSlot>(&mut slot.stdout) {
             Ok(Some(FromSlot::Ready(Ok(())))) => Ok(slot),
-            Ok(Some(FromSlot::Ready(Err(e)))) => Err(slot.lost(&format!("store: {e}"))),
-            Ok(Some(FromSlot::Done(_))) => Err(slot.lost("slot process out of step")),
-            _ => Err(slot.lost("slot process did not start")),
+            Ok(Some(FromSlot::Ready(Err(e)))) => Err(slot.lost(SlotError::Store(e))),
+            Ok(Some(FromSlot::Done(_))) => Err(slot.lost(SlotError::OutOfStep)),
+            _ => Err(slot.lost(SlotError::NotStarted)),
         }
     }
 
@@ -263,16 +347,15 @@ impl SlotProcess {
     /// sent, as a write that blocked would keep the slot from enforcing the running
     /// job's timeout; `Ok(false)` means not sent. An error means the child is gone:
     /// [`SlotProcess::wait`] says how.
-    pub fn send(&mut self, info: &JobInfo, behind: bool) -> Result<bool, String> {
-        let frame = frame(&ToSlot::Run(Box::new(info.clone())))
-            .map_err(|e| format!("could not encode the job: {e}"))?;
+    pub fn send(&mut self, info: &JobInfo, behind: bool) -> Result<bool, SlotError> {
+        let frame = frame(&ToSlotRef::Run(info)).map_err(SlotError::Encode)?;
         if behind && frame.len() > MAX_QUEUED_FRAME {
             return Ok(false);
         }
         self.stdin
             .write_all(&frame)
             .and_then(|()| self.stdin.flush())
-            .map_err(|e| format!("could not hand the job over: {e}"))?;
+            .map_err(SlotError::HandOver)?;
         Ok(true)
     }
 
@@ -292,36 +375,33 @@ impl SlotProcess {
             let left = deadline.map(|(d, _)| d.saturating_duration_since(Instant::now()));
             let ready = match poll_in(&fds, left) {
                 Ok(r) => r,
-                Err(e) => return Ended::Lost(self.lost(&format!("poll: {e}"))),
+                Err(e) => return Ended::Lost(self.lost(SlotError::Poll(e))),
             };
             if ready[1] && cancel.revoked(job) {
-                return Ended::Lost(self.lost("cancelled"));
+                return Ended::Lost(self.lost(SlotError::Cancelled));
             }
             if ready[0] {
                 break;
             }
             if let Some((_, t)) = deadline.filter(|(d, _)| Instant::now() >= *d) {
-                let ms = t.as_millis();
-                return Ended::Lost(self.lost(&format!("timed out after {ms} ms")));
+                return Ended::Lost(self.lost(SlotError::TimedOut(t.as_millis())));
             }
         }
         match read_frame::<FromSlot>(&mut self.stdout) {
             Ok(Some(FromSlot::Done(r))) => Ended::Returned(r),
-            Ok(Some(FromSlot::Ready(_))) => Ended::Lost(self.lost("slot process out of step")),
-            Ok(None) | Err(_) => Ended::Lost(self.lost("worker process died")),
+            Ok(Some(FromSlot::Ready(_))) => Ended::Lost(self.lost(SlotError::OutOfStep)),
+            Ok(None) | Err(_) => Ended::Lost(self.lost(SlotError::Died(Death::Unknown))),
         }
     }
 
-    /// Kills the child and says how it ended, after `what`.
-    pub fn lost(&mut self, what: &str) -> String {
+    /// Kills the child and returns `why`; a death is completed with how the child
+    /// ended.
+    pub fn lost(&mut self, why: SlotError) -> SlotError {
         let _ = self.child.kill();
-        match self.child.wait() {
-            Ok(st) if what == "worker process died" => match (st.code(), st.signal()) {
-                (Some(code), _) => format!("{what}: exited with code {code}"),
-                (_, Some(sig)) => format!("{what}: killed by signal {sig} ({})", signal_name(sig)),
-                _ => what.to_string(),
-            },
-            _ => what.to_string(),
+        let status = self.child.wait();
+        match (why, status) {
+            (SlotError::Died(Death::Unknown), Ok(st)) => SlotError::Died(Death::of(st)),
+            (why, _) => why,
         }
     }
 }
@@ -343,5 +423,55 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGKILL => "SIGKILL: killed, perhaps by the kernel's OOM killer",
         libc::SIGTERM => "SIGTERM",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn a_job_is_framed_for_the_child_as_the_child_reads_it() {
+        let info = JobInfo {
+            pipeline: Default::default(),
+            name: "j".into(),
+            worker: "W".into(),
+            attempt: 2,
+            data: Data::new(),
+            parents: Default::default(),
+            timeout_ms: Some(5),
+        };
+        let bytes = frame(&ToSlotRef::Run(&info)).unwrap();
+        match read_frame::<ToSlot>(&mut &bytes[..]).unwrap() {
+            Some(ToSlot::Run(got)) => {
+                assert_eq!((got.name.as_str(), got.attempt), ("j", 2));
+                assert_eq!(got.timeout_ms, Some(5));
+            }
+            _ => panic!("not read back as the job"),
+        }
+    }
+
+    #[test]
+    fn a_dead_worker_process_is_reported_with_how_it_ended() {
+        // Wait statuses as the kernel encodes them: exit code in the second byte,
+        // killing signal in the low bits.
+        let exited = SlotError::Died(Death::of(ExitStatus::from_raw(3 << 8)));
+        assert_eq!(
+            exited.to_string(),
+            "worker process died: exited with code 3"
+        );
+        let killed = SlotError::Died(Death::of(ExitStatus::from_raw(libc::SIGSEGV)));
+        assert!(
+            killed
+                .to_string()
+                .starts_with("worker process died: killed by signal 11 (SIGSEGV"),
+            "{killed}"
+        );
+        assert_eq!(
+            SlotError::Died(Death::Unknown).to_string(),
+            "worker process died"
+        );
     }
 }
