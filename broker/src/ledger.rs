@@ -167,7 +167,10 @@ mod tests {
     #[test]
     fn an_assigned_job_is_running_until_it_finishes_then_its_report_asks_for_more() {
         let mut l = Ledger::default();
-        assert!(l.take_unsent().is_none(), "nothing to report, nothing asked");
+        assert!(
+            l.take_unsent().is_none(),
+            "nothing to report, nothing asked"
+        );
         l.assigned(job(1));
         l.assigned(job(2));
         assert_eq!(l.running(), 2);

@@ -474,4 +474,70 @@ mod tests {
             "worker process died"
         );
     }
+
+    /// A slot process around `script` (run by `sh`) in place of the broker's child.
+    fn fake_child(script: &str) -> SlotProcess {
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        SlotProcess {
+            stdin: BufWriter::new(child.stdin.take().unwrap()),
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            child,
+        }
+    }
+
+    fn job() -> JobRef {
+        JobRef {
+            pipeline: pypelinin_common::protocol::PipelineId(uuid::Uuid::nil()),
+            job: 0,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_worker_process_that_dies_mid_job_loses_the_attempt_with_its_exit() {
+        let mut p = fake_child("exit 3");
+        let (_tx, rx) = cancel_channel().unwrap();
+        match p.wait(job(), None, &rx) {
+            Ended::Lost(e) => assert_eq!(e.to_string(), "worker process died: exited with code 3"),
+            Ended::Returned(_) => panic!("a dead child returned"),
+        }
+    }
+
+    #[test]
+    fn a_revoked_job_kills_its_worker_process() {
+        let mut p = fake_child("exec cat");
+        let (tx, rx) = cancel_channel().unwrap();
+        tx.send(job());
+        match p.wait(job(), None, &rx) {
+            Ended::Lost(e) => assert!(matches!(e, SlotError::Cancelled), "{e}"),
+            Ended::Returned(_) => panic!("returned"),
+        }
+        assert!(p.child.try_wait().unwrap().is_some(), "the child is gone");
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_kills_its_worker_process() {
+        let mut p = fake_child("exec cat");
+        let (_tx, rx) = cancel_channel().unwrap();
+        let deadline = Some((Instant::now(), Duration::from_millis(400)));
+        match p.wait(job(), deadline, &rx) {
+            Ended::Lost(e) => assert_eq!(e.to_string(), "timed out after 400 ms"),
+            Ended::Returned(_) => panic!("returned"),
+        }
+    }
+
+    #[test]
+    fn only_a_death_is_completed_with_how_the_process_ended() {
+        let mut p = fake_child("exit 3");
+        // Its stdout closes when it exits: from then on its status is known.
+        let mut rest = Vec::new();
+        p.stdout.read_to_end(&mut rest).unwrap();
+        let why = p.lost(SlotError::OutOfStep);
+        assert!(matches!(why, SlotError::OutOfStep), "{why}");
+    }
 }
