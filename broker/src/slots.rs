@@ -63,7 +63,7 @@ impl Slots {
     pub(crate) fn start(&mut self, spec: SlotsSpec<'_>) -> Result<(), BrokerError> {
         let (tx, rx) = crossbeam_channel::unbounded::<Assignment>();
         self.jobs = Some(tx);
-        let slots = self.table.snapshot().0.len();
+        let slots = self.table.len();
         for slot in 0..slots {
             let push = spec.ctx.socket(zmq::PUSH)?;
             push.connect(spec.results)?;

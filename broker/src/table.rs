@@ -63,6 +63,11 @@ impl SlotTable {
         self.done.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many slots there are.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.jobs).len()
+    }
+
     /// Whether every slot is busy (then a slot may queue a job in its child).
     pub(crate) fn all_busy(&self) -> bool {
         lock(&self.jobs).iter().all(Option::is_some)

@@ -6,11 +6,13 @@ use pypelinin_common::Shutdown;
 
 /// A pypelinin broker offering the example workers (Reader, WordCount, Links, Report)
 /// and the diagnostic ones (Noop, Echo, Sleep, Fail, Crash, Step, Join).
-///
-/// A broker needs only --api: --broadcast is accepted, like every daemon's, but brokers
-/// don't use it (their jobs come by direct push from the router).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "A broker needs only --api: --broadcast is accepted, like every daemon's, \
+                  but brokers don't use it (the router pushes their jobs to them directly)."
+)]
 struct Args {
     #[command(flatten)]
     endpoints: pypelinin_common::cli::Endpoints,
