@@ -8,12 +8,14 @@
 //! Modules, each one concern, from the top: `event_loop` (the [`Broker`] and its loop)
 //! drives `io` (the router link), `ledger` (jobs and reports the router must hear
 //! about) and `slots` (the slot threads), which drive `queue` (a process slot's jobs),
-//! [`slot`] (the slot child process), `job` (a job's life) and `monitor`; `config`,
+//! [`slot`] (a slot's child process, from the broker's side), `child` (the child's
+//! side and the frames both exchange), `job` (a job's life) and `monitor`; `config`,
 //! `api` and `table` (what threads share) are leaves.
 
 #![warn(missing_docs)]
 
 mod api;
+mod child;
 mod config;
 mod event_loop;
 mod io;

@@ -5,6 +5,8 @@
 //! stdin/stdout instead of joining the cluster. A worker that panics, aborts, segfaults,
 //! exits, runs out of its memory limit or hangs past its timeout ends only its child:
 //! the slot reports the attempt as failed with what happened and starts a new child.
+//! This module is the broker's side of a slot process; the child serves
+//! [`child_main`].
 //!
 //! The cost is a pipe hop each way per job and one process per slot. While every slot
 //! is busy and the broker has jobs queued, a slot sends its child the next job before
@@ -13,23 +15,19 @@
 //! which is faster but lets a crashing worker take the broker down and cannot stop a
 //! hung one.
 
-use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use pypelinin_common::protocol::{ClusterConfig, JobInfo, JobRef, MAX_FRAME_BYTES};
+use pypelinin_common::protocol::{ClusterConfig, JobInfo, JobRef};
 use pypelinin_common::Data;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::api::{StoreFactory, Worker};
-use crate::job::run_job;
+pub use crate::child::child_main;
+use crate::child::{frame, read_frame, write_frame, FromSlot, ToSlotRef};
 
 /// Set in a slot child's environment; its presence makes `Broker::run` serve one slot.
 pub const CHILD_ENV: &str = "PYPELININ_BROKER_SLOT";
@@ -37,101 +35,9 @@ pub const CHILD_ENV: &str = "PYPELININ_BROKER_SLOT";
 /// How long a new child may take to build its store and say it is ready.
 const CHILD_START_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Deserialize)]
-enum ToSlot {
-    Config(ClusterConfig),
-    Run(Box<JobInfo>),
-}
-
-/// [`ToSlot`] as sent: the same encoding, without copying the job.
-#[derive(Serialize)]
-enum ToSlotRef<'a> {
-    Config(&'a ClusterConfig),
-    Run(&'a JobInfo),
-}
-
-#[derive(Serialize, Deserialize)]
-enum FromSlot {
-    Ready(Result<(), String>),
-    Done(Result<Data, String>),
-}
-
 /// Largest job frame sent to a child while it runs another job: well under the 64 KiB
 /// a Linux pipe holds, so that writing it never blocks.
 const MAX_QUEUED_FRAME: usize = 16 << 10;
-
-fn frame<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    let body = rmp_serde::to_vec_named(v).map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-fn write_frame<T: Serialize>(w: &mut impl Write, v: &T) -> io::Result<()> {
-    w.write_all(&frame(v)?)?;
-    w.flush()
-}
-
-fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > 4 * MAX_FRAME_BYTES {
-        return Err(io::Error::other(format!("slot frame of {len} bytes")));
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    rmp_serde::from_slice(&buf)
-        .map(Some)
-        .map_err(io::Error::other)
-}
-
-/// Serves one slot in a child process; never returns.
-pub fn child_main(workers: &HashMap<String, Arc<dyn Worker>>, factory: &StoreFactory) -> ! {
-    // Frames go to the original stdout; anything a worker prints goes to stderr.
-    // SAFETY: plain descriptor calls on descriptors this process owns.
-    let frames_fd = unsafe { libc::dup(1) };
-    unsafe { libc::dup2(2, 1) };
-    if frames_fd < 0 {
-        std::process::exit(2);
-    }
-    // SAFETY: `frames_fd` was just returned by dup and is owned by nothing else.
-    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(frames_fd) };
-    let mut out = BufWriter::new(file);
-    let mut input = BufReader::new(io::stdin().lock());
-    let config = match read_frame::<ToSlot>(&mut input) {
-        Ok(Some(ToSlot::Config(c))) => c,
-        _ => std::process::exit(2),
-    };
-    let store = match factory(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = write_frame(&mut out, &FromSlot::Ready(Err(e.to_string())));
-            std::process::exit(2);
-        }
-    };
-    if write_frame(&mut out, &FromSlot::Ready(Ok(()))).is_err() {
-        std::process::exit(2);
-    }
-    loop {
-        match read_frame::<ToSlot>(&mut input) {
-            Ok(Some(ToSlot::Run(info))) => {
-                let result = run_job(&*store, workers, &info).map_err(|e| e.to_string());
-                if write_frame(&mut out, &FromSlot::Done(result)).is_err() {
-                    std::process::exit(2);
-                }
-            }
-            // The broker closed our stdin (it stops, or it died): leave.
-            Ok(None) => std::process::exit(0),
-            _ => std::process::exit(2),
-        }
-    }
-}
 
 /// A slot's child process, from the broker's side. The slot's own thread reads the
 /// child's answers, waiting on the pipe and on its [`CancelRx`] in one `poll`.
@@ -431,27 +337,6 @@ mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
     use std::process::ExitStatus;
-
-    #[test]
-    fn a_job_is_framed_for_the_child_as_the_child_reads_it() {
-        let info = JobInfo {
-            pipeline: Default::default(),
-            name: "j".into(),
-            worker: "W".into(),
-            attempt: 2,
-            data: Data::new(),
-            parents: Default::default(),
-            timeout_ms: Some(5),
-        };
-        let bytes = frame(&ToSlotRef::Run(&info)).unwrap();
-        match read_frame::<ToSlot>(&mut &bytes[..]).unwrap() {
-            Some(ToSlot::Run(got)) => {
-                assert_eq!((got.name.as_str(), got.attempt), ("j", 2));
-                assert_eq!(got.timeout_ms, Some(5));
-            }
-            _ => panic!("not read back as the job"),
-        }
-    }
 
     #[test]
     fn a_dead_worker_process_is_reported_with_how_it_ended() {

@@ -1,7 +1,8 @@
 //! The broker's slots: one thread each, taking jobs from the queue the event loop
 //! fills, running them on the thread ([`Isolation::Thread`]) or in the slot's child
 //! process ([`Isolation::Process`], driving a [`ChildQueue`]), and handing each report
-//! back to the event loop over an inproc PUSH socket of its own.
+//! back to the event loop over an inproc PUSH socket of its own. They start, with the
+//! monitor thread, on the router's first welcome.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,7 +100,7 @@ impl Slots {
         let (table, stop, store) = (self.table.clone(), self.stop_monitor.clone(), spec.store);
         let h = std::thread::Builder::new()
             .name("monitor".into())
-            .spawn(move || monitor_loop(monitor, every, &table, &*store, &push, &stop))?;
+            .spawn(move || crate::monitor::run(monitor, every, &table, &*store, &push, &stop))?;
         self.threads.push(h);
         Ok(())
     }
@@ -346,36 +347,6 @@ fn process_slot(
                     }
                 }
             }
-        }
-    }
-}
-
-/// Reports the host every `every` until `stop`, to the store and the router.
-fn monitor_loop(
-    mut monitor: HostMonitor,
-    every: Duration,
-    table: &SlotTable,
-    store: &dyn Store,
-    push: &zmq::Socket,
-    stop: &Shutdown,
-) {
-    let mut next = Instant::now() + every.min(Duration::from_secs(1));
-    while !stop.is_triggered() {
-        if Instant::now() < next {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        next = Instant::now() + every;
-        let (slots, done) = table.snapshot();
-        let report = monitor.report(slots, done);
-        if let Err(e) = store.save_monitoring(&report) {
-            warn!(error = %e, "store could not save monitoring");
-        }
-        match rmp_serde::to_vec_named(&Internal::Monitor(report)) {
-            Ok(bytes) => {
-                let _ = push.send(bytes, 0);
-            }
-            Err(e) => warn!(error = %e, "could not encode a monitoring report"),
         }
     }
 }
