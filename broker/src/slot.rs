@@ -5,6 +5,8 @@
 //! stdin/stdout instead of joining the cluster. A worker that panics, aborts, segfaults,
 //! exits, runs out of its memory limit or hangs past its timeout ends only its child:
 //! the slot reports the attempt as failed with what happened and starts a new child.
+//! This module is the broker's side of a slot process; the child serves
+//! [`child_main`].
 //!
 //! The cost is a pipe hop each way per job and one process per slot. While every slot
 //! is busy and the broker has jobs queued, a slot sends its child the next job before
@@ -13,22 +15,19 @@
 //! which is faster but lets a crashing worker take the broker down and cannot stop a
 //! hung one.
 
-use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use pypelinin_common::protocol::{ClusterConfig, JobInfo, JobRef, MAX_FRAME_BYTES};
+use pypelinin_common::protocol::{ClusterConfig, JobInfo, JobRef};
 use pypelinin_common::Data;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::api::{StoreFactory, Worker};
+pub use crate::child::child_main;
+use crate::child::{frame, read_frame, write_frame, FromSlot, ToSlotRef};
 
 /// Set in a slot child's environment; its presence makes `Broker::run` serve one slot.
 pub const CHILD_ENV: &str = "PYPELININ_BROKER_SLOT";
@@ -36,94 +35,9 @@ pub const CHILD_ENV: &str = "PYPELININ_BROKER_SLOT";
 /// How long a new child may take to build its store and say it is ready.
 const CHILD_START_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Serialize, Deserialize)]
-enum ToSlot {
-    Config(ClusterConfig),
-    Run(Box<JobInfo>),
-}
-
-#[derive(Serialize, Deserialize)]
-enum FromSlot {
-    Ready(Result<(), String>),
-    Done(Result<Data, String>),
-}
-
 /// Largest job frame sent to a child while it runs another job: well under the 64 KiB
 /// a Linux pipe holds, so that writing it never blocks.
 const MAX_QUEUED_FRAME: usize = 16 << 10;
-
-fn frame<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    let body = rmp_serde::to_vec_named(v).map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-fn write_frame<T: Serialize>(w: &mut impl Write, v: &T) -> io::Result<()> {
-    w.write_all(&frame(v)?)?;
-    w.flush()
-}
-
-fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > 4 * MAX_FRAME_BYTES {
-        return Err(io::Error::other(format!("slot frame of {len} bytes")));
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    rmp_serde::from_slice(&buf)
-        .map(Some)
-        .map_err(io::Error::other)
-}
-
-/// Serves one slot in a child process; never returns.
-pub fn child_main(workers: &HashMap<String, Arc<dyn Worker>>, factory: &StoreFactory) -> ! {
-    // Frames go to the original stdout; anything a worker prints goes to stderr.
-    // SAFETY: plain descriptor calls on descriptors this process owns.
-    let frames_fd = unsafe { libc::dup(1) };
-    unsafe { libc::dup2(2, 1) };
-    if frames_fd < 0 {
-        std::process::exit(2);
-    }
-    // SAFETY: `frames_fd` was just returned by dup and is owned by nothing else.
-    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(frames_fd) };
-    let mut out = BufWriter::new(file);
-    let mut input = BufReader::new(io::stdin().lock());
-    let config = match read_frame::<ToSlot>(&mut input) {
-        Ok(Some(ToSlot::Config(c))) => c,
-        _ => std::process::exit(2),
-    };
-    let store = match factory(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = write_frame(&mut out, &FromSlot::Ready(Err(e.to_string())));
-            std::process::exit(2);
-        }
-    };
-    if write_frame(&mut out, &FromSlot::Ready(Ok(()))).is_err() {
-        std::process::exit(2);
-    }
-    loop {
-        match read_frame::<ToSlot>(&mut input) {
-            Ok(Some(ToSlot::Run(info))) => {
-                let result = crate::runtime::run_job(&*store, workers, &info);
-                if write_frame(&mut out, &FromSlot::Done(result)).is_err() {
-                    std::process::exit(2);
-                }
-            }
-            // The broker closed our stdin (it stops, or it died): leave.
-            Ok(None) => std::process::exit(0),
-            _ => std::process::exit(2),
-        }
-    }
-}
 
 /// A slot's child process, from the broker's side. The slot's own thread reads the
 /// child's answers, waiting on the pipe and on its [`CancelRx`] in one `poll`.
@@ -198,18 +112,92 @@ fn poll_in(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
     }
 }
 
+/// Why a slot process could not take or finish a job: the attempt fails with this, and
+/// the slot starts a new process for the next one.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// The broker could not find its own executable to start again.
+    #[error("own executable: {0}")]
+    OwnExecutable(io::Error),
+    /// The operating system refused the process.
+    #[error("start slot process: {0}")]
+    Spawn(io::Error),
+    /// The child died before it read the cluster configuration.
+    #[error("slot process did not take its config: {0}")]
+    Config(io::Error),
+    /// The child did not say it was ready in time, or said something else.
+    #[error("slot process did not start")]
+    NotStarted,
+    /// The child could not build the store.
+    #[error("store: {0}")]
+    Store(String),
+    /// The child answered what was not asked.
+    #[error("slot process out of step")]
+    OutOfStep,
+    /// The job could not be encoded for the child.
+    #[error("could not encode the job: {0}")]
+    Encode(io::Error),
+    /// The child's pipe was closed while the job was written.
+    #[error("could not hand the job over: {0}")]
+    HandOver(io::Error),
+    /// Waiting on the child's pipe failed.
+    #[error("poll: {0}")]
+    Poll(io::Error),
+    /// The attempt was revoked while it ran: its child was killed.
+    #[error("cancelled")]
+    Cancelled,
+    /// The attempt ran past its timeout: its child was killed.
+    #[error("timed out after {0} ms")]
+    TimedOut(u128),
+    /// The child ended without answering: the worker crashed, aborted, exited or ran
+    /// out of memory. How it ended is known once the child is reaped.
+    #[error("worker process died{0}")]
+    Died(Death),
+}
+
+/// How a slot process that died ended, as its exit status tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// Not known (yet): the child is not reaped.
+    Unknown,
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl Death {
+    fn of(status: std::process::ExitStatus) -> Death {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Death::Exited(code),
+            (_, Some(sig)) => Death::Signal(sig),
+            _ => Death::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Death {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Death::Unknown => Ok(()),
+            Death::Exited(code) => write!(f, ": exited with code {code}"),
+            Death::Signal(sig) => write!(f, ": killed by signal {sig} ({})", signal_name(*sig)),
+        }
+    }
+}
+
 /// How a job run in a child ended, besides its own result.
 pub enum Ended {
     /// The worker returned (success or error).
     Returned(Result<Data, String>),
     /// The child had to be killed or died; the slot needs a new one.
-    Lost(String),
+    Lost(SlotError),
 }
 
 impl SlotProcess {
     /// Starts a child and waits for it to build its store.
-    pub fn spawn(config: &ClusterConfig, memory_limit: Option<u64>) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    pub fn spawn(config: &ClusterConfig, memory_limit: Option<u64>) -> Result<Self, SlotError> {
+        let exe = std::env::current_exe().map_err(SlotError::OwnExecutable)?;
         let mut cmd = Command::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env(CHILD_ENV, "1")
@@ -231,29 +219,31 @@ impl SlotProcess {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("start slot process: {e}"))?;
-        let stdin = BufWriter::new(child.stdin.take().expect("piped stdin"));
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut child = cmd.spawn().map_err(SlotError::Spawn)?;
+        // Both were asked for as pipes just above, so a spawned child has them.
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SlotError::NotStarted);
+        };
         let mut slot = SlotProcess {
             child,
-            stdin,
-            stdout,
+            stdin: BufWriter::new(stdin),
+            stdout: BufReader::new(stdout),
         };
-        if let Err(e) = write_frame(&mut slot.stdin, &ToSlot::Config(config.clone())) {
-            return Err(slot.lost(&format!("slot process did not take its config: {e}")));
+        if let Err(e) = write_frame(&mut slot.stdin, &ToSlotRef::Config(config)) {
+            return Err(slot.lost(SlotError::Config(e)));
         }
         let fd = slot.stdout.get_ref().as_raw_fd();
         match poll_in(&[fd], Some(CHILD_START_TIMEOUT)) {
             Ok(r) if r[0] => {}
-            _ => return Err(slot.lost("slot process did not start")),
+            _ => return Err(slot.lost(SlotError::NotStarted)),
         }
         match read_frame::<FromSlot>(&mut slot.stdout) {
             Ok(Some(FromSlot::Ready(Ok(())))) => Ok(slot),
-            Ok(Some(FromSlot::Ready(Err(e)))) => Err(slot.lost(&format!("store: {e}"))),
-            Ok(Some(FromSlot::Done(_))) => Err(slot.lost("slot process out of step")),
-            _ => Err(slot.lost("slot process did not start")),
+            Ok(Some(FromSlot::Ready(Err(e)))) => Err(slot.lost(SlotError::Store(e))),
+            Ok(Some(FromSlot::Done(_))) => Err(slot.lost(SlotError::OutOfStep)),
+            _ => Err(slot.lost(SlotError::NotStarted)),
         }
     }
 
@@ -263,16 +253,15 @@ impl SlotProcess {
     /// sent, as a write that blocked would keep the slot from enforcing the running
     /// job's timeout; `Ok(false)` means not sent. An error means the child is gone:
     /// [`SlotProcess::wait`] says how.
-    pub fn send(&mut self, info: &JobInfo, behind: bool) -> Result<bool, String> {
-        let frame = frame(&ToSlot::Run(Box::new(info.clone())))
-            .map_err(|e| format!("could not encode the job: {e}"))?;
+    pub fn send(&mut self, info: &JobInfo, behind: bool) -> Result<bool, SlotError> {
+        let frame = frame(&ToSlotRef::Run(info)).map_err(SlotError::Encode)?;
         if behind && frame.len() > MAX_QUEUED_FRAME {
             return Ok(false);
         }
         self.stdin
             .write_all(&frame)
             .and_then(|()| self.stdin.flush())
-            .map_err(|e| format!("could not hand the job over: {e}"))?;
+            .map_err(SlotError::HandOver)?;
         Ok(true)
     }
 
@@ -292,36 +281,33 @@ impl SlotProcess {
             let left = deadline.map(|(d, _)| d.saturating_duration_since(Instant::now()));
             let ready = match poll_in(&fds, left) {
                 Ok(r) => r,
-                Err(e) => return Ended::Lost(self.lost(&format!("poll: {e}"))),
+                Err(e) => return Ended::Lost(self.lost(SlotError::Poll(e))),
             };
             if ready[1] && cancel.revoked(job) {
-                return Ended::Lost(self.lost("cancelled"));
+                return Ended::Lost(self.lost(SlotError::Cancelled));
             }
             if ready[0] {
                 break;
             }
             if let Some((_, t)) = deadline.filter(|(d, _)| Instant::now() >= *d) {
-                let ms = t.as_millis();
-                return Ended::Lost(self.lost(&format!("timed out after {ms} ms")));
+                return Ended::Lost(self.lost(SlotError::TimedOut(t.as_millis())));
             }
         }
         match read_frame::<FromSlot>(&mut self.stdout) {
             Ok(Some(FromSlot::Done(r))) => Ended::Returned(r),
-            Ok(Some(FromSlot::Ready(_))) => Ended::Lost(self.lost("slot process out of step")),
-            Ok(None) | Err(_) => Ended::Lost(self.lost("worker process died")),
+            Ok(Some(FromSlot::Ready(_))) => Ended::Lost(self.lost(SlotError::OutOfStep)),
+            Ok(None) | Err(_) => Ended::Lost(self.lost(SlotError::Died(Death::Unknown))),
         }
     }
 
-    /// Kills the child and says how it ended, after `what`.
-    pub fn lost(&mut self, what: &str) -> String {
+    /// Kills the child and returns `why`; a death is completed with how the child
+    /// ended.
+    pub fn lost(&mut self, why: SlotError) -> SlotError {
         let _ = self.child.kill();
-        match self.child.wait() {
-            Ok(st) if what == "worker process died" => match (st.code(), st.signal()) {
-                (Some(code), _) => format!("{what}: exited with code {code}"),
-                (_, Some(sig)) => format!("{what}: killed by signal {sig} ({})", signal_name(sig)),
-                _ => what.to_string(),
-            },
-            _ => what.to_string(),
+        let status = self.child.wait();
+        match (why, status) {
+            (SlotError::Died(Death::Unknown), Ok(st)) => SlotError::Died(Death::of(st)),
+            (why, _) => why,
         }
     }
 }
@@ -343,5 +329,100 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGKILL => "SIGKILL: killed, perhaps by the kernel's OOM killer",
         libc::SIGTERM => "SIGTERM",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn a_dead_worker_process_is_reported_with_how_it_ended() {
+        // Wait statuses as the kernel encodes them: exit code in the second byte,
+        // killing signal in the low bits.
+        let exited = SlotError::Died(Death::of(ExitStatus::from_raw(3 << 8)));
+        assert_eq!(
+            exited.to_string(),
+            "worker process died: exited with code 3"
+        );
+        let killed = SlotError::Died(Death::of(ExitStatus::from_raw(libc::SIGSEGV)));
+        assert!(
+            killed
+                .to_string()
+                .starts_with("worker process died: killed by signal 11 (SIGSEGV"),
+            "{killed}"
+        );
+        assert_eq!(
+            SlotError::Died(Death::Unknown).to_string(),
+            "worker process died"
+        );
+    }
+
+    /// A slot process around `script` (run by `sh`) in place of the broker's child.
+    fn fake_child(script: &str) -> SlotProcess {
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        SlotProcess {
+            stdin: BufWriter::new(child.stdin.take().unwrap()),
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            child,
+        }
+    }
+
+    fn job() -> JobRef {
+        JobRef {
+            pipeline: pypelinin_common::protocol::PipelineId(uuid::Uuid::nil()),
+            job: 0,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_worker_process_that_dies_mid_job_loses_the_attempt_with_its_exit() {
+        let mut p = fake_child("exit 3");
+        let (_tx, rx) = cancel_channel().unwrap();
+        match p.wait(job(), None, &rx) {
+            Ended::Lost(e) => assert_eq!(e.to_string(), "worker process died: exited with code 3"),
+            Ended::Returned(_) => panic!("a dead child returned"),
+        }
+    }
+
+    #[test]
+    fn a_revoked_job_kills_its_worker_process() {
+        let mut p = fake_child("exec cat");
+        let (tx, rx) = cancel_channel().unwrap();
+        tx.send(job());
+        match p.wait(job(), None, &rx) {
+            Ended::Lost(e) => assert!(matches!(e, SlotError::Cancelled), "{e}"),
+            Ended::Returned(_) => panic!("returned"),
+        }
+        assert!(p.child.try_wait().unwrap().is_some(), "the child is gone");
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_kills_its_worker_process() {
+        let mut p = fake_child("exec cat");
+        let (_tx, rx) = cancel_channel().unwrap();
+        let deadline = Some((Instant::now(), Duration::from_millis(400)));
+        match p.wait(job(), deadline, &rx) {
+            Ended::Lost(e) => assert_eq!(e.to_string(), "timed out after 400 ms"),
+            Ended::Returned(_) => panic!("returned"),
+        }
+    }
+
+    #[test]
+    fn only_a_death_is_completed_with_how_the_process_ended() {
+        let mut p = fake_child("exit 3");
+        // Its stdout closes when it exits: from then on its status is known.
+        let mut rest = Vec::new();
+        p.stdout.read_to_end(&mut rest).unwrap();
+        let why = p.lost(SlotError::OutOfStep);
+        assert!(matches!(why, SlotError::OutOfStep), "{why}");
     }
 }

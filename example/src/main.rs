@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         )?)
     }));
     for _ in 0..2 {
-        let mut config = pypelinin_broker::BrokerConfig::new(&api, &broadcast);
+        let mut config = pypelinin_broker::BrokerConfig::new(&api);
         config.slots = 2;
         // The demo's brokers are threads of this process, which cannot re-run itself
         // as a slot child: no process isolation here (example-broker has it).

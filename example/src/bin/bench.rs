@@ -120,7 +120,7 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
             shutdown,
         )?,
         Role::Broker => {
-            let mut config = pypelinin_broker::BrokerConfig::new(&args.api, &args.broadcast);
+            let mut config = pypelinin_broker::BrokerConfig::new(&args.api);
             config.slots = SLOTS;
             config.drain_timeout = Duration::from_secs(2);
             config.prefetch = args.prefetch;

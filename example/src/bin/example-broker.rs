@@ -7,7 +7,12 @@ use pypelinin_common::Shutdown;
 /// A pypelinin broker offering the example workers (Reader, WordCount, Links, Report)
 /// and the diagnostic ones (Noop, Echo, Sleep, Fail, Crash, Step, Join).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "A broker needs only --api: --broadcast is accepted, like every daemon's, \
+                  but brokers don't use it (the router pushes their jobs to them directly)."
+)]
 struct Args {
     #[command(flatten)]
     endpoints: pypelinin_common::cli::Endpoints,
@@ -40,8 +45,8 @@ enum IsolationArg {
 fn main() -> anyhow::Result<()> {
     pypelinin_common::init_tracing();
     let args = Args::parse();
-    let mut config =
-        pypelinin_broker::BrokerConfig::new(&args.endpoints.api, &args.endpoints.broadcast);
+    // `--broadcast` is accepted like every daemon's, and unused: see `Args`.
+    let mut config = pypelinin_broker::BrokerConfig::new(&args.endpoints.api);
     if let Some(n) = args.workers {
         config.slots = n;
     }

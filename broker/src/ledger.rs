@@ -1,0 +1,287 @@
+//! What the broker holds for the router, as a plain state machine the event loop
+//! drives: the attempts assigned to it and not yet finished, the reports of finished
+//! ones until the router acknowledges them, and the drain on shutdown. No I/O and no
+//! clock: the loop passes time in.
+//!
+//! A report is the broker's way of asking for more work: the router answers a
+//! `JobDone` with more `Assign`s, as many as the broker's slots and prefetch (told in
+//! its hello) leave room for. A report is kept until acknowledged (the router
+//! acknowledges only once the result is durable); one not acknowledged in time is sent
+//! again, and a duplicate changes nothing at the router.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pypelinin_common::protocol::{JobRef, JobReport, PipelineId, REQUEST_TIMEOUT};
+
+/// How a drain ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DrainEnd {
+    /// Every job finished and its report is acknowledged.
+    Idle,
+    /// The drain timeout passed first: what is left goes back to the router.
+    TimedOut,
+}
+
+/// The broker's book of jobs and reports.
+#[derive(Default)]
+pub(crate) struct Ledger {
+    /// Assigned and not finished (queued or running), by job.
+    running: HashMap<(PipelineId, u32), JobRef>,
+    /// Finished, not sent yet.
+    unsent: Vec<JobReport>,
+    /// Sent, by request id, with when.
+    inflight: HashMap<u64, (Instant, Vec<JobReport>)>,
+    /// When the drain gives up, once shutting down.
+    drain_until: Option<Instant>,
+}
+
+impl Ledger {
+    /// The router assigned `job`.
+    pub(crate) fn assigned(&mut self, job: JobRef) {
+        self.running.insert((job.pipeline, job.job), job);
+    }
+
+    /// A slot finished a job: its report waits to be sent.
+    pub(crate) fn finished(&mut self, report: JobReport) {
+        self.running.remove(&(report.job.pipeline, report.job.job));
+        self.unsent.push(report);
+    }
+
+    /// Jobs assigned and not finished.
+    pub(crate) fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Reports not acknowledged.
+    pub(crate) fn unacked(&self) -> usize {
+        self.unsent.len() + self.inflight.values().map(|(_, r)| r.len()).sum::<usize>()
+    }
+
+    /// The reports to send now, if any: hand them back with [`Ledger::sent`] or
+    /// [`Ledger::not_sent`].
+    pub(crate) fn take_unsent(&mut self) -> Option<Vec<JobReport>> {
+        (!self.unsent.is_empty()).then(|| std::mem::take(&mut self.unsent))
+    }
+
+    /// `reports` left at `now` as request `id`.
+    pub(crate) fn sent(&mut self, id: u64, reports: Vec<JobReport>, now: Instant) {
+        self.inflight.insert(id, (now, reports));
+    }
+
+    /// `reports` could not leave: they go with the next try.
+    pub(crate) fn not_sent(&mut self, mut reports: Vec<JobReport>) {
+        reports.append(&mut self.unsent);
+        self.unsent = reports;
+    }
+
+    /// The router answered request `id`: the reports it carried, if any, are done with.
+    pub(crate) fn answered(&mut self, id: u64) -> Option<Vec<JobReport>> {
+        self.inflight.remove(&id).map(|(_, r)| r)
+    }
+
+    /// `reports` were refused because the router does not know the broker (it
+    /// restarted): they are sent again after the next hello.
+    pub(crate) fn refused(&mut self, reports: Vec<JobReport>) {
+        self.unsent.extend(reports);
+    }
+
+    /// Reports unacknowledged for longer than [`REQUEST_TIMEOUT`] at `now` are sent
+    /// again.
+    pub(crate) fn resend_overdue(&mut self, now: Instant) {
+        let overdue = |at: &Instant| now.saturating_duration_since(*at) > REQUEST_TIMEOUT;
+        if !self.inflight.values().any(|(at, _)| overdue(at)) {
+            return;
+        }
+        let ids: Vec<u64> = (self.inflight.iter())
+            .filter(|(_, (at, _))| overdue(at))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((_, reports)) = self.inflight.remove(&id) {
+                self.unsent.extend(reports);
+            }
+        }
+    }
+
+    /// For a new hello: every unacknowledged report is sent again after it. The jobs
+    /// running, and those whose reports it announces.
+    pub(crate) fn for_hello(&mut self) -> (Vec<JobRef>, Vec<JobRef>) {
+        for (_, (_, reports)) in self.inflight.drain() {
+            self.unsent.extend(reports);
+        }
+        let running = self.running.values().copied().collect();
+        let unreported = self.unsent.iter().map(|r| r.job).collect();
+        (running, unreported)
+    }
+
+    /// Shutting down at `now`: the drain gives up after `timeout`.
+    pub(crate) fn start_drain(&mut self, now: Instant, timeout: Duration) {
+        self.drain_until.get_or_insert(now + timeout);
+    }
+
+    /// Whether a drain has started.
+    pub(crate) fn draining(&self) -> bool {
+        self.drain_until.is_some()
+    }
+
+    /// Whether the drain is over at `now`, and how.
+    pub(crate) fn drain_over(&self, now: Instant) -> Option<DrainEnd> {
+        let until = self.drain_until?;
+        if self.running.is_empty() && self.unsent.is_empty() && self.inflight.is_empty() {
+            Some(DrainEnd::Idle)
+        } else if now >= until {
+            Some(DrainEnd::TimedOut)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pypelinin_common::Data;
+
+    fn job(n: u32) -> JobRef {
+        JobRef {
+            pipeline: pypelinin_common::protocol::PipelineId(uuid::Uuid::nil()),
+            job: n,
+            attempt: 1,
+        }
+    }
+
+    fn report(n: u32) -> JobReport {
+        JobReport {
+            job: job(n),
+            started_ms: 1,
+            finished_ms: 2,
+            result: Ok(Data::new()),
+        }
+    }
+
+    fn jobs(reports: &[JobReport]) -> Vec<u32> {
+        reports.iter().map(|r| r.job.job).collect()
+    }
+
+    #[test]
+    fn an_assigned_job_is_running_until_it_finishes_then_its_report_asks_for_more() {
+        let mut l = Ledger::default();
+        assert!(
+            l.take_unsent().is_none(),
+            "nothing to report, nothing asked"
+        );
+        l.assigned(job(1));
+        l.assigned(job(2));
+        assert_eq!(l.running(), 2);
+        l.finished(report(1));
+        assert_eq!(l.running(), 1);
+        let (running, unreported) = l.for_hello();
+        assert_eq!((running, unreported), (vec![job(2)], vec![job(1)]));
+        let sent = l.take_unsent().expect("the freed slot's report goes out");
+        assert_eq!(jobs(&sent), [1]);
+        assert!(l.take_unsent().is_none(), "sent once");
+    }
+
+    #[test]
+    fn a_report_is_kept_until_acknowledged() {
+        let mut l = Ledger::default();
+        l.assigned(job(1));
+        l.finished(report(1));
+        let t0 = Instant::now();
+        let r = l.take_unsent().unwrap();
+        l.sent(7, r, t0);
+        assert_eq!(l.unacked(), 1);
+        assert!(l.answered(8).is_none(), "another request's answer");
+        assert_eq!(l.unacked(), 1);
+        assert_eq!(l.answered(7).map(|r| jobs(&r)), Some(vec![1]));
+        assert_eq!(l.unacked(), 0);
+    }
+
+    #[test]
+    fn a_report_that_could_not_leave_goes_first_next_time() {
+        let mut l = Ledger::default();
+        l.finished(report(1));
+        let r = l.take_unsent().unwrap();
+        l.finished(report(2));
+        l.not_sent(r);
+        assert_eq!(jobs(&l.take_unsent().unwrap()), [1, 2]);
+    }
+
+    #[test]
+    fn an_unacknowledged_report_is_sent_again_after_the_request_timeout_only() {
+        let mut l = Ledger::default();
+        l.finished(report(1));
+        let t0 = Instant::now();
+        let r = l.take_unsent().unwrap();
+        l.sent(1, r, t0);
+        l.resend_overdue(t0 + REQUEST_TIMEOUT);
+        assert!(l.take_unsent().is_none(), "not overdue yet");
+        l.resend_overdue(t0 + REQUEST_TIMEOUT + Duration::from_millis(1));
+        assert_eq!(jobs(&l.take_unsent().unwrap()), [1]);
+        assert!(
+            l.answered(1).is_none(),
+            "the old request no longer carries it"
+        );
+    }
+
+    #[test]
+    fn a_hello_announces_and_resends_every_unacknowledged_report() {
+        let mut l = Ledger::default();
+        l.finished(report(1));
+        let r = l.take_unsent().unwrap();
+        l.sent(1, r, Instant::now());
+        l.finished(report(2));
+        let (_, unreported) = l.for_hello();
+        let mut unreported: Vec<u32> = unreported.iter().map(|j| j.job).collect();
+        unreported.sort();
+        assert_eq!(unreported, [1, 2]);
+        let mut resent = jobs(&l.take_unsent().unwrap());
+        resent.sort();
+        assert_eq!(resent, [1, 2]);
+    }
+
+    #[test]
+    fn reports_refused_by_a_restarted_router_are_sent_again() {
+        let mut l = Ledger::default();
+        l.finished(report(1));
+        let r = l.take_unsent().unwrap();
+        l.sent(3, r, Instant::now());
+        let refused = l.answered(3).unwrap();
+        l.refused(refused);
+        assert_eq!(jobs(&l.take_unsent().unwrap()), [1]);
+    }
+
+    #[test]
+    fn a_drain_waits_for_running_jobs_and_their_acknowledgements() {
+        let mut l = Ledger::default();
+        let t0 = Instant::now();
+        assert!(l.drain_over(t0).is_none(), "not draining");
+        l.assigned(job(1));
+        l.start_drain(t0, Duration::from_secs(30));
+        assert!(l.draining());
+        assert_eq!(l.drain_over(t0), None, "a job runs");
+        l.finished(report(1));
+        assert_eq!(l.drain_over(t0), None, "its report is not sent");
+        let r = l.take_unsent().unwrap();
+        l.sent(1, r, t0);
+        assert_eq!(l.drain_over(t0), None, "its report is not acknowledged");
+        l.answered(1);
+        assert_eq!(l.drain_over(t0), Some(DrainEnd::Idle));
+    }
+
+    #[test]
+    fn a_drain_gives_jobs_back_at_its_timeout() {
+        let mut l = Ledger::default();
+        let t0 = Instant::now();
+        l.assigned(job(1));
+        l.start_drain(t0, Duration::from_secs(30));
+        // A second shutdown signal does not move the deadline.
+        l.start_drain(t0 + Duration::from_secs(20), Duration::from_secs(30));
+        assert_eq!(l.drain_over(t0 + Duration::from_secs(29)), None);
+        assert_eq!(
+            l.drain_over(t0 + Duration::from_secs(30)),
+            Some(DrainEnd::TimedOut)
+        );
+    }
+}
