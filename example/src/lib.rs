@@ -15,6 +15,20 @@
 pub mod stores;
 pub mod workers;
 
+use pypelinin_broker::{Broker, BrokerConfig, BrokerError};
+use pypelinin_common::Shutdown;
+
+/// Runs the example broker until `shutdown`: every example and diagnostic worker, with
+/// the store the router's cluster configuration names ([`stores::store_from_config`]).
+/// `example-broker`, the demo and `bench` all run this one function, so that what is
+/// measured is what users run. In process isolation it must be called early in `main`:
+/// slot processes are this executable started again.
+pub fn run_broker(config: BrokerConfig, shutdown: Shutdown) -> Result<(), BrokerError> {
+    workers::register(Broker::new())
+        .store_factory(stores::store_from_config)
+        .run(config, shutdown)
+}
+
 /// The sample documents, sorted by file name; each is `(file name, text)`.
 const SAMPLES: &[(&str, &str)] = &[
     ("bread.txt", include_str!("../samples/bread.txt")),

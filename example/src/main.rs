@@ -114,9 +114,7 @@ fn main() -> anyhow::Result<()> {
         config.isolation = pypelinin_broker::Isolation::Thread;
         let s = shutdown.clone();
         threads.push(std::thread::spawn(move || {
-            Ok(example::workers::register(pypelinin_broker::Broker::new())
-                .store_factory(example::stores::store_from_config)
-                .run(config, s)?)
+            Ok(example::run_broker(config, s)?)
         }));
     }
 

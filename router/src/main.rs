@@ -84,7 +84,12 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = out.flush();
     drop(out);
-    router.run(shutdown)?;
-    drop(dashboard);
+    let ran = router.run(shutdown);
+    // Streams are ended so that open pages see the router go (and reconnect to the
+    // next one); requests still in flight get at most two seconds.
+    if let Some(d) = dashboard {
+        d.stop();
+    }
+    ran?;
     Ok(())
 }

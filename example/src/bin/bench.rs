@@ -1,8 +1,11 @@
 //! The benchmark: the peer harness's scenarios (S1–S5, see `../shared/peers/README.md`)
 //! on a real cluster of separate processes on loopback.
 //!
-//! `bench` starts itself again in three roles (router, pipeliner, broker): each role runs
-//! the same library code as the real daemons, as its own OS process. The driver (this
+//! `bench` starts itself again in three roles (router, pipeliner, broker), each its own
+//! OS process calling the entry point its daemon's binary calls:
+//! `pypelinin_router::BoundRouter::bind` then `run`, `pypelinin_pipeliner::run` and
+//! `example::run_broker` (the `example-broker` binary). Nothing of a daemon is
+//! re-implemented here: only the flags differ. The driver (this
 //! process) is the client, timed from the first submit to the last result in hand,
 //! exactly as the peers' drivers are.
 
@@ -128,7 +131,7 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
                 Iso::Process => pypelinin_broker::Isolation::Process,
                 Iso::Thread => pypelinin_broker::Isolation::Thread,
             };
-            example::workers::register(pypelinin_broker::Broker::new()).run(config, shutdown)?;
+            example::run_broker(config, shutdown)?;
         }
     }
     Ok(())

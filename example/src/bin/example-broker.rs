@@ -58,8 +58,6 @@ fn main() -> anyhow::Result<()> {
     config.slot_memory_bytes = args.slot_memory_mb.map(|mb| mb << 20);
     config.prefetch = args.prefetch;
     let shutdown = Shutdown::on_signals()?;
-    example::workers::register(pypelinin_broker::Broker::new())
-        .store_factory(example::stores::store_from_config)
-        .run(config, shutdown)?;
+    example::run_broker(config, shutdown)?;
     Ok(())
 }
