@@ -1,110 +1,17 @@
-//! The example's workers: a small document-analysis pipeline plus diagnostic workers.
+//! The document workers: a small document-analysis pipeline and the text analysis
+//! behind it.
 //!
-//! The document workers form the classic pypelinin demo: `Reader` loads a sample
-//! document, `WordCount` and `Links` analyse its text in parallel, and `Report` joins
-//! their results. The diagnostic workers (`Noop`, `Echo`, `Sleep`, `Fail`, `Crash`) and
-//! the benchmark workers (`Step`, `Join`) exist to exercise the cluster itself: timing,
-//! failures, panics, retries and fan-in.
-//!
-//! # Input convention
-//! A worker's input is what the store's `retrieve` built: the job's `data` plus a
-//! `"parents"` key mapping each parent job's name to that parent's output. Workers never
-//! look up a parent by name: they take the parent output that has the field they need
-//! (for instance the one with `"text"`), so the same worker fits any pipeline shape.
+//! `Reader` loads a sample document, `WordCount` and `Links` analyse its text in
+//! parallel, and `Report` joins their results. [`WordStats`] and [`extract_links`] are
+//! the analysis itself, public so that a program gets exactly the cluster's numbers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
 
-use pypelinin_broker::{BoxError, Broker, JobInfo, Worker};
+use pypelinin_broker::{BoxError, JobInfo, Worker};
 use pypelinin_common::Data;
 use serde_json::{json, Value};
 
-/// The name of every worker [`register`] offers, in the order it registers them.
-///
-/// Exists so that binaries can print what a broker runs and tests can check that each
-/// name resolves (see [`by_name`]).
-pub const WORKER_NAMES: &[&str] = &[
-    "Reader",
-    "WordCount",
-    "Links",
-    "Report",
-    "Noop",
-    "Echo",
-    "Sleep",
-    "Fail",
-    "Crash",
-    "Flaky",
-    "Step",
-    "Join",
-];
-
-/// The worker registered under `name`, if it is one of [`WORKER_NAMES`].
-///
-/// Exists so that one table maps names to workers: [`register`] uses it for a broker,
-/// and a program can also run a worker in-process (e.g. to try it without a cluster).
-pub fn by_name(name: &str) -> Option<Arc<dyn Worker>> {
-    let worker: Arc<dyn Worker> = match name {
-        "Reader" => Arc::new(Reader),
-        "WordCount" => Arc::new(WordCount),
-        "Links" => Arc::new(Links),
-        "Report" => Arc::new(Report),
-        "Noop" => Arc::new(Noop),
-        "Echo" => Arc::new(Echo),
-        "Sleep" => Arc::new(Sleep),
-        "Fail" => Arc::new(Fail),
-        "Crash" => Arc::new(Crash),
-        "Flaky" => Arc::new(Flaky),
-        "Step" => Arc::new(Step),
-        "Join" => Arc::new(Join),
-        _ => return None,
-    };
-    Some(worker)
-}
-
-/// Offers every example worker to `b` under its name in [`WORKER_NAMES`].
-///
-/// Exists so that every broker binary (and test) runs the same set of workers with
-/// one call: `register(Broker::new()).store_factory(...)`.
-pub fn register(b: Broker) -> Broker {
-    WORKER_NAMES.iter().fold(b, |b, &name| {
-        let worker = by_name(name).expect("every name in WORKER_NAMES has a worker");
-        b.worker(name, move |job: &JobInfo, input: Data| {
-            worker.process(job, input)
-        })
-    })
-}
-
-// ---------------------------------------------------------------------------------
-// Input helpers
-// ---------------------------------------------------------------------------------
-
-/// The parents' outputs in the input, in the order the store gave them.
-fn parent_outputs(input: &Data) -> Vec<&Data> {
-    match input.get("parents") {
-        Some(Value::Object(parents)) => parents.values().filter_map(Value::as_object).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The first parent output holding `field`; when no parent has it, the input itself if
-/// it holds `field` (so a root job can be given, say, a `"text"` in its own data).
-fn find_with<'a>(input: &'a Data, field: &str) -> Option<&'a Data> {
-    parent_outputs(input)
-        .into_iter()
-        .find(|output| output.contains_key(field))
-        .or_else(|| input.contains_key(field).then_some(input))
-}
-
-/// A non-negative integer setting from the job's data, or `default` when absent or null.
-fn count_setting(input: &Data, key: &str, default: u64) -> Result<u64, BoxError> {
-    match input.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(value) => value.as_u64().ok_or_else(|| {
-            format!("data {key:?} must be a non-negative integer, not {value}").into()
-        }),
-    }
-}
+use super::{count_setting, find_with, object, parent_outputs};
 
 /// The text a text-analysing worker works on, from the output that holds `"text"`.
 fn input_text<'a>(worker: &str, input: &'a Data) -> Result<&'a str, BoxError> {
@@ -201,14 +108,6 @@ pub fn extract_links(text: &str) -> Vec<String> {
 /// A `(word, count)` list as JSON pairs `[[word, count], ...]`.
 fn pairs_to_json(pairs: &[(String, u64)]) -> Value {
     Value::Array(pairs.iter().map(|(w, c)| json!([w, c])).collect())
-}
-
-/// Turns a `json!` object literal into [`Data`].
-fn object(value: Value) -> Data {
-    match value {
-        Value::Object(map) => map,
-        _ => unreachable!("object() is only called with json!({{...}})"),
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -365,211 +264,10 @@ impl Worker for Report {
     }
 }
 
-// ---------------------------------------------------------------------------------
-// Diagnostic workers
-// ---------------------------------------------------------------------------------
-
-/// Does nothing and returns `{}`.
-///
-/// Exists to measure the cluster's own overhead per job, with no work in the way.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Noop;
-
-impl Worker for Noop {
-    fn process(&self, _job: &JobInfo, _input: Data) -> Result<Data, BoxError> {
-        Ok(Data::new())
-    }
-}
-
-/// Returns its whole input (job data plus `"parents"`).
-///
-/// Exists to see exactly what a store's `retrieve` hands a worker.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Echo;
-
-impl Worker for Echo {
-    fn process(&self, _job: &JobInfo, input: Data) -> Result<Data, BoxError> {
-        Ok(input)
-    }
-}
-
-/// Sleeps `data["ms"]` milliseconds (default 100), then returns `{"slept_ms": ms}`.
-///
-/// Exists to make jobs that take a known time: for timeouts, slot usage, monitoring,
-/// and to kill a broker in the middle of a job.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Sleep;
-
-impl Worker for Sleep {
-    fn process(&self, _job: &JobInfo, input: Data) -> Result<Data, BoxError> {
-        let ms = count_setting(&input, "ms", 100)?;
-        std::thread::sleep(Duration::from_millis(ms));
-        Ok(object(json!({ "slept_ms": ms })))
-    }
-}
-
-/// Fails with `data["message"]`, or a default message.
-///
-/// Exists to test failure handling: retries, skipped descendants, error reporting.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Fail;
-
-impl Worker for Fail {
-    fn process(&self, _job: &JobInfo, input: Data) -> Result<Data, BoxError> {
-        Err(message(&input, "Fail worker failed as asked").into())
-    }
-}
-
-/// Misbehaves as `data["mode"]` says: `panic` (the default, with `data["message"]`),
-/// `abort` (the process aborts), `segfault` (writes through a null pointer), `oom`
-/// (allocates until memory runs out), `hang` (never returns), `exit` (exits the process).
-///
-/// Exists to check that no worker can take its broker down: with process isolation each
-/// of these fails only its own attempt.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Crash;
-
-impl Worker for Crash {
-    fn process(&self, _job: &JobInfo, input: Data) -> Result<Data, BoxError> {
-        let mode = input.get("mode").and_then(Value::as_str).unwrap_or("panic");
-        match mode {
-            "panic" => panic!("{}", message(&input, "Crash worker panicked as asked")),
-            "abort" => std::process::abort(),
-            "exit" => std::process::exit(3),
-            "segfault" => {
-                // SAFETY: none; crashing the process is the point of this mode.
-                unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
-                unreachable!()
-            }
-            "oom" => {
-                let mut hoard: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    hoard.push(vec![1u8; 64 << 20]);
-                }
-            }
-            "hang" => loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            },
-            other => Err(format!("unknown Crash mode {other:?}").into()),
-        }
-    }
-}
-
-/// Fails its first `data["fail_attempts"]` attempts (default 1), then succeeds with
-/// `{"attempt": n}`.
-///
-/// Exists to test retries: a job with `retries` at least `fail_attempts` succeeds.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Flaky;
-
-impl Worker for Flaky {
-    fn process(&self, job: &JobInfo, input: Data) -> Result<Data, BoxError> {
-        let fail = count_setting(&input, "fail_attempts", 1)?;
-        if u64::from(job.attempt) <= fail {
-            return Err(format!("flaky failure on attempt {}", job.attempt).into());
-        }
-        Ok(object(json!({ "attempt": job.attempt })))
-    }
-}
-
-/// `data["message"]` as text (a non-string value as its JSON), else `default`.
-fn message(input: &Data, default: &str) -> String {
-    match input.get("message") {
-        None | Some(Value::Null) => default.to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// Benchmark workers
-// ---------------------------------------------------------------------------------
-
-/// One link of a benchmark chain: `{"i": i, "n": n + 1}`.
-///
-/// Reads `i` and `n` from its single parent's output, or for a root job from its data
-/// (`i` defaults to 0, `n` to 0). So after a chain of `k` steps, `n` is `k`: a check that
-/// every step ran once and saw its parent's output. It does no other work, so that a
-/// benchmark measures the cluster. More than one parent is an error: that is `Join`'s job.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Step;
-
-impl Worker for Step {
-    fn process(&self, _job: &JobInfo, input: Data) -> Result<Data, BoxError> {
-        let parents = parent_outputs(&input);
-        let source = match parents.as_slice() {
-            [] => &input,
-            [one] => *one,
-            many => {
-                return Err(format!(
-                    "Step takes at most one parent, this job has {}; use Join for fan-in",
-                    many.len()
-                )
-                .into())
-            }
-        };
-        let i = source.get("i").cloned().unwrap_or(json!(0));
-        let n = count_setting(source, "n", 0)?;
-        Ok(object(json!({ "i": i, "n": n + 1 })))
-    }
-}
-
-/// The fan-in of a benchmark: `{"i": i, "n": max(n) + 1, "k": parents}`.
-///
-/// `i` comes from any parent that has one (else the data, else 0), `n` is one more than
-/// the largest parent `n` (so it is the longest path's length), `k` counts the parents
-/// so that a benchmark can check that every branch arrived.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Join;
-
-impl Worker for Join {
-    fn process(&self, _job: &JobInfo, input: Data) -> Result<Data, BoxError> {
-        let parents = parent_outputs(&input);
-        let i = parents
-            .iter()
-            .find_map(|p| p.get("i"))
-            .or_else(|| input.get("i"))
-            .cloned()
-            .unwrap_or(json!(0));
-        let mut n = 0;
-        for parent in &parents {
-            n = n.max(count_setting(parent, "n", 0)?);
-        }
-        if parents.is_empty() {
-            n = count_setting(&input, "n", 0)?;
-        }
-        Ok(object(json!({ "i": i, "n": n + 1, "k": parents.len() })))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{input, run};
     use super::*;
-    use pypelinin_common::PipelineId;
-    use std::collections::BTreeMap;
-
-    fn job(worker: &str) -> JobInfo {
-        JobInfo {
-            pipeline: PipelineId::new(),
-            name: format!("{}-job", worker.to_lowercase()),
-            worker: worker.to_string(),
-            attempt: 1,
-            data: Data::new(),
-            parents: BTreeMap::new(),
-            timeout_ms: None,
-        }
-    }
-
-    /// An input as the stores build it: `data` plus `"parents"`.
-    fn input(data: Value, parents: Value) -> Data {
-        let mut input = object(data);
-        input.insert("parents".into(), parents);
-        input
-    }
-
-    fn run(worker: &dyn Worker, input: Data) -> Result<Data, BoxError> {
-        worker.process(&job("test"), input)
-    }
 
     const TEXT: &str = "The cat and the dog. THE END, the end!\n\
         See https://example.com/a?b=1, and (http://x.org/path). Again: https://example.com/a.\n\
@@ -721,62 +419,5 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("3 links"), "{summary}");
-    }
-
-    #[test]
-    fn diagnostic_workers_do_what_they_say() {
-        assert!(run(&Noop, object(json!({"x": 1}))).unwrap().is_empty());
-        let inp = input(json!({"x": 1}), json!({"p": {"y": 2}}));
-        assert_eq!(run(&Echo, inp.clone()).unwrap(), inp);
-
-        let started = std::time::Instant::now();
-        let out = run(&Sleep, object(json!({"ms": 30}))).unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(30));
-        assert_eq!(out["slept_ms"], 30);
-
-        let err = run(&Fail, Data::new()).unwrap_err();
-        assert_eq!(err.to_string(), "Fail worker failed as asked");
-        let err = run(&Fail, object(json!({"message": "boom"}))).unwrap_err();
-        assert_eq!(err.to_string(), "boom");
-
-        let panic = std::panic::catch_unwind(|| run(&Crash, object(json!({"message": "bang"}))))
-            .unwrap_err();
-        assert_eq!(
-            panic.downcast_ref::<String>().map(String::as_str),
-            Some("bang")
-        );
-    }
-
-    #[test]
-    fn step_and_join_count_the_longest_path() {
-        let root = run(&Step, object(json!({"i": 7}))).unwrap();
-        assert_eq!(Value::Object(root.clone()), json!({"i": 7, "n": 1}));
-        let second = run(&Step, input(json!({"i": 99}), json!({"s0": root}))).unwrap();
-        assert_eq!(Value::Object(second.clone()), json!({"i": 7, "n": 2}));
-
-        let other = object(json!({"i": 7, "n": 5}));
-        let joined = run(&Join, input(json!({}), json!({"a": second, "b": other}))).unwrap();
-        assert_eq!(Value::Object(joined), json!({"i": 7, "n": 6, "k": 2}));
-
-        let err = run(
-            &Step,
-            input(json!({}), json!({"a": {"n": 1}, "b": {"n": 2}})),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("Join"), "{err}");
-        assert_eq!(run(&Join, object(json!({"i": 3}))).unwrap()["k"], 0);
-    }
-
-    #[test]
-    fn every_registered_name_resolves_to_a_worker() {
-        let unique: HashSet<&str> = WORKER_NAMES.iter().copied().collect();
-        assert_eq!(unique.len(), 12);
-        for name in WORKER_NAMES {
-            assert!(by_name(name).is_some(), "{name}");
-        }
-        assert!(by_name("Nope").is_none());
-        let noop = by_name("Noop").unwrap();
-        assert!(noop.process(&job("Noop"), Data::new()).unwrap().is_empty());
-        let _broker = register(Broker::new());
     }
 }
