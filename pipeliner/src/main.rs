@@ -1,3 +1,5 @@
+//! `pypelinin-pipeliner`: flags, tracing, then `pypelinin_pipeliner::run`.
+
 use clap::Parser;
 use pypelinin_common::Shutdown;
 use pypelinin_pipeliner::{PipelinerConfig, DEFAULT_CAPACITY};

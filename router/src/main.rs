@@ -1,3 +1,6 @@
+//! `pypelinin-router`: flags, tracing, then the router library's `bind` and `run`; with
+//! `--http`, the dashboard beside it.
+
 use std::io::Write;
 use std::path::PathBuf;
 
