@@ -1,0 +1,187 @@
+//! The messages of the protocol: what peers ask of the router ([`Request`]), what it
+//! sends back on the API socket ([`FromRouter`]: a [`Reply`] or a [`Push`]), and what it
+//! broadcasts ([`Event`]). Part of the one `protocol` module; the payloads they carry
+//! are in `types.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{
+    Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, JobChange,
+    JobRef, JobReport, MonitoringReport, PipelineId, PipelineResult, PipelineSnapshot,
+    PipelineSummary, ProtocolError,
+};
+use crate::pipeline::{Data, PipelineSpec};
+use crate::status::{PipelineState, PipelineStatus};
+
+/// What peers ask of the router.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Accept a pipeline. Idempotent: the same id with the same spec is accepted again.
+    Submit {
+        /// Client-chosen id.
+        id: PipelineId,
+        /// The pipeline.
+        pipeline: PipelineSpec,
+    },
+    /// Current status of a pipeline.
+    Status {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// Reply once every pipeline is final, or after `timeout_ms`, with their statuses.
+    Wait {
+        /// The pipelines.
+        ids: Vec<PipelineId>,
+        /// At most [`MAX_WAIT_MS`](super::MAX_WAIT_MS).
+        timeout_ms: u64,
+    },
+    /// Like `Wait`, but replies with each pipeline's state and outputs (`Results`):
+    /// one round trip from submission to results in hand, for many pipelines at once.
+    Results {
+        /// The pipelines.
+        ids: Vec<PipelineId>,
+        /// At most [`MAX_WAIT_MS`](super::MAX_WAIT_MS).
+        timeout_ms: u64,
+    },
+    /// The outputs the router keeps for a pipeline's succeeded jobs.
+    Outputs {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// Stop a pipeline: running jobs are stopped, no new ones start. Replies with its
+    /// status; cancelling a finished pipeline changes nothing.
+    Cancel {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// The most recent pipelines, newest first.
+    List {
+        /// At most this many.
+        limit: u32,
+        /// Only pipelines in this state.
+        #[serde(default)]
+        state: Option<PipelineState>,
+    },
+    /// Run again the failed, skipped and cancelled jobs of a finished pipeline, or the
+    /// named jobs and all their descendants, keeping what already succeeded. Replies
+    /// with its status.
+    Retry {
+        /// The pipeline.
+        id: PipelineId,
+        /// Jobs to run again with their descendants; empty: every job that did not succeed.
+        #[serde(default)]
+        jobs: Vec<String>,
+    },
+    /// Every broker the router knows, with its last monitoring report.
+    Brokers,
+    /// The spec a pipeline was submitted with (for diagrams).
+    Spec {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// Counters and histograms for operators (the `/metrics` page).
+    Metrics,
+    /// A broker joins (or rejoins after a router restart) with what it runs.
+    BrokerHello(BrokerHello),
+    /// Attempts that ended, with their outputs or errors.
+    JobDone(Vec<JobReport>),
+    /// Host and slot monitoring from a broker.
+    Monitor(MonitoringReport),
+    /// Stop assigning jobs to this broker (it is shutting down).
+    Drain,
+    /// A pipeliner joins with room for `capacity` pipelines.
+    PipelinerHello {
+        /// Stable id of the pipeliner process.
+        pipeliner: Uuid,
+        /// Most pipelines it walks at once.
+        capacity: u32,
+    },
+    /// Decisions of a pipeliner about the pipelines it walks.
+    Advance(Vec<Advance>),
+    /// The peer is alive.
+    Heartbeat,
+    /// The peer leaves; its running jobs and pipelines go to others.
+    Bye,
+}
+/// Everything the router sends to a peer on the API socket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromRouter {
+    /// The answer to the request with the frame's id.
+    Reply(Reply),
+    /// Unsolicited work or news (frame id 0).
+    Push(Push),
+}
+
+/// Answers to requests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Done, nothing to return.
+    Ok,
+    /// The pipeline is accepted and durable.
+    Submitted {
+        /// Its id.
+        id: PipelineId,
+    },
+    /// One pipeline's status.
+    Status(PipelineStatus),
+    /// Several pipelines' statuses, in the order asked.
+    Statuses(Vec<PipelineStatus>),
+    /// Outputs of succeeded jobs, by job name.
+    Outputs(BTreeMap<String, Data>),
+    /// States and outputs, in the order asked.
+    Results(Vec<PipelineResult>),
+    /// Recent pipelines.
+    List(Vec<PipelineSummary>),
+    /// The brokers.
+    Brokers(Vec<BrokerStatus>),
+    /// A pipeline's spec.
+    Spec(PipelineSpec),
+    /// Cluster metrics.
+    Metrics(ClusterMetrics),
+    /// The cluster configuration, in answer to a broker's hello.
+    Welcome(ClusterConfig),
+    /// The request was refused.
+    Error(ProtocolError),
+}
+
+/// Work and news the router pushes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Push {
+    /// Jobs for a broker, one per free slot it announced.
+    Assign(Vec<Assignment>),
+    /// Whole pipelines for a pipeliner to walk from their current states.
+    Take(Vec<PipelineSnapshot>),
+    /// Job state changes in pipelines the receiving pipeliner walks.
+    Changed(Vec<JobChange>),
+    /// Stop these attempts (their pipeline was cancelled); their reports will be stale.
+    Revoke(Vec<JobRef>),
+}
+/// Broadcast on the PUB socket, to wake peers up; never the truth.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Event {
+    /// A pipeline was accepted.
+    PipelineSubmitted {
+        /// The pipeline.
+        id: PipelineId,
+    },
+    /// A pipeline reached a final state.
+    PipelineFinished {
+        /// The pipeline.
+        id: PipelineId,
+        /// Its final state.
+        state: PipelineState,
+    },
+}
+
+impl Event {
+    /// Topic frame, for subscription filters.
+    pub fn topic(&self) -> &'static [u8] {
+        match self {
+            Event::PipelineSubmitted { .. } => b"pipeline.submitted",
+            Event::PipelineFinished { .. } => b"pipeline.finished",
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Unit tests of the protocol: round trips, and typed refusals of garbage,
+//! truncation, foreign versions, unknown commands and oversized or hostile frames.
+
+use super::*;
+use crate::pipeline::PipelineSpec;
+
+#[test]
+fn round_trips_requests_and_replies() {
+    let spec = PipelineSpec::default().job("a", "Noop", &[]);
+    let id = PipelineId::new();
+    let bytes = encode(
+        7,
+        &Request::Submit {
+            id,
+            pipeline: spec.clone(),
+        },
+    );
+    let (rid, req): (u64, Request) = decode(&bytes).unwrap();
+    assert_eq!(rid, 7);
+    match req {
+        Request::Submit { id: got, pipeline } => {
+            assert_eq!(got, id);
+            assert_eq!(pipeline, spec);
+        }
+        other => panic!("{other:?}"),
+    }
+    let bytes = encode(
+        0,
+        &FromRouter::Reply(Reply::Error(ProtocolError::UnknownPeer)),
+    );
+    let (_, back): (u64, FromRouter) = decode(&bytes).unwrap();
+    assert!(matches!(
+        back,
+        FromRouter::Reply(Reply::Error(ProtocolError::UnknownPeer))
+    ));
+}
+
+#[test]
+fn garbage_truncation_versions_and_unknown_commands_are_typed() {
+    let e = decode::<Request>(b"\xc1\xff garbage").unwrap_err();
+    assert!(matches!(e.error, ProtocolError::Malformed(_)) && e.id.is_none());
+
+    let good = encode(9, &Request::Heartbeat);
+    for cut in 0..good.len() {
+        assert!(decode::<Request>(&good[..cut]).is_err());
+    }
+
+    #[derive(Serialize)]
+    enum Future {
+        Frobnicate { x: u32 },
+    }
+    let e = decode::<Request>(&encode(5, &Future::Frobnicate { x: 1 })).unwrap_err();
+    assert_eq!(e.id, Some(5));
+    assert!(
+        matches!(e.error, ProtocolError::UnknownCommand(_)),
+        "{:?}",
+        e.error
+    );
+
+    let old = rmp_serde::to_vec_named(&Frame {
+        v: 99,
+        id: 3,
+        body: Request::Heartbeat,
+    })
+    .unwrap();
+    let e = decode::<Request>(&old).unwrap_err();
+    assert_eq!(
+        e.error,
+        ProtocolError::Version {
+            got: 99,
+            want: PROTOCOL_VERSION
+        }
+    );
+
+    let big = vec![0u8; MAX_FRAME_BYTES + 1];
+    assert!(matches!(
+        decode::<Request>(&big).unwrap_err().error,
+        ProtocolError::TooLarge { .. }
+    ));
+
+    // Trailing bytes after a valid frame.
+    let mut extra = encode(8, &Request::Heartbeat);
+    extra.extend_from_slice(b"\xde\xad");
+    let e = decode::<Request>(&extra).unwrap_err();
+    assert_eq!(e.id, Some(8));
+    assert!(matches!(&e.error, ProtocolError::Malformed(m) if m.contains("after the end")));
+
+    // Millions of one-byte values: refused before any is built.
+    let mut many = vec![0xdd, 0x00, 0x2d, 0xc6, 0xc0]; // array of 3,000,000
+    many.extend(std::iter::repeat_n(0xc0u8, 3_000_000));
+    let e = decode::<Request>(&many).unwrap_err();
+    assert!(
+        matches!(&e.error, ProtocolError::Malformed(m) if m.contains("values in one frame")),
+        "{:?}",
+        e.error
+    );
+
+    // A container announcing more values than there are bytes.
+    let e = decode::<Request>(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0]).unwrap_err();
+    assert!(matches!(&e.error, ProtocolError::Malformed(m) if m.contains("announces")));
+
+    // 10k nested arrays: refused by the depth bound, not by a stack overflow.
+    let mut deep = vec![0x91u8; 10_000];
+    deep.push(0xc0);
+    assert!(decode::<Request>(&deep).is_err());
+}

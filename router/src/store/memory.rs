@@ -1,0 +1,121 @@
+//! [`MemoryStore`]: a [`StateStore`] in memory, for tests of the router's state
+//! machine. Part of the one `store` module.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::Data;
+
+use super::{JobRecord, Loaded, PipelineRecord, StateStore, StoreError};
+
+/// A [`StateStore`] in memory: nothing survives the process. For tests of the state
+/// machine, which then need no disk and no sled; clones share one store, so a test
+/// can load a second [`crate::state::RouterState`] from what the first one wrote, as a
+/// restarted router would. Only committed writes are loaded, as with sled's journal.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Memory>>,
+}
+
+#[derive(Default)]
+struct Memory {
+    /// Written and not yet committed.
+    pending: Tables,
+    committed: Tables,
+    commits: u64,
+}
+
+#[derive(Clone, Default)]
+struct Tables {
+    pipelines: HashMap<PipelineId, PipelineRecord>,
+    jobs: HashMap<(PipelineId, u32), JobRecord>,
+    outputs: HashMap<(PipelineId, u32), Data>,
+}
+
+impl Tables {
+    fn merge(&mut self, other: Tables) {
+        self.pipelines.extend(other.pipelines);
+        self.jobs.extend(other.jobs);
+        self.outputs.extend(other.outputs);
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many commits it has seen.
+    pub fn commits(&self) -> u64 {
+        self.lock().commits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        // A panic while holding the lock leaves whole maps behind (each write is one
+        // insert): the data is still consistent, so a poisoned lock is used as is.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn load(&self) -> Result<Vec<Loaded>, StoreError> {
+        let m = self.lock();
+        let c = &m.committed;
+        let mut out = Vec::with_capacity(c.pipelines.len());
+        for rec in c.pipelines.values() {
+            let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
+            for i in 0..rec.spec.jobs.len() as u32 {
+                match c.jobs.get(&(rec.id, i)) {
+                    Some(j) => jobs.push(j.clone()),
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            key: rec.id.to_string(),
+                            message: format!("no record of job {i}"),
+                        })
+                    }
+                }
+            }
+            out.push((rec.clone(), jobs));
+        }
+        out.sort_by_key(|(p, _)| p.seq);
+        Ok(out)
+    }
+
+    fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
+        self.lock().pending.pipelines.insert(rec.id, rec.clone());
+        Ok(())
+    }
+
+    fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
+        self.lock().pending.jobs.insert((id, job), rec.clone());
+        Ok(())
+    }
+
+    fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
+        self.lock()
+            .pending
+            .outputs
+            .insert((id, job), output.clone());
+        Ok(())
+    }
+
+    fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError> {
+        let m = self.lock();
+        let k = (id, job);
+        Ok(m.pending
+            .outputs
+            .get(&k)
+            .or_else(|| m.committed.outputs.get(&k))
+            .cloned())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let mut m = self.lock();
+        let pending = std::mem::take(&mut m.pending);
+        m.committed.merge(pending);
+        m.commits += 1;
+        Ok(())
+    }
+}

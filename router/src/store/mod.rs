@@ -1,0 +1,140 @@
+//! Durable router state behind a small trait, so that sled can be swapped out.
+//!
+//! The router writes every change through a [`StateStore`] and calls
+//! [`StateStore::commit`] once per event-loop turn, before it sends any reply: a change
+//!
+//! One module, `store`, split into files by kind; every item is public here, at
+//! `pypelinin_router::store::X`, whichever file holds it:
+//! - this file: the [`StateStore`] trait, the records it keeps ([`PipelineRecord`],
+//!   [`JobRecord`], [`Loaded`]), [`StoreError`] and the [`Durability`] modes;
+//! - `sled.rs`: [`SledStore`], the durable implementation (a write-ahead journal
+//!   checkpointed into sled), with its tests in `sled/tests.rs`;
+//! - `memory.rs`: [`MemoryStore`], the in-memory implementation for tests.
+
+use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::status::{Attempt, JobState, PipelineState};
+use pypelinin_common::{Data, PipelineSpec};
+use serde::{Deserialize, Serialize};
+
+mod memory;
+mod sled;
+
+pub use self::memory::MemoryStore;
+pub use self::sled::{SledStore, BACKGROUND_SYNC, CHECKPOINT_BYTES};
+
+/// A storage failure; the router stops rather than acknowledge what it could not keep.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("sled: {0}")]
+    Sled(#[from] ::sled::Error),
+    /// The journal could not be read or written.
+    #[error("journal: {0}")]
+    Io(#[from] std::io::Error),
+    /// A checkpoint into sled failed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// A record did not encode (a job's output that MessagePack cannot hold).
+    #[error("encoding a record: {0}")]
+    Encode(String),
+    /// A record did not decode (a corrupt or foreign database).
+    #[error("corrupt record {key}: {message}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// When the router makes changes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Sync the journal before every acknowledgement (one `fdatasync` per event-loop
+    /// turn, shared by every change of the turn). The default.
+    #[default]
+    Flush,
+    /// Write the journal before every acknowledgement but sync it only every
+    /// [`BACKGROUND_SYNC`], from another thread: a crash of the router process loses
+    /// nothing (the kernel has the writes), a crash of the machine can lose the last
+    /// half second.
+    Background,
+}
+
+/// A pipeline as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    /// The pipeline.
+    pub id: PipelineId,
+    /// What was submitted; stored once, apart from the record, which changes often.
+    #[serde(skip)]
+    pub spec: PipelineSpec,
+    /// Its state.
+    pub state: PipelineState,
+    /// Submission order, for listing.
+    pub seq: u64,
+    /// When accepted.
+    pub submitted_ms: u64,
+    /// When final.
+    pub finished_ms: Option<u64>,
+}
+/// A job as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Its state.
+    pub state: JobState,
+    /// In the run queue (or waiting out a retry delay): its parents all succeeded.
+    pub enqueued: bool,
+    /// Failed attempts so far (retries are counted against these).
+    pub failures: u32,
+    /// Earliest start of the next attempt (retry backoff), ms since the epoch.
+    pub not_before_ms: u64,
+    /// Last error.
+    pub error: Option<String>,
+    /// Every attempt; the last one is the current one while running.
+    pub history: Vec<Attempt>,
+}
+
+impl JobRecord {
+    /// A job that has not started.
+    pub fn new() -> Self {
+        JobRecord {
+            state: JobState::Queued,
+            enqueued: false,
+            failures: 0,
+            not_before_ms: 0,
+            error: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// Number of the latest attempt (0 before the first).
+    pub fn attempt(&self) -> u32 {
+        self.history.len() as u32
+    }
+}
+
+impl Default for JobRecord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A pipeline with its jobs, as loaded at start-up.
+pub type Loaded = (PipelineRecord, Vec<JobRecord>);
+
+/// Where the router keeps its state.
+pub trait StateStore: Send {
+    /// Everything stored, oldest pipeline first.
+    fn load(&self) -> Result<Vec<Loaded>, StoreError>;
+    /// Writes a pipeline record.
+    fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError>;
+    /// Writes a job record.
+    fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError>;
+    /// Writes a job's output.
+    fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError>;
+    /// Reads a job's output.
+    fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError>;
+    /// Makes every write so far durable (per the durability mode).
+    fn commit(&mut self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,100 @@
+//! Tests of [`SledStore`](super::SledStore): what only the journal holds survives a
+//! restart, and checkpoints move records into sled and remove old journals.
+
+use super::*;
+use pypelinin_common::status::{JobState, PipelineState};
+
+fn pipeline(seq: u64) -> PipelineRecord {
+    let spec = PipelineSpec::default()
+        .job("a", "Noop", &[])
+        .job("b", "Noop", &["a"]);
+    PipelineRecord {
+        id: PipelineId::new(),
+        spec,
+        state: PipelineState::Running,
+        seq,
+        submitted_ms: 1,
+        finished_ms: None,
+    }
+}
+
+/// Writes `n` pipelines of two jobs, one commit each, job `a` finished with output.
+fn write(store: &mut SledStore, n: u64) -> Vec<PipelineId> {
+    (1..=n)
+        .map(|seq| {
+            let rec = pipeline(seq);
+            store.put_pipeline(&rec).unwrap();
+            let mut done = JobRecord::new();
+            done.state = JobState::Succeeded;
+            store.put_job(rec.id, 0, &JobRecord::new()).unwrap();
+            store.put_job(rec.id, 1, &JobRecord::new()).unwrap();
+            store.put_job(rec.id, 0, &done).unwrap();
+            let out: Data = [("seq".to_string(), serde_json::json!(seq))]
+                .into_iter()
+                .collect();
+            store.put_output(rec.id, 0, &out).unwrap();
+            store.commit().unwrap();
+            rec.id
+        })
+        .collect()
+}
+
+fn check_outputs(store: &SledStore, ids: &[PipelineId]) {
+    for (k, id) in ids.iter().enumerate() {
+        let out = store.get_output(*id, 0).unwrap().expect("output kept");
+        assert_eq!(out["seq"], serde_json::json!(k as u64 + 1));
+        assert!(store.get_output(*id, 1).unwrap().is_none());
+    }
+}
+
+/// What a restarted router loads.
+fn check(store: &SledStore, ids: &[PipelineId]) {
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.len(), ids.len());
+    for ((rec, jobs), id) in loaded.iter().zip(ids) {
+        assert_eq!(rec.id, *id);
+        assert_eq!(rec.spec.jobs.len(), 2);
+        assert_eq!(jobs[0].state, JobState::Succeeded, "latest write wins");
+        assert_eq!(jobs[1].state, JobState::Queued);
+    }
+    check_outputs(store, ids);
+}
+
+#[test]
+fn what_only_the_journal_holds_is_there_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let mut s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        write(&mut s, 20)
+    };
+    // Nothing reached sled: the journal alone carries the 20 pipelines.
+    assert_eq!(journal::list(dir.path()).unwrap(), vec![1]);
+    let s = SledStore::open(dir.path(), Durability::Background).unwrap();
+    check(&s, &ids);
+    assert_eq!(
+        journal::list(dir.path()).unwrap(),
+        vec![2],
+        "replayed, then removed"
+    );
+}
+
+#[test]
+fn checkpoints_move_records_to_sled_and_remove_old_journals() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let mut s = SledStore::open(dir.path(), Durability::Background)
+            .unwrap()
+            .checkpoint_after(1);
+        let ids = write(&mut s, 50);
+        // Readable whether a record sits in the journal, in a running checkpoint
+        // or in sled.
+        check_outputs(&s, &ids);
+        s.reap_checkpoint(true).unwrap();
+        assert!(!s.trees.outputs.is_empty(), "a checkpoint wrote to sled");
+        ids
+    };
+    let left = journal::list(dir.path()).unwrap();
+    assert!(left.len() <= 2, "old journals removed: {left:?}");
+    let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+    check(&s, &ids);
+}
