@@ -29,12 +29,18 @@ mod answer;
 mod pages;
 mod pipelines;
 
+pub use crate::shapes::{pipeline_json, summary_json};
 pub use answer::{error_status, Answer};
 pub use pages::escape_html;
-pub use pipelines::{pipeline_json, query_pairs, summary_json, ListQuery};
+pub use pipelines::{query_pairs, ListQuery};
 
 use pages::{app_css, app_js, index};
 use pipelines::{cancel, dot, list, outputs, parse_id, pipeline, retry};
+
+/// `GET /api/events`: the hub's stream (see [`events::stream`]).
+async fn event_stream(State(app): State<Arc<App>>) -> impl IntoResponse {
+    events::stream(Arc::clone(&app.hub))
+}
 
 /// Largest request body accepted (retry bodies are tiny).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -84,7 +90,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/pipelines", get(list).fallback(only_get))
         .route("/api/brokers", get(brokers).fallback(only_get))
         .route("/api/metrics", get(metrics).fallback(only_get))
-        .route("/api/events", get(events::stream).fallback(only_get))
+        .route("/api/events", get(event_stream).fallback(only_get))
         .route(
             "/api/pipelines/{id}",
             get(pipeline).fallback(pipeline_only_get),

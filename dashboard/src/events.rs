@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use pypelinin_common::now_ms;
@@ -25,8 +24,8 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Notify};
 use tracing::{debug, warn};
 
-use crate::api::{summary_json, App};
 use crate::link::Links;
+use crate::shapes::summary_json;
 
 /// How often the refresher asks the router while a browser listens (job changes are
 /// not broadcast, so this is what moves progress bars).
@@ -283,10 +282,7 @@ pub fn watch_broadcasts(ctx: &zmq::Context, endpoint: &str, hub: &Hub, stop: &At
 }
 
 /// `GET /api/events`: a snapshot of what was pushed so far, then every change.
-pub async fn stream(
-    State(app): State<Arc<App>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let hub = Arc::clone(&app.hub);
+pub fn stream(hub: Arc<Hub>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (rx, greeting) = hub.join();
     // The first stream after a quiet time gets fresh news at once.
     hub.wake();

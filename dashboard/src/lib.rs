@@ -63,6 +63,7 @@ pub mod api;
 pub mod events;
 pub mod link;
 pub mod prometheus;
+pub mod shapes;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use pypelinin_common::protocol::{PipelineId, PipelineSummary};
-use pypelinin_common::render::{self, Progress};
-use pypelinin_common::{now_ms, PipelineSpec, PipelineState, PipelineStatus};
+use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::render;
+use pypelinin_common::{now_ms, PipelineState};
 use serde_json::{json, Value};
 use tracing::info;
 
 use super::{Answer, App, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::shapes::{pipeline_json, summary_json};
 
 pub(super) fn parse_id(id: &str) -> Result<PipelineId, Answer> {
     id.parse::<PipelineId>()
@@ -44,18 +45,6 @@ pub(super) async fn list(State(app): State<Arc<App>>, RawQuery(query): RawQuery)
     Answer::json(200, &json!({ "pipelines": rows, "now_ms": now }))
 }
 
-/// A line of the pipeline list as the API shows it: the summary plus `duration_ms`
-/// (until now for a pipeline still going).
-pub fn summary_json(p: &PipelineSummary, now: u64) -> Value {
-    let mut v = serde_json::to_value(p).unwrap_or_default();
-    v["duration_ms"] = p
-        .finished_ms
-        .unwrap_or(now)
-        .saturating_sub(p.submitted_ms)
-        .into();
-    v
-}
-
 pub(super) async fn pipeline(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
     let id = match parse_id(&id) {
         Ok(id) => id,
@@ -69,26 +58,6 @@ pub(super) async fn pipeline(State(app): State<Arc<App>>, Path(id): Path<String>
         Ok((status, spec)) => Answer::json(200, &pipeline_json(&status, &spec, now_ms())),
         Err(e) => e.into(),
     }
-}
-
-/// The status, each job with its `after`, the `edges`, the `progress` counts, the
-/// `duration_ms` so far and `now_ms`.
-pub fn pipeline_json(status: &PipelineStatus, spec: &PipelineSpec, now: u64) -> Value {
-    let mut v = serde_json::to_value(status).unwrap_or_default();
-    for (name, job) in &spec.jobs {
-        if let Some(j) = v["jobs"].get_mut(name) {
-            j["after"] = json!(job.after);
-        }
-    }
-    v["edges"] = json!(render::edges(spec));
-    v["progress"] = json!(Progress::of(status));
-    v["duration_ms"] = status
-        .finished_ms
-        .unwrap_or(now)
-        .saturating_sub(status.submitted_ms)
-        .into();
-    v["now_ms"] = now.into();
-    v
 }
 
 pub(super) async fn outputs(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
