@@ -10,8 +10,6 @@
 //! exactly as the peers' drivers are.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -20,6 +18,9 @@ use pypelinin_client::PipelineManager;
 use pypelinin_common::protocol::{ClusterConfig, PipelineId, PipelineResult};
 use pypelinin_common::{PipelineSpec, PipelineState, Shutdown};
 use serde_json::{json, Value};
+
+mod cluster;
+use cluster::{Cluster, CPU_PARTS};
 
 /// Benchmarks the cluster on the peers' scenarios.
 #[derive(Parser, Debug)]
@@ -136,169 +137,6 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// A benchmark cluster: router, pipeliner and one broker with two slots.
-struct Cluster {
-    procs: Vec<Child>,
-    api: String,
-    broadcast: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(args: &Args) -> anyhow::Result<Cluster> {
-        let dir = tempfile::tempdir()?;
-        let exe = std::env::current_exe()?;
-        let mut common: Vec<String> = vec![
-            "--isolation".into(),
-            format!("{:?}", args.isolation).to_lowercase(),
-        ];
-        if args.durable {
-            common.push("--durable".into());
-        }
-        if let Some(n) = args.prefetch {
-            common.extend(["--prefetch".into(), n.to_string()]);
-        }
-        let mut router = Command::new(&exe)
-            .args(["--role", "router", "--db"])
-            .arg(dir.path().join("db"))
-            .args(&common)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(router.stdout.take().unwrap()).read_line(&mut line)?;
-        let field = |k: &str| -> anyhow::Result<String> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_string)
-                .with_context(|| format!("router said {line:?}"))
-        };
-        let (api, broadcast) = (field("api=")?, field("broadcast=")?);
-        let mut procs = vec![router];
-        for role in ["pipeliner", "broker"] {
-            procs.push(
-                Command::new(&exe)
-                    .args(["--role", role, "--api", &api, "--broadcast", &broadcast])
-                    .args(&common)
-                    .spawn()?,
-            );
-        }
-        let c = Cluster {
-            procs,
-            api,
-            broadcast,
-            _dir: dir,
-        };
-        // Ready when a job goes through.
-        let mut pm = c.client()?;
-        let id = pm.start(&PipelineSpec::default().job("a", "Noop", &[]))?;
-        ensure!(
-            pm.wait(id, Duration::from_secs(30))?.is_success(),
-            "warm-up job failed"
-        );
-        Ok(c)
-    }
-
-    fn client(&self) -> anyhow::Result<PipelineManager> {
-        Ok(PipelineManager::connect(&self.api, &self.broadcast)?)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.procs.iter().map(|c| c.id()).collect()
-    }
-
-    /// CPU seconds used so far by each part of the cluster: the router, the pipeliner,
-    /// the broker with its slot processes, and this driver (the client).
-    fn cpu_seconds(&self) -> [f64; 4] {
-        let p = self.pids();
-        let broker: f64 = children_of(&p[2..3])
-            .into_iter()
-            .chain([p[2]])
-            .map(proc_cpu_seconds)
-            .sum();
-        [
-            proc_cpu_seconds(p[0]),
-            proc_cpu_seconds(p[1]),
-            broker,
-            proc_cpu_seconds(std::process::id()),
-        ]
-    }
-
-    fn router_peak_rss_kb(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.procs[0].id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.procs.iter().rev() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for c in self.procs.iter_mut().rev() {
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn children_of(pids: &[u32]) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Some(ppid) =
-            proc_stat(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
-        {
-            if pids.contains(&ppid) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
-/// Fields of /proc/PID/stat after the command name (state is field 0).
-fn proc_stat(pid: u32) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-fn proc_cpu_seconds(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    proc_stat(pid)
-        .map(|f| {
-            // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
-            let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12)) / ticks
-        })
-        .unwrap_or(0.0)
-}
-
-/// Per-job CPU of each part of the cluster, in the order of [`Cluster::cpu_seconds`].
-const CPU_PARTS: [&str; 4] = [
-    "cpu_ms_router",
-    "cpu_ms_pipeliner",
-    "cpu_ms_broker",
-    "cpu_ms_client",
-];
 
 /// One timed run's figures.
 #[derive(Default, Clone)]
