@@ -20,6 +20,9 @@ use pypelinin_common::{Data, PipelineSpec};
 
 pub use pypelinin_common::protocol::ProtocolError;
 
+mod async_client;
+pub use async_client::{AsyncPipelineManager, JobEvent, EVENTS_POLL};
+
 /// Longest a single `Wait` request is held by the router; longer waits are split, so a
 /// router restart costs at most this much extra waiting.
 pub const WAIT_CHUNK: Duration = Duration::from_secs(5);
@@ -43,6 +46,13 @@ pub enum ClientError {
     /// The router answered with something this client does not expect.
     #[error("unexpected reply from router: {0}")]
     Unexpected(String),
+    /// The [`AsyncPipelineManager`]'s I/O thread is gone, so nothing can be asked: it
+    /// was stopped, or its ZeroMQ context failed.
+    #[error("the client's I/O thread has stopped")]
+    Closed,
+    /// The [`AsyncPipelineManager`]'s I/O thread could not be started.
+    #[error("could not start the client's I/O thread: {0}")]
+    Spawn(std::io::Error),
 }
 
 /// A failed job: its name and error.
