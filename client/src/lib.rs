@@ -3,6 +3,9 @@
 //! Every answer comes from request/reply with the router ([`Requester`] retries on a
 //! fresh socket when the router does not answer). Broadcasts are only used by
 //! [`PipelineManager::subscribe`] as a convenience: waiting never depends on one.
+//!
+//! [`PipelineManager`] blocks its caller; [`AsyncPipelineManager`] is the same client for
+//! tokio applications, with its sockets on a thread of its own so the runtime never blocks.
 
 #![warn(missing_docs)]
 
