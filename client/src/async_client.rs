@@ -238,3 +238,49 @@ impl AsyncPipelineManager {
 fn unexpected(reply: Reply) -> ClientError {
     ClientError::Unexpected(format!("{reply:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's threads named like the I/O thread (Linux names are cut at 15 bytes).
+    fn io_threads() -> usize {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return 0;
+        };
+        tasks
+            .filter_map(|t| t.ok())
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .filter(|name| name.starts_with("pypelinin-clien"))
+            .count()
+    }
+
+    #[test]
+    fn a_malformed_address_fails_at_connect() {
+        let err = AsyncPipelineManager::connect("no-such-transport", "tcp://127.0.0.1:1")
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, ClientError::Transport(TransportError::Zmq(_))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dropping_the_last_handle_stops_the_thread() {
+        let before = io_threads();
+        let pm = AsyncPipelineManager::connect("tcp://127.0.0.1:1", "tcp://127.0.0.1:1")
+            .expect("connect is lazy");
+        let clone = pm.clone();
+        if cfg!(target_os = "linux") {
+            assert_eq!(io_threads(), before + 1);
+        }
+        drop(pm);
+        if cfg!(target_os = "linux") {
+            assert_eq!(io_threads(), before + 1, "a clone keeps it");
+        }
+        drop(clone);
+        // The drop joins the thread: it is gone once drop returns.
+        assert_eq!(io_threads(), before);
+    }
+}
