@@ -15,6 +15,7 @@ use pypelinin_common::{now_ms, Data, Shutdown};
 use tracing::{error, info, warn};
 
 use crate::api::{Store, Worker};
+use crate::cancel::with_flag;
 use crate::config::{BrokerError, Isolation};
 use crate::job::{job_span, past_timeout, run_job, JobError};
 use crate::monitor::HostMonitor;
@@ -223,7 +224,8 @@ fn thread_slot(
             Err(JobError::Cancelled)
         } else {
             let t0 = Instant::now();
-            let r = job_span(&a).in_scope(|| run_job(store, workers, &a.info));
+            let flag = ctx.table.cancel_flag(ctx.slot);
+            let r = job_span(&a).in_scope(|| with_flag(flag, || run_job(store, workers, &a.info)));
             past_timeout(
                 r,
                 a.info.timeout_ms.map(Duration::from_millis),
