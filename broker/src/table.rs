@@ -25,6 +25,8 @@ pub(crate) struct SlotTable {
     jobs: Mutex<Vec<Option<SlotJob>>>,
     /// Each slot's job's revoke flag (a fresh one per job), locked after `jobs`.
     flags: Mutex<Vec<CancelFlag>>,
+    /// The broker is stopping: every job starting from now gets a raised flag.
+    stopping: std::sync::atomic::AtomicBool,
     /// Revoked while queued: cancelled by the slot that takes them.
     revoked: Mutex<HashSet<JobRef>>,
     done: AtomicU64,
@@ -42,6 +44,7 @@ impl SlotTable {
         SlotTable {
             jobs: Mutex::new(vec![None; slots]),
             flags: Mutex::new(vec![CancelFlag::new(); slots]),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             revoked: Mutex::new(HashSet::new()),
             done: AtomicU64::new(0),
         }
@@ -53,6 +56,9 @@ impl SlotTable {
         let mut jobs = lock(&self.jobs);
         if let Some(f) = lock(&self.flags).get_mut(slot) {
             *f = CancelFlag::new();
+            if self.stopping.load(Ordering::SeqCst) {
+                f.cancel();
+            }
         }
         if let Some(s) = jobs.get_mut(slot) {
             *s = Some(SlotJob {
@@ -67,6 +73,17 @@ impl SlotTable {
     /// The revoke flag of the job `slot` runs now (raised by [`SlotTable::revoke`]).
     pub(crate) fn cancel_flag(&self, slot: usize) -> CancelFlag {
         lock(&self.flags).get(slot).cloned().unwrap_or_default()
+    }
+
+    /// The broker stops with jobs still running: raises the flag of every job running
+    /// now or started later, so that workers that can stop (command workers) do, and
+    /// leave no process behind the broker.
+    pub(crate) fn cancel_all(&self) {
+        let _jobs = lock(&self.jobs);
+        self.stopping.store(true, Ordering::SeqCst);
+        for f in lock(&self.flags).iter() {
+            f.cancel();
+        }
     }
 
     /// `slot`'s job finished.
@@ -178,6 +195,17 @@ mod tests {
         t.finish(2);
         t.start(2, &job(6), 0);
         assert!(!t.cancel_flag(2).is_cancelled(), "a fresh flag per job");
+    }
+
+    #[test]
+    fn a_stopping_broker_raises_the_flags_of_running_and_later_jobs() {
+        let t = SlotTable::new(2);
+        t.start(0, &job(1), 0);
+        let running = t.cancel_flag(0);
+        t.cancel_all();
+        assert!(running.is_cancelled());
+        t.start(1, &job(2), 0);
+        assert!(t.cancel_flag(1).is_cancelled(), "started after the stop");
     }
 
     #[test]

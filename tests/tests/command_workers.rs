@@ -207,6 +207,27 @@ fn cancelling_a_pipeline_kills_its_running_command_group() {
 }
 
 #[test]
+fn a_broker_stopping_past_its_drain_timeout_leaves_no_command_behind() {
+    let (mut c, pids) = cluster();
+    let toml = c.dir.path().join("workers.toml");
+    c.add_broker_bin(
+        "pypelinin-broker",
+        &["--drain-timeout", "1", toml.to_str().unwrap()],
+    );
+    // Only the second broker runs jobs.
+    c.brokers.remove(0);
+    let mut pm = c.client();
+    pm.start(&PipelineSpec::default().job("s", "slow", &[]))
+        .unwrap();
+    let pgid = pid_of(&pids, "s");
+    let broker = &mut c.brokers[0];
+    broker.signal("TERM");
+    let st = broker.wait_exit(WAIT).expect("the broker stops");
+    assert!(st.success(), "{st:?}\n{}", c.log("broker-1.log"));
+    assert_group_gone(pgid);
+}
+
+#[test]
 fn a_bad_workers_file_is_refused_at_start_with_its_line() {
     let c = Cluster::start(0, 1);
     let toml = c.dir.path().join("bad.toml");
