@@ -72,15 +72,16 @@ pub(crate) fn run_job(
     Ok(output)
 }
 
-/// A job run on a broker thread cannot be stopped: one that returns after its timeout
-/// fails as timed out, whatever it returned.
+/// A job run on a broker thread cannot be stopped: one that returns an output after
+/// its timeout fails as timed out. An error stands as returned: a worker that stops
+/// itself at its timeout (a [`crate::CommandWorker`] kills its command) says why.
 pub(crate) fn past_timeout(
     result: Result<Data, JobError>,
     timeout: Option<Duration>,
     ran: Duration,
 ) -> Result<Data, JobError> {
     match timeout {
-        Some(t) if ran > t => Err(JobError::TimedOutInThread {
+        Some(t) if ran > t && result.is_ok() => Err(JobError::TimedOutInThread {
             limit_ms: t.as_millis(),
             ran_ms: ran.as_millis(),
         }),
@@ -240,5 +241,14 @@ mod tests {
         ));
         assert!(past_timeout(Ok(Data::new()), t, Duration::from_millis(400)).is_ok());
         assert!(past_timeout(Ok(Data::new()), None, Duration::from_secs(9)).is_ok());
+        let own = past_timeout(
+            Err(JobError::Worker("timed out after 400 ms: killed".into())),
+            t,
+            Duration::from_millis(401),
+        );
+        assert!(
+            matches!(own, Err(JobError::Worker(_))),
+            "its own error stands"
+        );
     }
 }

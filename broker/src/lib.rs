@@ -11,11 +11,18 @@
 //! [`slot`] (a slot's child process, from the broker's side), `child` (the child's
 //! side and the frames both exchange), `job` (a job's life) and `monitor`; `config`,
 //! `api` and `table` (what threads share) are leaves.
+//!
+//! Workers in any language: [`CommandWorker`] runs a program per attempt (module
+//! `command`), [`WorkersFile`] declares them in TOML (module `workers_file`), and
+//! [`run_workers_file`] is the `pypelinin-broker` binary's body. A running worker sees a
+//! revoke of its job through [`is_cancelled`] (module `cancel`).
 
 #![warn(missing_docs)]
 
 mod api;
+mod cancel;
 mod child;
+mod command;
 mod config;
 mod event_loop;
 mod io;
@@ -26,11 +33,46 @@ mod queue;
 pub mod slot;
 mod slots;
 mod table;
+mod workers_file;
 
 pub use api::{BoxError, ClusterStore, Store, StoreFactory, Worker};
+pub use cancel::{cancel_flag, is_cancelled, CancelFlag};
+pub use command::{CommandError, CommandWorker, STDERR_TAIL_BYTES};
 pub use config::{BrokerConfig, BrokerError, Isolation, DEFAULT_DRAIN_TIMEOUT, PREFETCH_PER_SLOT};
 pub use event_loop::Broker;
 pub use job::JobError;
 pub use pypelinin_common::protocol::{ClusterConfig, JobInfo, MonitoringReport};
 pub use pypelinin_common::Data;
 pub use slot::{Death, SlotError};
+pub use workers_file::{Mode, WorkerSpec, WorkersFile, WorkersFileError};
+
+/// Why `pypelinin-broker` stopped: a bad workers file, or the broker itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The workers file was refused at start-up.
+    #[error(transparent)]
+    WorkersFile(#[from] WorkersFileError),
+    /// The broker stopped with an error.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// The `pypelinin-broker` binary's body: offers the command workers of `file` until
+/// `shutdown` triggers. Command workers are processes already, so slots run them on
+/// threads ([`Isolation::Thread`]) whatever `config.isolation` says: a crash of a
+/// command ends only its own process.
+pub fn run_workers_file(
+    file: &std::path::Path,
+    mut config: BrokerConfig,
+    shutdown: pypelinin_common::Shutdown,
+) -> Result<(), RunError> {
+    let workers = WorkersFile::load(file)?;
+    let mut broker = Broker::new();
+    for (name, spec) in &workers.workers {
+        broker = broker.worker(name, spec.worker());
+    }
+    config.isolation = Isolation::Thread;
+    tracing::info!(workers = ?broker.worker_names(), file = %file.display(), "command workers");
+    broker.run(config, shutdown)?;
+    Ok(())
+}

@@ -15,6 +15,7 @@ use pypelinin_common::{now_ms, Data, Shutdown};
 use tracing::{error, info, warn};
 
 use crate::api::{Store, Worker};
+use crate::cancel::with_flag;
 use crate::config::{BrokerError, Isolation};
 use crate::job::{job_span, past_timeout, run_job, JobError};
 use crate::monitor::HostMonitor;
@@ -46,7 +47,13 @@ pub(crate) struct Slots {
     cancels: Vec<CancelTx>,
     threads: Vec<JoinHandle<()>>,
     stop_monitor: Shutdown,
+    /// Whether jobs run on the slot threads (then a stop raises their cancel flags).
+    thread_slots: bool,
 }
+
+/// How long a stopping broker waits for thread slots whose jobs it cancelled (command
+/// workers kill their process groups within milliseconds).
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Slots {
     /// `slots` slots, not started.
@@ -57,6 +64,7 @@ impl Slots {
             cancels: Vec::new(),
             threads: Vec::new(),
             stop_monitor: Shutdown::new(),
+            thread_slots: false,
         }
     }
 
@@ -64,6 +72,7 @@ impl Slots {
     pub(crate) fn start(&mut self, spec: SlotsSpec<'_>) -> Result<(), BrokerError> {
         let (tx, rx) = crossbeam_channel::unbounded::<Assignment>();
         self.jobs = Some(tx);
+        self.thread_slots = spec.isolation == Isolation::Thread;
         let slots = self.table.len();
         for slot in 0..slots {
             let push = spec.ctx.socket(zmq::PUSH)?;
@@ -127,6 +136,15 @@ impl Slots {
     pub(crate) fn stop(&mut self) {
         self.stop_monitor.trigger();
         self.jobs = None;
+        if self.thread_slots && self.table.busy() > 0 {
+            // The router has these jobs back: workers that can stop (command workers,
+            // whose processes would outlive the broker) are told to, and given a moment.
+            self.table.cancel_all();
+            let until = Instant::now() + STOP_GRACE;
+            while !self.threads.iter().all(JoinHandle::is_finished) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         // Slot threads still inside a job are not joined: the process exit ends them,
         // and the router already has their jobs back.
         if self.table.busy() == 0 {
@@ -223,7 +241,8 @@ fn thread_slot(
             Err(JobError::Cancelled)
         } else {
             let t0 = Instant::now();
-            let r = job_span(&a).in_scope(|| run_job(store, workers, &a.info));
+            let flag = ctx.table.cancel_flag(ctx.slot);
+            let r = job_span(&a).in_scope(|| with_flag(flag, || run_job(store, workers, &a.info)));
             past_timeout(
                 r,
                 a.info.timeout_ms.map(Duration::from_millis),

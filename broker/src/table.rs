@@ -9,6 +9,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use pypelinin_common::protocol::{Assignment, JobRef, JobReport, MonitoringReport, SlotJob};
 use serde::{Deserialize, Serialize};
 
+use crate::cancel::CancelFlag;
+
 /// Messages from slot and monitor threads to the event loop, over inproc PUSH sockets.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Internal {
@@ -21,6 +23,10 @@ pub(crate) enum Internal {
 /// The jobs in the broker's slots, shared by its threads.
 pub(crate) struct SlotTable {
     jobs: Mutex<Vec<Option<SlotJob>>>,
+    /// Each slot's job's revoke flag (a fresh one per job), locked after `jobs`.
+    flags: Mutex<Vec<CancelFlag>>,
+    /// The broker is stopping: every job starting from now gets a raised flag.
+    stopping: std::sync::atomic::AtomicBool,
     /// Revoked while queued: cancelled by the slot that takes them.
     revoked: Mutex<HashSet<JobRef>>,
     done: AtomicU64,
@@ -37,6 +43,8 @@ impl SlotTable {
     pub(crate) fn new(slots: usize) -> Self {
         SlotTable {
             jobs: Mutex::new(vec![None; slots]),
+            flags: Mutex::new(vec![CancelFlag::new(); slots]),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             revoked: Mutex::new(HashSet::new()),
             done: AtomicU64::new(0),
         }
@@ -45,13 +53,36 @@ impl SlotTable {
     /// `a` runs in `slot` from `started_ms` (for monitoring, and so that a revoke
     /// reaches the slot).
     pub(crate) fn start(&self, slot: usize, a: &Assignment, started_ms: u64) {
-        if let Some(s) = lock(&self.jobs).get_mut(slot) {
+        let mut jobs = lock(&self.jobs);
+        if let Some(f) = lock(&self.flags).get_mut(slot) {
+            *f = CancelFlag::new();
+            if self.stopping.load(Ordering::SeqCst) {
+                f.cancel();
+            }
+        }
+        if let Some(s) = jobs.get_mut(slot) {
             *s = Some(SlotJob {
                 job: a.job,
                 name: a.info.name.clone(),
                 worker: a.info.worker.clone(),
                 started_ms,
             });
+        }
+    }
+
+    /// The revoke flag of the job `slot` runs now (raised by [`SlotTable::revoke`]).
+    pub(crate) fn cancel_flag(&self, slot: usize) -> CancelFlag {
+        lock(&self.flags).get(slot).cloned().unwrap_or_default()
+    }
+
+    /// The broker stops with jobs still running: raises the flag of every job running
+    /// now or started later, so that workers that can stop (command workers) do, and
+    /// leave no process behind the broker.
+    pub(crate) fn cancel_all(&self) {
+        let _jobs = lock(&self.jobs);
+        self.stopping.store(true, Ordering::SeqCst);
+        for f in lock(&self.flags).iter() {
+            f.cancel();
         }
     }
 
@@ -83,15 +114,22 @@ impl SlotTable {
         (lock(&self.jobs).clone(), self.done.load(Ordering::Relaxed))
     }
 
-    /// The router revoked `job`: the slot that runs it, or none, and then the slot
-    /// that takes it later cancels it.
+    /// The router revoked `job`: the slot that runs it (whose revoke flag is raised),
+    /// or none, and then the slot that takes it later cancels it.
     pub(crate) fn revoke(&self, job: JobRef) -> Option<usize> {
         let jobs = lock(&self.jobs);
         let slot = jobs
             .iter()
             .position(|s| s.as_ref().is_some_and(|s| s.job == job));
-        if slot.is_none() {
-            lock(&self.revoked).insert(job);
+        match slot {
+            Some(k) => {
+                if let Some(f) = lock(&self.flags).get(k) {
+                    f.cancel();
+                }
+            }
+            None => {
+                lock(&self.revoked).insert(job);
+            }
         }
         slot
     }
@@ -149,8 +187,25 @@ mod tests {
     fn a_revoke_reaches_the_slot_running_the_job() {
         let t = SlotTable::new(3);
         t.start(2, &job(5), 0);
+        let flag = t.cancel_flag(2);
+        assert!(!flag.is_cancelled());
         assert_eq!(t.revoke(job(5).job), Some(2));
+        assert!(flag.is_cancelled(), "the running worker can see it");
         assert!(!t.take_revoked(&job(5)), "not remembered for later");
+        t.finish(2);
+        t.start(2, &job(6), 0);
+        assert!(!t.cancel_flag(2).is_cancelled(), "a fresh flag per job");
+    }
+
+    #[test]
+    fn a_stopping_broker_raises_the_flags_of_running_and_later_jobs() {
+        let t = SlotTable::new(2);
+        t.start(0, &job(1), 0);
+        let running = t.cancel_flag(0);
+        t.cancel_all();
+        assert!(running.is_cancelled());
+        t.start(1, &job(2), 0);
+        assert!(t.cancel_flag(1).is_cancelled(), "started after the stop");
     }
 
     #[test]

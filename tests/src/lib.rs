@@ -1,7 +1,7 @@
 //! Test harness: a real cluster of separate processes on loopback.
 //!
 //! [`Cluster::start`] runs the real binaries (`pypelinin-router`, `pypelinin-pipeliner`,
-//! `example-broker`) on ephemeral ports with a temporary database and store, and stops
+//! `example-broker`, or `pypelinin-broker` through [`Cluster::add_broker_bin`]) on ephemeral ports with a temporary database and store, and stops
 //! every process it started, by PID, when dropped.
 
 #![warn(missing_docs)]
@@ -226,21 +226,28 @@ impl Cluster {
 
     /// Starts one more broker with `slots` slots.
     pub fn add_broker(&mut self, slots: usize) {
+        let slots = slots.to_string();
+        let mut args = vec!["--workers", slots.as_str()];
+        let extra = self.broker_args.clone();
+        args.extend(extra.iter().map(|s| s.as_str()));
+        self.add_broker_bin("example-broker", &args);
+    }
+
+    /// Starts one more broker: the binary `bin` (e.g. `pypelinin-broker`) with this
+    /// cluster's addresses, then `args`; its log is `broker-N.log`.
+    pub fn add_broker_bin(&mut self, bin: &str, args: &[&str]) {
         let log = self
             .dir
             .path()
             .join(format!("broker-{}.log", self.brokers.len()));
-        let slots = slots.to_string();
-        let mut args = vec![
+        let mut all = vec![
             "--api",
             self.api.as_str(),
             "--broadcast",
             self.broadcast.as_str(),
-            "--workers",
-            slots.as_str(),
         ];
-        args.extend(self.broker_args.iter().map(|s| s.as_str()));
-        let p = Proc::spawn("example-broker", &args, &log);
+        all.extend(args);
+        let p = Proc::spawn(bin, &all, &log);
         self.brokers.push(p);
     }
 

@@ -1,0 +1,56 @@
+//! The generic broker: offers command workers, in any language, declared in a TOML
+//! file. Thin: flags, logs, then `pypelinin_broker::run_workers_file`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use pypelinin_common::Shutdown;
+
+/// A pypelinin broker offering command workers (any program, one process per attempt)
+/// declared in WORKERS.toml.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "Isolation: each job runs its worker's command in a process of its own \
+                  (in its own process group), so slots are threads of this broker \
+                  (Isolation::Thread): there is no --isolation flag. A broker needs only --api: --broadcast is accepted, \
+                  like every daemon's, but brokers don't use it.\n\n\
+                  WORKERS.toml:\n  [workers.wordcount]\n  \
+                  command = [\"python3\", \"wc.py\"]   # argv, no shell\n  \
+                  mode = \"oneshot\"                  # the default (\"persistent\": not supported yet)\n  \
+                  env = { LANG = \"C.UTF-8\" }        # optional\n  \
+                  cwd = \"/srv/jobs\"                 # optional"
+)]
+struct Args {
+    #[command(flatten)]
+    endpoints: pypelinin_common::cli::Endpoints,
+    /// Concurrent worker slots, i.e. commands running at once (default: number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// On SIGINT/SIGTERM, seconds to let running jobs finish before giving them back.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+    /// Most jobs held queued beyond the slots, so that a freed slot starts the next one
+    /// at once (default: 32 per slot); the router queues only short jobs. 0: none.
+    #[arg(long)]
+    prefetch: Option<usize>,
+    /// The workers file (TOML): one [workers.NAME] table per worker.
+    #[arg(value_name = "WORKERS.toml")]
+    workers_file: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    pypelinin_common::init_tracing();
+    let args = Args::parse();
+    // `--broadcast` is accepted like every daemon's, and unused.
+    let mut config = pypelinin_broker::BrokerConfig::new(&args.endpoints.api);
+    if let Some(n) = args.workers {
+        config.slots = n;
+    }
+    config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
+    config.isolation = pypelinin_broker::Isolation::Thread;
+    config.prefetch = args.prefetch;
+    let shutdown = Shutdown::on_signals()?;
+    pypelinin_broker::run_workers_file(&args.workers_file, config, shutdown)?;
+    Ok(())
+}
