@@ -273,6 +273,11 @@ mod tests {
             .expect("connect is lazy");
         let clone = pm.clone();
         if cfg!(target_os = "linux") {
+            // A new thread names itself once it runs: wait for that (bounded).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while io_threads() < before + 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             assert_eq!(io_threads(), before + 1);
         }
         drop(pm);
@@ -280,7 +285,12 @@ mod tests {
             assert_eq!(io_threads(), before + 1, "a clone keeps it");
         }
         drop(clone);
-        // The drop joins the thread: it is gone once drop returns.
+        // The drop joins the thread; the kernel may list an exited thread a moment
+        // longer, so wait (bounded) for it to go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while io_threads() > before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(io_threads(), before);
     }
 }
