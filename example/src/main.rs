@@ -35,6 +35,8 @@ fn document_pipeline(document: &str) -> PipelineSpec {
         .job("read", "Reader", &[])
         .job("words", "WordCount", &["read"])
         .job("links", "Links", &["read"])
+        // A command worker (a shell one-liner) beside the Rust ones.
+        .job("size", "InputBytes", &["read"])
         .job("report", "Report", &["words", "links"]);
     p.jobs
         .get_mut("report")
@@ -145,6 +147,10 @@ fn run_demo(api: &str, broadcast: &str) -> anyhow::Result<()> {
         let outputs = pm.outputs(*id)?;
         match outputs.get("report").and_then(|r| r.get("summary")) {
             Some(summary) => println!("  report: {}", summary.as_str().unwrap_or_default()),
+            None => ok = false,
+        }
+        match outputs.get("size").and_then(|s| s.get("input_bytes")) {
+            Some(n) => println!("  size (a shell command worker): {n} bytes of JSON input"),
             None => ok = false,
         }
         ok &= status.state == pypelinin_common::PipelineState::Succeeded;

@@ -4,8 +4,9 @@
 use clap::Parser;
 use pypelinin_common::Shutdown;
 
-/// A pypelinin broker offering the example workers (Reader, WordCount, Links, Report)
-/// and the diagnostic ones (Noop, Echo, Sleep, Fail, Crash, Step, Join).
+/// A pypelinin broker offering the example workers (Reader, WordCount, Links, Report),
+/// a command worker (InputBytes, a shell one-liner) and the diagnostic ones (Noop, Echo,
+/// Sleep, Fail, Crash, Flaky, Step, Join).
 #[derive(Parser, Debug)]
 #[command(
     version,

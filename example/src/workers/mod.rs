@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use pypelinin_broker::{BoxError, Broker, JobInfo, Worker};
+use pypelinin_broker::{BoxError, Broker, CommandWorker, JobInfo, Worker};
 use pypelinin_common::Data;
 use serde_json::Value;
 
@@ -43,7 +43,23 @@ pub const WORKER_NAMES: &[&str] = &[
     "Flaky",
     "Step",
     "Join",
+    "InputBytes",
 ];
+
+/// `InputBytes`: a command worker, to show one next to the Rust workers. A POSIX
+/// shell counts the bytes of the JSON input it reads on stdin and writes
+/// `{"input_bytes": N}` to `$PYPELININ_OUTPUT`, which becomes the job's output.
+pub fn input_bytes() -> CommandWorker {
+    CommandWorker::new(
+        [
+            "sh",
+            "-c",
+            r#"n=$(wc -c | tr -d ' '); printf '{"input_bytes": %s}' "$n" > "$PYPELININ_OUTPUT""#,
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+}
 
 /// The worker registered under `name`, if it is one of [`WORKER_NAMES`].
 ///
@@ -63,6 +79,7 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Worker>> {
         "Flaky" => Arc::new(Flaky),
         "Step" => Arc::new(Step),
         "Join" => Arc::new(Join),
+        "InputBytes" => Arc::new(input_bytes()),
         _ => return None,
     };
     Some(worker)
@@ -155,12 +172,13 @@ mod testing {
 mod tests {
     use super::testing::job;
     use super::*;
+    use serde_json::json;
     use std::collections::HashSet;
 
     #[test]
     fn every_registered_name_resolves_to_a_worker() {
         let unique: HashSet<&str> = WORKER_NAMES.iter().copied().collect();
-        assert_eq!(unique.len(), 12);
+        assert_eq!(unique.len(), 13);
         for name in WORKER_NAMES {
             assert!(by_name(name).is_some(), "{name}");
         }
@@ -168,5 +186,13 @@ mod tests {
         let noop = by_name("Noop").unwrap();
         assert!(noop.process(&job("Noop"), Data::new()).unwrap().is_empty());
         let _broker = register(Broker::new());
+    }
+
+    #[test]
+    fn input_bytes_counts_its_json_input_in_a_shell() {
+        let input = super::testing::input(json!({"document": "a.txt"}), json!({}));
+        let expected = serde_json::to_vec(&input).unwrap().len();
+        let out = super::testing::run(&input_bytes(), input).unwrap();
+        assert_eq!(out["input_bytes"], json!(expected), "{out:?}");
     }
 }
