@@ -160,9 +160,12 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
     proc_stat(pid)
         .map(|f| {
-            // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+            // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name;
+            // cutime and cstime (13, 14) count children it has reaped, such as the
+            // commands of command workers. Nothing of the cluster reaps its daemons
+            // during a run, so nothing is counted twice.
             let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12)) / ticks
+            (t(11) + t(12) + t(13) + t(14)) / ticks
         })
         .unwrap_or(0.0)
 }

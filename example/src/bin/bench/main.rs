@@ -1,4 +1,5 @@
 //! The benchmark: the peer harness's scenarios (S1–S5, see `../shared/peers/README.md`)
+//! and S6 (one-shot command workers running `true`)
 //! on a real cluster of separate processes on loopback.
 //!
 //! `bench` starts itself again in three roles (router, pipeliner, broker), each its own
@@ -64,6 +65,8 @@ enum Scenario {
     S3,
     S4,
     S5,
+    /// One-shot command jobs: 1,000 one-job pipelines whose worker runs `true`.
+    S6,
     All,
 }
 
@@ -299,6 +302,26 @@ fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
             run.metrics.insert("p95_ms", p95);
             run.metrics.insert("per_hop_ms", median / 10.0);
         }
+        Scenario::S6 => {
+            let n = if warm { 50 } else { 1000 };
+            let specs: Vec<_> = (0..n)
+                .map(|i| {
+                    PipelineSpec::default()
+                        .with_data("i", json!(i))
+                        .job("t", "True", &[])
+                })
+                .collect();
+            let (results, wall, _) = submit_and_collect(&mut pm, &specs)?;
+            for r in &results {
+                ensure!(
+                    r.state == PipelineState::Succeeded,
+                    "a command job did not succeed: {:?}",
+                    r.failed
+                );
+            }
+            jobs = n as f64;
+            run.metrics.insert("jobs_per_s", jobs / wall);
+        }
         Scenario::All => bail!("not a single scenario"),
     }
     let cpu1 = c.cpu_seconds();
@@ -339,6 +362,7 @@ fn drive(args: &Args) -> anyhow::Result<()> {
             Scenario::S3,
             Scenario::S4,
             Scenario::S5,
+            Scenario::S6,
         ],
         s => vec![s],
     };
