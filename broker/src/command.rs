@@ -90,7 +90,7 @@ pub enum CommandError {
     OutputTooLarge(#[from] OutputTooLarge),
 }
 
-fn stderr_suffix(stderr: &str) -> String {
+pub(crate) fn stderr_suffix(stderr: &str) -> String {
     if stderr.is_empty() {
         String::new()
     } else {
@@ -224,7 +224,7 @@ impl Worker for CommandWorker {
 }
 
 /// How an exit status reads in an error.
-fn describe(st: ExitStatus) -> String {
+pub(crate) fn describe(st: ExitStatus) -> String {
     match (st.code(), st.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(sig)) => format!("was killed by signal {sig}{}", signal_name(sig)),
@@ -277,6 +277,30 @@ fn read_output(path: &Path) -> Result<Data, CommandError> {
     }
 }
 
+/// Whether the process `pid` (a child of ours) has exited, without reaping it, so
+/// that its pid, the group id, stays reserved.
+pub(crate) fn leader_exited(pid: libc::pid_t) -> std::io::Result<bool> {
+    // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid(2), which
+    // only writes to it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let id = libc::id_t::try_from(pid).unwrap_or(0);
+    // SAFETY: `info` is a valid, writable siginfo_t for the call's duration.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            id,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: waitid succeeded, so `info` is initialised; si_pid is 0 while the
+    // child runs (WNOHANG).
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
 /// How the leader of the group ended.
 enum Ended {
     Exited(ExitStatus),
@@ -317,25 +341,7 @@ impl<'a> Group<'a> {
     /// Whether the leader has exited, without reaping it (so its pid, the group id,
     /// stays reserved).
     fn leader_exited(&self) -> std::io::Result<bool> {
-        // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid(2), which
-        // only writes to it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let id = libc::id_t::try_from(self.pgid).unwrap_or(0);
-        // SAFETY: `info` is a valid, writable siginfo_t for the call's duration.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                id,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: waitid succeeded, so `info` is initialised; si_pid is 0 while the
-        // child runs (WNOHANG).
-        Ok(unsafe { info.si_pid() } != 0)
+        leader_exited(self.pgid)
     }
 
     /// Threads writing stdin and draining stdout and stderr.
@@ -431,14 +437,15 @@ impl Pipes {
 }
 
 /// The last bytes of a stream: at most `2 * STDERR_TAIL_BYTES` held while reading.
+/// Shared with the persistent workers, whose stderr is drained the same way.
 #[derive(Default)]
-struct Tail {
+pub(crate) struct Tail {
     bytes: Vec<u8>,
     cut: bool,
 }
 
 impl Tail {
-    fn push(&mut self, chunk: &[u8]) {
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
         self.bytes.extend_from_slice(chunk);
         if self.bytes.len() > 2 * STDERR_TAIL_BYTES {
             let extra = self.bytes.len() - STDERR_TAIL_BYTES;
@@ -448,7 +455,7 @@ impl Tail {
     }
 
     /// The kept bytes as text: at most `STDERR_TAIL_BYTES`, from a line start if cut.
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let start = self.bytes.len().saturating_sub(STDERR_TAIL_BYTES);
         let mut kept = &self.bytes[start..];
         if self.cut || start > 0 {
@@ -461,7 +468,7 @@ impl Tail {
 }
 
 /// Reads `r` to its end, keeping its tail in `tail` if given.
-fn drain(mut r: impl Read, tail: Option<&Mutex<Tail>>) {
+pub(crate) fn drain(mut r: impl Read, tail: Option<&Mutex<Tail>>) {
     let mut buf = [0u8; 8192];
     loop {
         match r.read(&mut buf) {

@@ -13,7 +13,8 @@
 //! `api` and `table` (what threads share) are leaves.
 //!
 //! Workers in any language: [`CommandWorker`] runs a program per attempt (module
-//! `command`), [`WorkersFile`] declares them in TOML (module `workers_file`), and
+//! `command`), [`PersistentWorker`] serves many jobs with one long-lived process (module
+//! `persistent`, which specifies its protocol), [`WorkersFile`] declares them in TOML (module `workers_file`), and
 //! [`run_workers_file`] is the `pypelinin-broker` binary's body. A running worker sees a
 //! revoke of its job through [`is_cancelled`] (module `cancel`).
 
@@ -29,6 +30,7 @@ mod io;
 mod job;
 mod ledger;
 mod monitor;
+mod persistent;
 mod queue;
 pub mod slot;
 mod slots;
@@ -41,6 +43,7 @@ pub use command::{CommandError, CommandWorker, STDERR_TAIL_BYTES};
 pub use config::{BrokerConfig, BrokerError, Isolation, DEFAULT_DRAIN_TIMEOUT, PREFETCH_PER_SLOT};
 pub use event_loop::Broker;
 pub use job::JobError;
+pub use persistent::{PersistentError, PersistentWorker, MAX_RESPONSE_LINE_BYTES};
 pub use pypelinin_common::protocol::{ClusterConfig, JobInfo, MonitoringReport};
 pub use pypelinin_common::Data;
 pub use slot::{Death, SlotError};
@@ -69,7 +72,10 @@ pub fn run_workers_file(
     let workers = WorkersFile::load(file)?;
     let mut broker = Broker::new();
     for (name, spec) in &workers.workers {
-        broker = broker.worker(name, spec.worker());
+        broker = match spec.mode {
+            Mode::Oneshot => broker.worker(name, spec.worker()),
+            Mode::Persistent => broker.worker(name, spec.persistent_worker()),
+        };
     }
     config.isolation = Isolation::Thread;
     tracing::info!(workers = ?broker.worker_names(), file = %file.display(), "command workers");

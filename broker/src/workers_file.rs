@@ -5,7 +5,8 @@
 //! ```toml
 //! [workers.wordcount]
 //! command = ["python3", "wc.py", "--lang", "en"]   # argv, no shell
-//! mode = "oneshot"            # the default: one process per attempt
+//! mode = "oneshot"            # the default: one process per attempt; or
+//!                             # "persistent": long-lived processes (module persistent)
 //! env = { LANG = "C.UTF-8" }  # optional
 //! cwd = "/srv/jobs"           # optional
 //! ```
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::command::CommandWorker;
+use crate::persistent::PersistentWorker;
 
 /// How a command worker runs its jobs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -24,8 +26,8 @@ pub enum Mode {
     /// One process per attempt: nothing survives from one job to the next.
     #[default]
     Oneshot,
-    /// One long-lived process serving many jobs. Not supported yet: refused at start-up
-    /// rather than silently run as one-shot.
+    /// One long-lived process per slot serving many jobs, speaking the protocol of
+    /// module `persistent`: for programs whose start costs more than a job.
     Persistent,
 }
 
@@ -49,6 +51,18 @@ impl WorkerSpec {
     /// The [`CommandWorker`] that runs this spec's jobs.
     pub fn worker(&self) -> CommandWorker {
         let mut w = CommandWorker::new(self.command.clone());
+        for (k, v) in &self.env {
+            w = w.env(k, v);
+        }
+        if let Some(cwd) = &self.cwd {
+            w = w.cwd(cwd);
+        }
+        w
+    }
+
+    /// The [`PersistentWorker`] that serves this spec's jobs (for `mode = "persistent"`).
+    pub fn persistent_worker(&self) -> PersistentWorker {
+        let mut w = PersistentWorker::new(self.command.clone());
         for (k, v) in &self.env {
             w = w.env(k, v);
         }
@@ -124,12 +138,6 @@ impl WorkersFile {
                 return Err(invalid(
                     line,
                     format!("worker {name:?}: command is empty; give the program and its arguments, e.g. [\"python3\", \"job.py\"]"),
-                ));
-            }
-            if spec.mode == Mode::Persistent {
-                return Err(invalid(
-                    line,
-                    format!("worker {name:?}: mode \"persistent\" is not supported yet; use \"oneshot\""),
                 ));
             }
         }
@@ -248,10 +256,13 @@ command = ["cat"]
     }
 
     #[test]
-    fn a_persistent_worker_is_refused_as_not_supported_yet() {
-        let e = error("[workers.a]\ncommand = [\"true\"]\nmode = \"persistent\"\n");
-        assert!(e.starts_with("w.toml:1: "), "{e}");
-        assert!(e.contains("not supported yet"), "{e}");
+    fn a_persistent_worker_is_accepted() {
+        let f =
+            parse("[workers.a]\ncommand = [\"cat\"]\nmode = \"persistent\"\nenv = { X = \"1\" }\n")
+                .unwrap();
+        let a = &f.workers["a"];
+        assert_eq!(a.mode, Mode::Persistent);
+        assert_eq!(a.persistent_worker().idle_processes(), 0);
     }
 
     #[test]
