@@ -13,7 +13,8 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(120);
 
 /// The workers file: Python counts words and doubles its parent's count, shell fails
-/// with a reason on stderr or sleeps (writing its pid, the group id, first).
+/// with a reason on stderr or sleeps (writing its pid, the group id, first), and
+/// `persist` is a persistent Python worker doing both jobs of a pipeline in one process.
 fn workers_toml(pids: &Path) -> String {
     format!(
         r#"
@@ -39,6 +40,21 @@ command = ["sh", "-c", "echo 'reading rows' >&2; echo 'bad row 7: no date' >&2; 
 
 [workers.ghost]
 command = ["/nonexistent/pypelinin-ghost"]
+
+[workers.persist]
+mode = "persistent"
+command = ["python3", "-c", """
+import json, os, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    d, job = req["input"], req["job"]
+    if job["name"] == "count":
+        out = {{"words": len(d["text"].split())}}
+    else:
+        out = {{"doubled": 2 * d["parents"]["count"]["words"]}}
+    out.update(pid=os.getpid(), worker=os.environ["PYPELININ_WORKER"], job=job["name"])
+    print(json.dumps({{"id": req["id"], "output": out}}), flush=True)
+"""]
 
 [workers.slow]
 command = ["sh", "-c", "echo $$ > \"$PIDS/$PYPELININ_JOB\"; sleep 1000 & sleep 1000"]
@@ -118,6 +134,30 @@ fn a_two_job_pipeline_passes_the_first_output_to_the_second_on_stdin() {
 }
 
 #[test]
+fn a_persistent_worker_serves_a_two_job_pipeline_from_one_process() {
+    let (c, _) = cluster();
+    let mut pm = c.client();
+    let spec = PipelineSpec::default()
+        .with_data("text", json!("the quick brown fox"))
+        .job("count", "persist", &[])
+        .job("double", "persist", &["count"]);
+    let id = pm.start(&spec).unwrap();
+    let outcome = pm.wait(id, WAIT).unwrap();
+    assert!(
+        outcome.is_success(),
+        "{outcome:?}\n{}",
+        c.log("broker-0.log")
+    );
+    let outputs = pm.outputs(id).unwrap();
+    assert_eq!(outputs["count"]["words"], 4);
+    assert_eq!(outputs["double"]["doubled"], 8);
+    assert_eq!(outputs["count"]["worker"], "persist");
+    assert_eq!(outputs["double"]["job"], "double");
+    // The second job ran after the first gave its process back: the same one.
+    assert_eq!(outputs["count"]["pid"], outputs["double"]["pid"]);
+}
+
+#[test]
 fn failing_and_missing_commands_fail_their_jobs_and_the_broker_goes_on() {
     let (c, _) = cluster();
     let mut pm = c.client();
@@ -168,7 +208,7 @@ fn a_worker_the_file_does_not_declare_is_never_run_by_it() {
     assert_eq!(brokers.len(), 1);
     assert_eq!(
         brokers[0].workers,
-        ["count", "double", "fail", "ghost", "slow"]
+        ["count", "double", "fail", "ghost", "persist", "slow"]
     );
 }
 
