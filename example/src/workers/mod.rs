@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use pypelinin_broker::{BoxError, Broker, CommandWorker, JobInfo, Worker};
+use pypelinin_broker::{BoxError, Broker, CommandWorker, JobInfo, PersistentWorker, Worker};
 use pypelinin_common::Data;
 use serde_json::Value;
 
@@ -45,6 +45,7 @@ pub const WORKER_NAMES: &[&str] = &[
     "Join",
     "InputBytes",
     "True",
+    "Persist",
 ];
 
 /// `InputBytes`: a command worker, to show one next to the Rust workers. A POSIX
@@ -56,6 +57,24 @@ pub fn input_bytes() -> CommandWorker {
             "sh",
             "-c",
             r#"n=$(wc -c | tr -d ' '); printf '{"input_bytes": %s}' "$n" > "$PYPELININ_OUTPUT""#,
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+}
+
+/// `Persist`: the cheapest persistent worker, to measure what a job costs on a
+/// long-lived process (S7) against a process per job (S6, `True`). Python, since that
+/// is what users run: a loop answering every request line with an empty output.
+pub fn persist() -> PersistentWorker {
+    PersistentWorker::new(
+        [
+            "python3",
+            "-c",
+            r#"import json, sys
+for line in sys.stdin:
+    sys.stdout.write('{"id": %d, "output": {}}\n' % json.loads(line)["id"])
+    sys.stdout.flush()"#,
         ]
         .map(String::from)
         .to_vec(),
@@ -83,6 +102,8 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Worker>> {
         "InputBytes" => Arc::new(input_bytes()),
         // The cheapest command there is: the benchmark's one-shot scenario (S6).
         "True" => Arc::new(CommandWorker::new(vec!["true".to_string()])),
+        // Its persistent counterpart: the benchmark's persistent scenario (S7).
+        "Persist" => Arc::new(persist()),
         _ => return None,
     };
     Some(worker)
@@ -181,7 +202,7 @@ mod tests {
     #[test]
     fn every_registered_name_resolves_to_a_worker() {
         let unique: HashSet<&str> = WORKER_NAMES.iter().copied().collect();
-        assert_eq!(unique.len(), 14);
+        assert_eq!(unique.len(), 15);
         for name in WORKER_NAMES {
             assert!(by_name(name).is_some(), "{name}");
         }

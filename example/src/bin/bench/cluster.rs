@@ -86,8 +86,13 @@ impl Cluster {
     /// the broker with its slot processes, and this driver (the client).
     pub fn cpu_seconds(&self) -> [f64; 4] {
         let p = self.pids();
-        let broker: f64 = children_of(&p[2..3])
+        // The broker, its slot processes, and theirs that still run: the long-lived
+        // processes of persistent workers (S7); commands that ended are counted in
+        // their parent's cutime.
+        let slots = children_of(&p[2..3]);
+        let broker: f64 = children_of(&slots)
             .into_iter()
+            .chain(slots)
             .chain([p[2]])
             .map(proc_cpu_seconds)
             .sum();

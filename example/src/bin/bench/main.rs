@@ -1,5 +1,6 @@
 //! The benchmark: the peer harness's scenarios (S1–S5, see `../shared/peers/README.md`)
-//! and S6 (one-shot command workers running `true`)
+//! S6 (one-shot command workers running `true`) and S7 (the same jobs on a persistent
+//! Python worker)
 //! on a real cluster of separate processes on loopback.
 //!
 //! `bench` starts itself again in three roles (router, pipeliner, broker), each its own
@@ -67,6 +68,9 @@ enum Scenario {
     S5,
     /// One-shot command jobs: 1,000 one-job pipelines whose worker runs `true`.
     S6,
+    /// Persistent command jobs: 1,000 one-job pipelines on a long-lived Python process
+    /// per slot (`Persist`), to compare a job's cost with S6's process per job.
+    S7,
     All,
 }
 
@@ -302,13 +306,14 @@ fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
             run.metrics.insert("p95_ms", p95);
             run.metrics.insert("per_hop_ms", median / 10.0);
         }
-        Scenario::S6 => {
+        Scenario::S6 | Scenario::S7 => {
+            let worker = if s == Scenario::S6 { "True" } else { "Persist" };
             let n = if warm { 50 } else { 1000 };
             let specs: Vec<_> = (0..n)
                 .map(|i| {
                     PipelineSpec::default()
                         .with_data("i", json!(i))
-                        .job("t", "True", &[])
+                        .job("t", worker, &[])
                 })
                 .collect();
             let (results, wall, _) = submit_and_collect(&mut pm, &specs)?;
@@ -363,6 +368,7 @@ fn drive(args: &Args) -> anyhow::Result<()> {
             Scenario::S4,
             Scenario::S5,
             Scenario::S6,
+            Scenario::S7,
         ],
         s => vec![s],
     };
