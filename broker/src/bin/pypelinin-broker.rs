@@ -12,12 +12,13 @@ use pypelinin_common::Shutdown;
 #[command(
     version,
     after_help = "Isolation: each job runs its worker's command in a process of its own \
-                  (in its own process group), so slots are threads of this broker \
+                  (in its own process group; with mode = \"persistent\", a long-lived one per \
+                  slot, speaking newline-delimited JSON: see the README), so slots are threads of this broker \
                   (Isolation::Thread): there is no --isolation flag. A broker needs only --api: --broadcast is accepted, \
                   like every daemon's, but brokers don't use it.\n\n\
                   WORKERS.toml:\n  [workers.wordcount]\n  \
                   command = [\"python3\", \"wc.py\"]   # argv, no shell\n  \
-                  mode = \"oneshot\"                  # the default (\"persistent\": not supported yet)\n  \
+                  mode = \"oneshot\"                  # the default; or \"persistent\"\n  \
                   env = { LANG = \"C.UTF-8\" }        # optional\n  \
                   cwd = \"/srv/jobs\"                 # optional"
 )]
