@@ -308,6 +308,8 @@ struct Process {
     stdin: Option<ChildStdin>,
     lines: Receiver<Line>,
     tail: Arc<Mutex<Tail>>,
+    /// Disconnected once stderr is drained to its end.
+    stderr_done: Receiver<()>,
     reaped: bool,
 }
 
@@ -325,6 +327,7 @@ impl Process {
         let stderr = child.stderr.take();
         let (tx, lines) = crossbeam_channel::unbounded();
         let tail = Arc::new(Mutex::new(Tail::default()));
+        let (done_tx, stderr_done) = crossbeam_channel::bounded::<()>(0);
         // Built before the threads so that an error starting them kills the process.
         let mut process = Process {
             child,
@@ -333,6 +336,7 @@ impl Process {
             stdin,
             lines,
             tail: tail.clone(),
+            stderr_done,
             reaped: false,
         };
         if let Some(r) = stdout {
@@ -343,7 +347,10 @@ impl Process {
         if let Some(r) = stderr {
             std::thread::Builder::new()
                 .name("persistent-stderr".into())
-                .spawn(move || drain(r, Some(&tail)))?;
+                .spawn(move || {
+                    drain(r, Some(&tail));
+                    drop(done_tx);
+                })?;
         }
         if process.stdin.is_none() {
             process.kill_and_reap();
@@ -493,10 +500,10 @@ impl Process {
         }
     }
 
-    /// The stderr tail so far (the group is dead when this is called for an error,
-    /// but the drain thread may not have read the last bytes yet: a short pause).
+    /// The stderr tail, once the group is dead: when stderr closed, or after a grace
+    /// period if a process that left the group still holds it.
     fn stderr_tail(&self) -> String {
-        std::thread::sleep(Duration::from_millis(20));
+        let _ = self.stderr_done.recv_deadline(Instant::now() + EXIT_GRACE);
         self.tail
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
