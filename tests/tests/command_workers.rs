@@ -14,7 +14,8 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// The workers file: Python counts words and doubles its parent's count, shell fails
 /// with a reason on stderr or sleeps (writing its pid, the group id, first), and
-/// `persist` is a persistent Python worker doing both jobs of a pipeline in one process.
+/// `persist` is a persistent Python worker doing both jobs of a pipeline in one process
+/// (`pslow`, persistent too, writes its pid to `$PIDS/p` and sleeps with a child).
 fn workers_toml(pids: &Path) -> String {
     format!(
         r#"
@@ -56,9 +57,21 @@ for line in sys.stdin:
     print(json.dumps({{"id": req["id"], "output": out}}), flush=True)
 """]
 
+[workers.pslow]
+mode = "persistent"
+command = ["python3", "-c", """
+import os, subprocess, sys, time
+for line in sys.stdin:
+    subprocess.Popen(["sleep", "1000"])
+    with open(os.path.join(os.environ["PIDS"], "p"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(1000)
+"""]
+env = {{ PIDS = "{0}" }}
+
 [workers.slow]
 command = ["sh", "-c", "echo $$ > \"$PIDS/$PYPELININ_JOB\"; sleep 1000 & sleep 1000"]
-env = {{ PIDS = "{}" }}
+env = {{ PIDS = "{0}" }}
 "#,
         pids.display()
     )
@@ -208,7 +221,7 @@ fn a_worker_the_file_does_not_declare_is_never_run_by_it() {
     assert_eq!(brokers.len(), 1);
     assert_eq!(
         brokers[0].workers,
-        ["count", "double", "fail", "ghost", "persist", "slow"]
+        ["count", "double", "fail", "ghost", "persist", "pslow", "slow"]
     );
 }
 
@@ -260,6 +273,27 @@ fn a_broker_stopping_past_its_drain_timeout_leaves_no_command_behind() {
     pm.start(&PipelineSpec::default().job("s", "slow", &[]))
         .unwrap();
     let pgid = pid_of(&pids, "s");
+    let broker = &mut c.brokers[0];
+    broker.signal("TERM");
+    let st = broker.wait_exit(WAIT).expect("the broker stops");
+    assert!(st.success(), "{st:?}\n{}", c.log("broker-1.log"));
+    assert_group_gone(pgid);
+}
+
+#[test]
+fn a_broker_stopping_past_its_drain_timeout_leaves_no_persistent_process_behind() {
+    let (mut c, pids) = cluster();
+    let toml = c.dir.path().join("workers.toml");
+    c.add_broker_bin(
+        "pypelinin-broker",
+        &["--drain-timeout", "1", toml.to_str().unwrap()],
+    );
+    c.brokers.remove(0);
+    let mut pm = c.client();
+    pm.start(&PipelineSpec::default().job("p", "pslow", &[]))
+        .unwrap();
+    // The persistent process writes its pid (its group's id) once it has the job.
+    let pgid = pid_of(&pids, "p");
     let broker = &mut c.brokers[0];
     broker.signal("TERM");
     let st = broker.wait_exit(WAIT).expect("the broker stops");
