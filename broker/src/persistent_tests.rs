@@ -1,7 +1,8 @@
 //! `PersistentWorker` run directly with a real Python program speaking the protocol.
 
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// A persistent worker whose behaviour each job chooses with `input["do"]`.
 const SCRIPT: &str = r#"
