@@ -23,6 +23,7 @@
 mod api;
 mod cancel;
 mod child;
+pub mod cli;
 mod command;
 mod config;
 mod event_loop;

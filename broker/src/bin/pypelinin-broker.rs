@@ -24,17 +24,7 @@ use pypelinin_common::Shutdown;
 )]
 struct Args {
     #[command(flatten)]
-    endpoints: pypelinin_common::cli::Endpoints,
-    /// Concurrent worker slots, i.e. commands running at once (default: number of CPUs).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// On SIGINT/SIGTERM, seconds to let running jobs finish before giving them back.
-    #[arg(long, default_value_t = 30)]
-    drain_timeout: u64,
-    /// Most jobs held queued beyond the slots, so that a freed slot starts the next one
-    /// at once (default: 32 per slot); the router queues only short jobs. 0: none.
-    #[arg(long)]
-    prefetch: Option<usize>,
+    broker: pypelinin_broker::cli::BrokerFlags,
     /// The workers file (TOML): one [workers.NAME] table per worker.
     #[arg(value_name = "WORKERS.toml")]
     workers_file: PathBuf,
@@ -43,14 +33,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     pypelinin_common::init_tracing();
     let args = Args::parse();
-    // `--broadcast` is accepted like every daemon's, and unused.
-    let mut config = pypelinin_broker::BrokerConfig::new(&args.endpoints.api);
-    if let Some(n) = args.workers {
-        config.slots = n;
-    }
-    config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
+    let mut config = args.broker.config();
     config.isolation = pypelinin_broker::Isolation::Thread;
-    config.prefetch = args.prefetch;
     let shutdown = Shutdown::on_signals()?;
     pypelinin_broker::run_workers_file(&args.workers_file, config, shutdown)?;
     Ok(())

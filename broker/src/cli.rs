@@ -1,0 +1,39 @@
+//! The flags every broker binary takes (`pypelinin-broker`, `example-broker`, a user's
+//! own), so that they read the same and build a [`BrokerConfig`] the same way.
+
+use std::time::Duration;
+
+use crate::BrokerConfig;
+
+/// Where the router is, how many slots, how long to drain, how much to queue.
+/// Flatten it into a binary's `clap` arguments and call [`BrokerFlags::config`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct BrokerFlags {
+    /// The router's endpoints; a broker needs only `--api`.
+    #[command(flatten)]
+    pub endpoints: pypelinin_common::cli::Endpoints,
+    /// Concurrent worker slots (default: number of CPUs).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// On SIGINT/SIGTERM, seconds to let running jobs finish before giving them back.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Most jobs held queued beyond the slots, so that a freed slot starts the next one
+    /// at once (default: 32 per slot); the router queues only short jobs. 0: none.
+    #[arg(long)]
+    pub prefetch: Option<usize>,
+}
+
+impl BrokerFlags {
+    /// The configuration these flags describe (`--broadcast` is accepted and unused:
+    /// the router pushes jobs to brokers directly).
+    pub fn config(&self) -> BrokerConfig {
+        let mut config = BrokerConfig::new(&self.endpoints.api);
+        if let Some(n) = self.workers {
+            config.slots = n;
+        }
+        config.drain_timeout = Duration::from_secs(self.drain_timeout);
+        config.prefetch = self.prefetch;
+        config
+    }
+}
