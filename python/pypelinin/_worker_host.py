@@ -57,6 +57,15 @@ def _run(workers, problem, request):
     return json.dumps(result)
 
 
+def _user_traceback(exc):
+    """The traceback of ``exc`` from the first frame outside this module: the
+    worker's own code, not the host's loop."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return ''.join(traceback.format_exception(type(exc), exc, tb))
+
+
 def main(argv):
     """Serves requests until stdin closes."""
     if len(argv) != 2:
@@ -70,8 +79,8 @@ def main(argv):
         request = json.loads(line)
         try:
             output = _run(workers, problem, request)
-        except Exception:
-            error = traceback.format_exc()
+        except Exception as exc:
+            error = _user_traceback(exc)
             sys.stderr.write(error)
             sys.stderr.flush()
             response = json.dumps({'id': request['id'], 'error': error})
