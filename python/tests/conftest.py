@@ -62,19 +62,21 @@ class Proc(object):
 
 
 class Cluster(object):
-    """A router (with `store` as its store configuration) and a pipeliner; brokers
-    are added with `add_broker`."""
+    """A router (with `store` as its store configuration, or none: the router's
+    default) and a pipeliner; brokers are added with `add_broker`."""
 
     def __init__(self, tmp, store):
         self.tmp = str(tmp)
         self.procs = []
-        config = os.path.join(self.tmp, 'cluster.json')
-        with open(config, 'w') as fp:
-            json.dump({'store': store, 'monitoring_interval_ms': 300}, fp)
-        router = Proc('router', [binary('pypelinin-router'), '--api', 'tcp://127.0.0.1:0',
-                                 '--broadcast', 'tcp://127.0.0.1:0',
-                                 '--db', os.path.join(self.tmp, 'db'), '--config', config],
-                      os.path.join(self.tmp, 'router.log'), stdout=subprocess.PIPE)
+        argv = [binary('pypelinin-router'), '--api', 'tcp://127.0.0.1:0',
+                '--broadcast', 'tcp://127.0.0.1:0', '--db', os.path.join(self.tmp, 'db')]
+        if store is not None:
+            config = os.path.join(self.tmp, 'cluster.json')
+            with open(config, 'w') as fp:
+                json.dump({'store': store, 'monitoring_interval_ms': 300}, fp)
+            argv += ['--config', config]
+        router = Proc('router', argv, os.path.join(self.tmp, 'router.log'),
+                      stdout=subprocess.PIPE)
         self.procs.append(router)
         line = router.popen.stdout.readline().decode()
         if not line.startswith('router listening'):

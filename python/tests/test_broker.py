@@ -161,3 +161,28 @@ def test_sigterm_stops_the_broker_and_its_worker_processes(cluster):
             return True
         return False
     wait_for(gone, 'the worker process to end')
+
+
+def test_a_store_that_fails_fails_the_job_with_its_traceback(cluster):
+    manager = cluster.manager
+    pipeline = Pipeline({Job('Echo'): None}, data={'not text': 1})
+    manager.start(pipeline)
+    assert manager.wait(pipeline, timeout=60) == 'failed'
+    error = pipeline.errors['Echo']
+    assert 'store could not retrieve the input' in error
+    assert 'in retrieve' in error and "KeyError: \"missing ['text']\"" in error
+    after = Pipeline({Job('Echo'): None}, data={'text': 'fine'})
+    manager.start(after)
+    assert manager.wait(after, timeout=60) == 'succeeded'
+
+
+def test_a_store_class_that_refuses_the_routers_configuration_stops_the_broker(make_cluster):
+    # No --config: the router's store is {"kind": "cluster"}, so the broker calls
+    # DirectoryStore() with no arguments, which it refuses (it needs a directory).
+    cluster = make_cluster(None)
+    broker = cluster.add_broker('run_broker.py', cwd=APP)
+    assert broker.popen.wait(timeout=60) != 0
+    log = broker.output()
+    assert 'The router has no store configuration' in log
+    assert "DirectoryStore does not take the router's store configuration {}" in log
+    assert "missing 1 required positional argument: 'directory'" in log
