@@ -72,7 +72,7 @@ def _as_jobs(value, what):
 class Pipeline(object):
     """A graph of jobs plus the ``data`` every job's store sees.
 
-    ``graph`` is a dict ``{Job or tuple of Jobs: Job or tuple of Jobs or None}``, each
+    ``pipeline`` is a dict ``{Job or tuple of Jobs: Job or tuple of Jobs or None}``, each
     key running before its values, or a list of ``(job, job_or_None)`` edges.
     Attributes set by a ``PipelineManager``: ``id``, ``finished``, ``status``
     (``'queued'``, ``'running'``, ``'succeeded'``, ``'failed'``, ``'cancelled'``),
@@ -80,7 +80,7 @@ class Pipeline(object):
     ``duration`` (seconds, the router's clock).
     """
 
-    def __init__(self, graph, data=None):
+    def __init__(self, pipeline, data=None):
         self.data = data
         self.id = None
         self.finished = False
@@ -89,11 +89,11 @@ class Pipeline(object):
         self.started_at = None
         self.finished_at = None
         self.duration = None
-        self._original_graph = graph
-        if isinstance(graph, dict):
-            items = graph.items()
+        self._original_graph = pipeline
+        if isinstance(pipeline, dict):
+            items = pipeline.items()
         else:
-            items = graph
+            items = pipeline
         edges = []
         for key, value in items:
             for parent in _as_jobs(key, 'key'):
