@@ -213,6 +213,20 @@ impl PipelineManager {
         }
     }
 
+    /// The current statuses of several pipelines, in order, in one round trip (a `Wait`
+    /// that does not wait): finished or not, never a timeout.
+    pub fn statuses(&mut self, ids: &[PipelineId]) -> Result<Vec<PipelineStatus>, ClientError> {
+        self.confirm()?;
+        let req = Request::Wait {
+            ids: ids.to_vec(),
+            timeout_ms: 0,
+        };
+        match self.requester.request(&req)? {
+            Reply::Statuses(s) => Ok(s),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Waits until the pipeline is final, for at most `timeout`.
     pub fn wait(&mut self, id: PipelineId, timeout: Duration) -> Result<Outcome, ClientError> {
         let mut all = self.wait_all(&[id], timeout)?;
