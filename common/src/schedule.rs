@@ -20,10 +20,14 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, LocalResult, NaiveDate, NaiveTime, SecondsFormat, TimeZone, Utc};
-use chrono_tz::Tz;
+pub use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 use serde::{Deserialize, Serialize};
+
+use crate::ids::PipelineId;
+use crate::pipeline::PipelineSpec;
+use crate::status::PipelineState;
 
 /// At most this many ticks are listed by one call ([`Recurrence::ticks`],
 /// [`due_ticks`]): a cron of every second over a year is 31 million ticks, which no
@@ -61,6 +65,130 @@ pub enum ScheduleError {
     /// The expression never matches a real time (for example the 30th of February).
     #[error("cron expression {0:?} never matches a real time")]
     NeverTicks(String),
+    /// A schedule's name is empty, too long, or holds spaces or control characters.
+    #[error(
+        "bad schedule name {0:?}: 1 to {MAX_NAME_BYTES} bytes, no spaces or control characters"
+    )]
+    BadName(String),
+    /// `max_running` is 0.
+    #[error("max_running must be at least 1")]
+    ZeroMaxRunning,
+}
+
+/// Longest schedule name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// A schedule as the user writes it: a pipeline template and when to run it. The JSON
+/// form is what `pypelinin schedule add` sends and `schedule show --json` prints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    /// Unique among the router's schedules.
+    pub name: String,
+    /// Cron expression, five fields or six with seconds first.
+    pub cron: String,
+    /// IANA zone the expression is read in; `None` is UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// The template of every run; each run's `data` gets `logical_date`,
+    /// `interval_start` and `interval_end` on top of the template's.
+    pub pipeline: PipelineSpec,
+    /// No tick before this (ms since the epoch).
+    #[serde(default)]
+    pub start_ms: Option<u64>,
+    /// No tick after this (ms since the epoch).
+    #[serde(default)]
+    pub end_ms: Option<u64>,
+    /// After downtime, run every missed tick (oldest first) instead of only the latest.
+    #[serde(default)]
+    pub catchup: bool,
+    /// What a tick does while `max_running` runs are still going.
+    #[serde(default)]
+    pub overrun: OverrunPolicy,
+    /// Most runs of this schedule going at once (backfills not counted).
+    #[serde(default = "one")]
+    pub max_running: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ScheduleSpec {
+    /// Checks everything but the pipeline itself (which the router validates like any
+    /// submission) and returns the parsed recurrence.
+    pub fn check(&self) -> Result<Recurrence, ScheduleError> {
+        let bad_name = self.name.is_empty()
+            || self.name.len() > MAX_NAME_BYTES
+            || self
+                .name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control());
+        if bad_name {
+            return Err(ScheduleError::BadName(self.name.clone()));
+        }
+        if self.max_running == 0 {
+            return Err(ScheduleError::ZeroMaxRunning);
+        }
+        let recurrence = Recurrence::parse(&self.cron, self.timezone.as_deref())?;
+        check_window(self.start_ms, self.end_ms, recurrence.zone())?;
+        Ok(recurrence)
+    }
+}
+
+/// How a scheduled pipeline came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// Made by a tick.
+    Scheduled,
+    /// Made by `schedule trigger`.
+    Manual,
+}
+
+/// The link from a pipeline back to the schedule that made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOrigin {
+    /// The schedule's name.
+    pub schedule: String,
+    /// The tick the run belongs to (for a manual run, when it was triggered).
+    pub logical_date: u64,
+    /// How it was made.
+    pub kind: RunKind,
+}
+
+/// What became of one tick of a schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickRecord {
+    /// The tick.
+    pub logical_date: u64,
+    /// The run it made, if any.
+    #[serde(default)]
+    pub pipeline: Option<PipelineId>,
+    /// The run's state when asked, if it made one.
+    #[serde(default)]
+    pub state: Option<PipelineState>,
+    /// Why it made none (`skipped: 1 run still going`, ...).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A schedule as `schedule list` and `schedule show` see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleStatus {
+    /// What the user asked for.
+    pub spec: ScheduleSpec,
+    /// Paused schedules do not tick; ticks missed while paused are not caught up.
+    pub paused: bool,
+    /// When it was added.
+    pub created_ms: u64,
+    /// The next ticks (up to 5), none once `end` is past.
+    pub next_ticks: Vec<u64>,
+    /// Its runs not yet final.
+    pub running: Vec<PipelineId>,
+    /// Ticks waiting for room (`delay` policies, catch-up beyond `max_running`).
+    pub pending: Vec<u64>,
+    /// The latest ticks and what became of them, newest first.
+    pub recent: Vec<TickRecord>,
 }
 
 /// A cron expression in a time zone: when a schedule ticks.

@@ -26,6 +26,8 @@ pub enum Table {
     Job = 2,
     /// Job outputs, by pipeline id and job index.
     Output = 3,
+    /// Schedules, by name.
+    Schedule = 4,
 }
 
 impl Table {
@@ -35,6 +37,7 @@ impl Table {
             1 => Table::Spec,
             2 => Table::Job,
             3 => Table::Output,
+            4 => Table::Schedule,
             _ => return None,
         })
     }

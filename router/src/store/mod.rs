@@ -11,7 +11,10 @@
 //!   checkpointed into sled), with its tests in `sled/tests.rs`;
 //! - `memory.rs`: [`MemoryStore`], the in-memory implementation for tests.
 
+use std::collections::VecDeque;
+
 use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::schedule::{RunOrigin, ScheduleSpec, TickRecord};
 use pypelinin_common::status::{Attempt, JobState, PipelineState};
 use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
@@ -77,7 +80,38 @@ pub struct PipelineRecord {
     pub submitted_ms: u64,
     /// When final.
     pub finished_ms: Option<u64>,
+    /// The schedule that made it, if one did.
+    #[serde(default)]
+    pub origin: Option<RunOrigin>,
 }
+
+/// A schedule as stored. Removing a schedule writes it once more with `removed` set
+/// (the journal only ever writes whole new values), and loading skips it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// What the user asked for.
+    pub spec: ScheduleSpec,
+    /// Not ticking.
+    pub paused: bool,
+    /// Removed: a tombstone.
+    #[serde(default)]
+    pub removed: bool,
+    /// When added.
+    pub created_ms: u64,
+    /// The last tick dealt with (run made, skipped, or queued in `pending`); the ticks
+    /// after it are due. Written in the same commit as the runs it made, so that a
+    /// crash never makes a tick's run twice.
+    pub cursor_ms: u64,
+    /// Ticks waiting for room, oldest first.
+    pub pending: VecDeque<u64>,
+    /// The latest ticks and what became of them, oldest first, at most
+    /// [`RECENT_TICKS`].
+    pub recent: VecDeque<TickRecord>,
+}
+
+/// How many ticks a schedule remembers for `schedule show`.
+pub const RECENT_TICKS: usize = 50;
+
 /// A job as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -135,6 +169,10 @@ pub trait StateStore: Send {
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError>;
     /// Reads a job's output.
     fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError>;
+    /// Every schedule stored and not removed.
+    fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
+    /// Writes a schedule record (a removal is a record with `removed` set).
+    fn put_schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError>;
     /// Makes every write so far durable (per the durability mode).
     fn commit(&mut self) -> Result<(), StoreError>;
 }

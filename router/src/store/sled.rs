@@ -15,7 +15,9 @@ use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::{Durability, JobRecord, Loaded, PipelineRecord, StateStore, StoreError};
+use super::{
+    Durability, JobRecord, Loaded, PipelineRecord, ScheduleRecord, StateStore, StoreError,
+};
 use crate::journal::{self, Changes, Journal, Table};
 
 /// The spec inside a pipeline record, as databases of the first release stored it.
@@ -70,6 +72,7 @@ struct Trees {
     jobs: sled::Tree,
     outputs: sled::Tree,
     specs: sled::Tree,
+    schedules: sled::Tree,
 }
 
 impl Trees {
@@ -80,6 +83,7 @@ impl Trees {
             jobs: db.open_tree("jobs")?,
             outputs: db.open_tree("outputs")?,
             specs: db.open_tree("specs")?,
+            schedules: db.open_tree("schedules")?,
             db,
         })
     }
@@ -88,15 +92,16 @@ impl Trees {
     /// crash between two batches leaves at worst an output without its job record,
     /// and the journal, still there, is replayed again.
     fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut batches: [sled::Batch; 4] = Default::default();
+        let mut batches: [sled::Batch; 5] = Default::default();
         for ((table, key), value) in changes {
             batches[*table as usize].insert(&key[..], &value[..]);
         }
-        let [pipelines, specs, jobs, outputs] = batches;
+        let [pipelines, specs, jobs, outputs, schedules] = batches;
         self.outputs.apply_batch(outputs)?;
         self.jobs.apply_batch(jobs)?;
         self.specs.apply_batch(specs)?;
         self.pipelines.apply_batch(pipelines)?;
+        self.schedules.apply_batch(schedules)?;
         self.db.flush()?;
         Ok(())
     }
@@ -307,6 +312,24 @@ impl StateStore for SledStore {
             Some(v) => Ok(Some(dec(&k, &v)?)),
             None => Ok(None),
         }
+    }
+
+    fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees.schedules.iter() {
+            let (k, v) = item?;
+            let rec: ScheduleRecord = dec(&k, &v)?;
+            if !rec.removed {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError> {
+        self.journal
+            .put(Table::Schedule, rec.spec.name.as_bytes(), &enc(rec)?);
+        Ok(())
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {

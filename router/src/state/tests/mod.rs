@@ -8,6 +8,7 @@ mod dag_rule;
 mod dispatch;
 mod jobs;
 mod recovery;
+mod schedules;
 mod waiters;
 
 use std::time::Duration;
