@@ -17,7 +17,7 @@ use pypelinin_common::protocol::{
     decode, BrokerStatus, ClusterMetrics, Event, PipelineId, PipelineResult, PipelineSummary,
     Reply, Request, ScheduleRequest, REQUEST_TIMEOUT,
 };
-use pypelinin_common::schedule::ScheduleStatus;
+use pypelinin_common::schedule::{BackfillStatus, ScheduleStatus};
 use pypelinin_common::status::PipelineStatus;
 use pypelinin_common::transport::{subscriber, Requester, TransportError};
 use pypelinin_common::{Data, PipelineSpec};
@@ -371,6 +371,15 @@ impl PipelineManager {
     pub fn schedules(&mut self, req: ScheduleRequest) -> Result<Vec<ScheduleStatus>, ClientError> {
         match self.requester.request(&Request::Schedule(req))? {
             Reply::Schedules(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Starts, lists, shows or cancels backfills (the `Backfill*` requests); the
+    /// backfills concerned as they are after the request.
+    pub fn backfills(&mut self, req: ScheduleRequest) -> Result<Vec<BackfillStatus>, ClientError> {
+        match self.requester.request(&Request::Schedule(req))? {
+            Reply::Backfills(l) => Ok(l),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -143,6 +143,8 @@ pub enum RunKind {
     Scheduled,
     /// Made by `schedule trigger`.
     Manual,
+    /// Made by a backfill.
+    Backfill,
 }
 
 /// The link from a pipeline back to the schedule that made it.
@@ -154,6 +156,9 @@ pub struct RunOrigin {
     pub logical_date: u64,
     /// How it was made.
     pub kind: RunKind,
+    /// The backfill that made it, if one did.
+    #[serde(default)]
+    pub backfill: Option<u64>,
 }
 
 /// What became of one tick of a schedule.
@@ -520,3 +525,159 @@ fn to_ms(t: &DateTime<Tz>) -> Option<u64> {
 #[cfg(test)]
 #[path = "schedule_tests.rs"]
 mod tests;
+
+/// What a backfill does with a logical date that already has a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reprocess {
+    /// Leave it: only dates without a run get one (the default).
+    #[default]
+    None,
+    /// Run it again if its latest run failed or was cancelled.
+    Failed,
+    /// Run every date again.
+    All,
+}
+
+impl Reprocess {
+    /// Every mode, in the order the CLI lists them.
+    pub const ALL: [Reprocess; 3] = [Reprocess::None, Reprocess::Failed, Reprocess::All];
+
+    /// The mode's name on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reprocess::None => "none",
+            Reprocess::Failed => "failed",
+            Reprocess::All => "all",
+        }
+    }
+
+    /// Whether a date whose latest run ended in `latest` (`None`: no run) gets a new
+    /// run. A date whose run is still going never does.
+    pub fn reruns(self, latest: Option<PipelineState>) -> bool {
+        match latest {
+            None => true,
+            Some(s) if !s.is_final() => false,
+            Some(PipelineState::Succeeded) => self == Reprocess::All,
+            Some(_) => self != Reprocess::None,
+        }
+    }
+}
+
+impl fmt::Display for Reprocess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Reprocess {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reprocess::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown reprocess mode {s:?} (one of none, failed, all)"))
+    }
+}
+
+/// Most logical dates one backfill covers: a month of every-second ticks is 2.6
+/// million runs, more than anyone means to ask for by mistake.
+pub const MAX_BACKFILL_DATES: usize = 100_000;
+
+/// A backfill as the user asks for it: a schedule's pipeline over a range of its ticks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillSpec {
+    /// The schedule.
+    pub schedule: String,
+    /// First logical date considered (inclusive).
+    pub from_ms: u64,
+    /// Last logical date considered (inclusive).
+    pub to_ms: u64,
+    /// What to do with dates that already have a run.
+    #[serde(default)]
+    pub reprocess: Reprocess,
+    /// Most of its runs going at once.
+    #[serde(default = "one")]
+    pub max_active: u32,
+    /// Newest date first.
+    #[serde(default)]
+    pub backwards: bool,
+    /// List what would run; create nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Count its runs against the schedule's own `max_running` too.
+    #[serde(default)]
+    pub count_against_schedule: bool,
+}
+
+/// Where a backfill is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillState {
+    /// Only listed (`--dry-run`): nothing was created.
+    DryRun,
+    /// Runs are going or waiting.
+    Running,
+    /// Every run it made succeeded.
+    Succeeded,
+    /// Every run ended, and some did not succeed.
+    Failed,
+    /// Cancelled: no new runs, its running ones cancelled.
+    Cancelled,
+}
+
+impl BackfillState {
+    /// Its name on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackfillState::DryRun => "dry_run",
+            BackfillState::Running => "running",
+            BackfillState::Succeeded => "succeeded",
+            BackfillState::Failed => "failed",
+            BackfillState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether it will change no more.
+    pub fn is_final(self) -> bool {
+        self != BackfillState::Running
+    }
+}
+
+/// A backfill as `backfill list` and `backfill show` see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillStatus {
+    /// Its number, unique in the router.
+    pub id: u64,
+    /// What was asked.
+    pub spec: BackfillSpec,
+    /// The schedule's time zone, in which its dates read best.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Where it is.
+    pub state: BackfillState,
+    /// When it was asked for.
+    pub created_ms: u64,
+    /// When it ended.
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// Every date it covers, in the order it runs them: its run and that run's state,
+    /// or why it gets none (`has a run (reprocess none)`).
+    pub dates: Vec<TickRecord>,
+}
+
+impl BackfillStatus {
+    /// Dates with a run that ended, and dates that get a run: the progress bar.
+    pub fn progress(&self) -> (usize, usize) {
+        let runs = self.dates.iter().filter(|d| d.note.is_none());
+        let (mut done, mut total) = (0, 0);
+        for d in runs {
+            total += 1;
+            if d.state.is_some_and(|s| s.is_final()) {
+                done += 1;
+            }
+        }
+        (done, total)
+    }
+}

@@ -28,7 +28,8 @@ use pypelinin_common::protocol::{
 };
 use pypelinin_common::protocol::{BrokerStatus, ClusterMetrics, Histogram, PipelineResult};
 use pypelinin_common::schedule::{
-    OverrunPolicy, RunKind, RunOrigin, ScheduleSpec, ScheduleStatus, TickRecord,
+    BackfillSpec, BackfillState, BackfillStatus, OverrunPolicy, Reprocess, RunKind, RunOrigin,
+    ScheduleSpec, ScheduleStatus, TickRecord,
 };
 use pypelinin_common::status::Attempt;
 use pypelinin_common::{
@@ -199,6 +200,19 @@ fn schedule_spec() -> ScheduleSpec {
         catchup: true,
         overrun: OverrunPolicy::DelayUntilSuccess,
         max_running: 2,
+    }
+}
+
+fn backfill_spec() -> BackfillSpec {
+    BackfillSpec {
+        schedule: "nightly".into(),
+        from_ms: 1_700_000_000_000,
+        to_ms: 1_700_086_400_000,
+        reprocess: Reprocess::Failed,
+        max_active: 4,
+        backwards: true,
+        dry_run: false,
+        count_against_schedule: true,
     }
 }
 
@@ -409,6 +423,14 @@ fn requests() -> Vec<(&'static str, Request)> {
             Request::Schedule(ScheduleRequest::Add(schedule_spec())),
         ),
         (
+            "backfill",
+            Request::Schedule(ScheduleRequest::Backfill(backfill_spec())),
+        ),
+        (
+            "backfill-cancel",
+            Request::Schedule(ScheduleRequest::BackfillCancel { id: 3 }),
+        ),
+        (
             "schedule-trigger",
             Request::Schedule(ScheduleRequest::Trigger {
                 name: "nightly".into(),
@@ -579,6 +601,23 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         ),
         ("reply-spec", FromRouter::Reply(Reply::Spec(spec()))),
         (
+            "reply-backfills",
+            FromRouter::Reply(Reply::Backfills(vec![BackfillStatus {
+                id: 3,
+                spec: backfill_spec(),
+                timezone: Some("America/Sao_Paulo".into()),
+                state: BackfillState::Running,
+                created_ms: 1_700_100_000_000,
+                finished_ms: None,
+                dates: vec![TickRecord {
+                    logical_date: 1_700_000_000_000,
+                    pipeline: None,
+                    state: None,
+                    note: Some("has a run: succeeded (reprocess failed)".into()),
+                }],
+            }])),
+        ),
+        (
             "reply-schedules",
             FromRouter::Reply(Reply::Schedules(vec![ScheduleStatus {
                 spec: schedule_spec(),
@@ -620,7 +659,8 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     origin: Some(RunOrigin {
                         schedule: "nightly".into(),
                         logical_date: 1_700_000_000_000,
-                        kind: RunKind::Scheduled,
+                        kind: RunKind::Backfill,
+                        backfill: Some(3),
                     }),
                 },
                 PipelineSummary {
@@ -706,6 +746,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         ProtocolError::UnknownPipeline(pid(9)),
         ProtocolError::InvalidSchedule("bad cron expression \"61 * * * *\"".into()),
         ProtocolError::UnknownSchedule("nightly".into()),
+        ProtocolError::UnknownBackfill(7),
         ProtocolError::Conflict("id taken by another pipeline".into()),
         ProtocolError::UnknownPeer,
         ProtocolError::Stale("attempt 1 of job 2 is not current".into()),
@@ -721,6 +762,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         "reply-error-unknown-pipeline",
         "reply-error-invalid-schedule",
         "reply-error-unknown-schedule",
+        "reply-error-unknown-backfill",
         "reply-error-conflict",
         "reply-error-unknown-peer",
         "reply-error-stale",

@@ -28,6 +28,8 @@ pub enum Table {
     Output = 3,
     /// Schedules, by name.
     Schedule = 4,
+    /// Backfills, by number (big-endian).
+    Backfill = 5,
 }
 
 impl Table {
@@ -38,6 +40,7 @@ impl Table {
             2 => Table::Job,
             3 => Table::Output,
             4 => Table::Schedule,
+            5 => Table::Backfill,
             _ => return None,
         })
     }

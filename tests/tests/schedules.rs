@@ -220,3 +220,98 @@ fn the_schedule_command_line_adds_shows_pauses_triggers_and_refuses_bad_input() 
     let (code, out, _) = c.cli(&["status", &id]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_backfill_runs_a_range_of_past_ticks_and_can_be_dry_run_listed_and_cancelled() {
+    let c = Cluster::start(1, 4);
+    let file = write(&c, "daily.json", ONE_JOB);
+    let (code, out, err) = c.cli(&[
+        "schedule",
+        "add",
+        "daily",
+        "--cron",
+        "0 0 * * *",
+        "--timezone",
+        "America/Sao_Paulo",
+        "--pipeline",
+        &file,
+        "--start",
+        "2026-01-01",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Plain dates are midnight in the schedule's zone (UTC-3): ten daily ticks.
+    let range = ["--from", "2026-03-01", "--to", "2026-03-10"];
+    let mut args = vec!["backfill", "daily"];
+    args.extend(range);
+    let (code, out, err) = c.cli(&[&args[..], &["--dry-run", "--json"]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dry: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(dry["state"], "dry_run");
+    let dates = dry["dates"].as_array().unwrap();
+    assert_eq!(dates.len(), 10);
+    assert_eq!(
+        dates[0]["logical_date"].as_u64().unwrap(),
+        pypelinin_common::schedule::parse_time(
+            "2026-03-01T03:00:00Z",
+            pypelinin_common::schedule::Tz::UTC
+        )
+        .unwrap()
+    );
+    assert!(runs(&c, "daily").is_empty(), "a dry run creates nothing");
+
+    let (code, out, err) = c.cli(&[&args[..], &["--max-active", "3", "--wait", "--json"]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let done: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(done["state"], "succeeded");
+    let r = runs(&c, "daily");
+    assert_eq!(r.len(), 10);
+    assert!(r.iter().all(|x| x.2 == "succeeded"));
+
+    // Again with the default reprocess (none): every date has a run, nothing to do.
+    let (code, out, err) = c.cli(&[&args[..], &["--dry-run"]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("reprocess none").count(), 10, "{out}");
+
+    // A long one, cancelled: its running runs are cancelled and no more start.
+    let sleepy = write(
+        &c,
+        "sleepy.json",
+        r#"{"jobs": {"nap": {"worker": "Sleep", "data": {"ms": 60000}}}}"#,
+    );
+    let (code, out, err) = c.cli(&[
+        "schedule",
+        "add",
+        "sleepy",
+        "--cron",
+        "0 0 * * *",
+        "--pipeline",
+        &sleepy,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = c.cli(&[
+        "backfill",
+        "sleepy",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-31",
+        "--max-active",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let id = serde_json::from_str::<Value>(out.trim()).unwrap()["id"].to_string();
+    let (code, out, _) = c.cli(&["backfill", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("sleepy") && out.contains("running"), "{out}");
+    let (code, out, err) = c.cli(&["backfill", "cancel", &id]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    let r = runs(&c, "sleepy");
+    assert_eq!(r.len(), 2, "only the runs it had started: {r:?}");
+    wait_for("its runs to be cancelled", Duration::from_secs(30), || {
+        runs(&c, "sleepy").iter().all(|x| x.2 == "cancelled")
+    });
+    let (code, out, _) = c.cli(&["backfill", "watch", &id]);
+    assert_eq!(code, 1, "a cancelled backfill did not succeed: {out}");
+}

@@ -39,6 +39,9 @@ pub enum ProtocolError {
     /// No schedule by that name.
     #[error("unknown schedule {0:?}")]
     UnknownSchedule(String),
+    /// No backfill by that number.
+    #[error("unknown backfill {0}")]
+    UnknownBackfill(u64),
     /// No such pipeline.
     #[error("unknown pipeline {0}")]
     UnknownPipeline(PipelineId),

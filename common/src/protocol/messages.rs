@@ -14,7 +14,7 @@ use super::{
     PipelineSummary, ProtocolError,
 };
 use crate::pipeline::{Data, PipelineSpec};
-use crate::schedule::{ScheduleSpec, ScheduleStatus};
+use crate::schedule::{BackfillSpec, BackfillStatus, ScheduleSpec, ScheduleStatus};
 use crate::status::{PipelineState, PipelineStatus};
 
 /// What peers ask of the router.
@@ -146,6 +146,21 @@ pub enum ScheduleRequest {
         /// Its name.
         name: String,
     },
+    /// Run a schedule's pipeline over a range of its ticks, as one tracked operation.
+    /// Replies `Backfills` with it (with `dry_run`, with what would run).
+    Backfill(BackfillSpec),
+    /// Every backfill, newest first.
+    Backfills,
+    /// One backfill.
+    BackfillShow {
+        /// Its number.
+        id: u64,
+    },
+    /// Stop a backfill: no new runs; its running runs are cancelled.
+    BackfillCancel {
+        /// Its number.
+        id: u64,
+    },
 }
 
 /// Everything the router sends to a peer on the API socket.
@@ -185,6 +200,8 @@ pub enum Reply {
     Metrics(ClusterMetrics),
     /// Answer to a `Schedule` request.
     Schedules(Vec<ScheduleStatus>),
+    /// Answer to a backfill request.
+    Backfills(Vec<BackfillStatus>),
     /// The cluster configuration, in answer to a broker's hello.
     Welcome(ClusterConfig),
     /// The request was refused.

@@ -14,6 +14,7 @@
 //! (waits and read-only replies), `metrics`, and `clock`.
 
 mod advance;
+mod backfills;
 mod clock;
 mod dispatch;
 mod jobs;
@@ -156,6 +157,9 @@ pub struct RouterState {
     throughput: VecDeque<(u64, u32)>,
     schedules: schedules::Schedules,
     dirty_schedules: HashSet<String>,
+    backfills: backfills::Backfills,
+    dirty_backfills: HashSet<u64>,
+    next_backfill: u64,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -202,6 +206,9 @@ impl RouterState {
             throughput: VecDeque::new(),
             schedules: BTreeMap::new(),
             dirty_schedules: HashSet::new(),
+            backfills: BTreeMap::new(),
+            dirty_backfills: HashSet::new(),
+            next_backfill: 1,
         };
         let grace = s.clock.instant() + peer_timeout() * 2;
         let (mut open, mut running) = (0, 0);
@@ -248,6 +255,7 @@ impl RouterState {
             }
         }
         s.load_schedules()?;
+        s.load_backfills()?;
         info!(
             schedules = s.schedules.len(),
             pipelines = s.pipelines.len(),
@@ -434,6 +442,7 @@ impl RouterState {
             self.store.put_pipeline(&self.pipelines[&id].rec)?;
         }
         self.write_schedules()?;
+        self.write_backfills()?;
         self.store.commit()
     }
 

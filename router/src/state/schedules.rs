@@ -21,7 +21,7 @@ use pypelinin_common::schedule::{
     TickAction, TickRecord,
 };
 use pypelinin_common::status::PipelineState;
-use pypelinin_common::Pipeline;
+use pypelinin_common::{Pipeline, PipelineSpec};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -60,6 +60,11 @@ impl ScheduleEntry {
         };
         entry.refresh_next_due();
         entry
+    }
+
+    /// Counts run `id` (submission order `seq`) as one of the schedule's running runs.
+    pub(super) fn count_run(&mut self, seq: u64, id: PipelineId) {
+        self.open.insert((seq, id));
     }
 
     fn refresh_next_due(&mut self) {
@@ -105,6 +110,9 @@ impl RouterState {
             let Some(entry) = self.schedules.get_mut(&origin.schedule) else {
                 continue;
             };
+            if origin.kind == RunKind::Backfill {
+                continue; // counted (or not) by its backfill
+            }
             if p.rec.state.is_final() {
                 last_finished.insert(origin.schedule.clone(), (*seq, p.rec.state));
             } else {
@@ -123,6 +131,10 @@ impl RouterState {
     pub(super) fn schedule_request(&mut self, req: ScheduleRequest) -> Result<Reply> {
         let now = self.clock.wall_ms();
         let reply = match req {
+            ScheduleRequest::Backfill(_)
+            | ScheduleRequest::Backfills
+            | ScheduleRequest::BackfillShow { .. }
+            | ScheduleRequest::BackfillCancel { .. } => return self.backfill_request(req),
             ScheduleRequest::Add(spec) => self.add_schedule(spec, now),
             ScheduleRequest::List => Reply::Schedules(
                 self.schedules
@@ -224,6 +236,19 @@ impl RouterState {
         change(entry, now);
         self.dirty_schedules.insert(name.to_string());
         Reply::Schedules(vec![self.schedule_status(name, now)])
+    }
+
+    /// The spec of the schedule `name`, if there is one.
+    pub(super) fn schedule_record(&self, name: &str) -> Option<&ScheduleSpec> {
+        self.schedules.get(name).map(|e| &e.rec.spec)
+    }
+
+    /// Whether the schedule `name` runs fewer than its `max_running` (true if it is
+    /// gone: a backfill outlives its schedule).
+    pub(super) fn schedule_has_room(&self, name: &str) -> bool {
+        self.schedules
+            .get(name)
+            .is_none_or(|e| (e.open.len() as u32) < e.rec.spec.max_running.max(1))
     }
 
     fn schedule_status(&self, name: &str, now: u64) -> ScheduleStatus {
@@ -394,38 +419,19 @@ impl RouterState {
         let Some(e) = self.schedules.get(name) else {
             return Ok(None);
         };
-        let interval = e.recurrence.interval(logical_date);
-        let mut spec = e.rec.spec.pipeline.clone();
-        for (key, t) in [
-            ("logical_date", interval.logical_date),
-            ("interval_start", interval.start),
-            ("interval_end", interval.end),
-        ] {
-            spec.data.insert(
-                key.into(),
-                serde_json::Value::String(e.recurrence.format(t)),
-            );
-        }
+        let spec = run_spec(&e.rec.spec.pipeline, &e.recurrence, logical_date);
         let id = run_id(name, e.rec.created_ms, logical_date, kind);
-        let reply = self.submit(id, spec)?;
-        let made = match reply {
-            Reply::Submitted { .. } => Some(id),
-            Reply::Error(err) => {
-                warn!(schedule = %name, error = %err, "scheduled run refused");
-                None
-            }
-            _ => None,
+        let origin = RunOrigin {
+            schedule: name.to_string(),
+            logical_date,
+            kind,
+            backfill: None,
         };
-        let seq = made.and_then(|id| {
-            let p = self.pipelines.get_mut(&id)?;
-            p.rec.origin = Some(RunOrigin {
-                schedule: name.to_string(),
-                logical_date,
-                kind,
-            });
-            self.dirty_pipelines.insert(id);
-            (!p.rec.state.is_final()).then_some(p.rec.seq)
-        });
+        let made = self.submit_run(id, spec, origin)?;
+        let seq = made
+            .and_then(|id| self.pipelines.get(&id))
+            .filter(|p| !p.rec.state.is_final())
+            .map(|p| p.rec.seq);
         if let Some(e) = self.schedules.get_mut(name) {
             if let (Some(id), Some(seq)) = (made, seq) {
                 e.open.insert((seq, id));
@@ -446,7 +452,29 @@ impl RouterState {
         Ok(made)
     }
 
-    /// A pipeline closed: if a schedule made it, it has room again.
+    /// Submits a run under `id` and links it to its schedule; `None` if refused
+    /// (logged: the template was valid when the schedule was added).
+    pub(super) fn submit_run(
+        &mut self,
+        id: PipelineId,
+        spec: PipelineSpec,
+        origin: RunOrigin,
+    ) -> Result<Option<PipelineId>> {
+        match self.submit(id, spec)? {
+            Reply::Submitted { .. } => {}
+            other => {
+                warn!(schedule = %origin.schedule, reply = ?other, "scheduled run refused");
+                return Ok(None);
+            }
+        }
+        if let Some(p) = self.pipelines.get_mut(&id) {
+            p.rec.origin = Some(origin);
+            self.dirty_pipelines.insert(id);
+        }
+        Ok(Some(id))
+    }
+
+    /// A pipeline closed: if a schedule or backfill made it, it has room again.
     pub(super) fn schedule_run_closed(&mut self, id: PipelineId) -> Result<()> {
         let Some(p) = self.pipelines.get(&id) else {
             return Ok(());
@@ -455,12 +483,18 @@ impl RouterState {
             return Ok(());
         };
         let (name, seq, state) = (origin.schedule.clone(), p.rec.seq, p.rec.state);
-        let Some(e) = self.schedules.get_mut(&name) else {
-            return Ok(());
-        };
-        e.open.remove(&(seq, id));
-        e.last = outcome(state);
-        self.serve_pending(&name)
+        let (kind, backfill) = (origin.kind, origin.backfill);
+        if let Some(e) = self.schedules.get_mut(&name) {
+            e.open.remove(&(seq, id));
+            if kind != RunKind::Backfill {
+                e.last = outcome(state);
+            }
+        }
+        if let Some(b) = backfill {
+            self.backfill_run_closed(b, id)?;
+        }
+        self.serve_pending(&name)?;
+        self.serve_counted_backfills(&name)
     }
 
     /// A run of a schedule was reopened by a retry: it counts as running again.
@@ -471,6 +505,10 @@ impl RouterState {
         let Some(origin) = &p.rec.origin else {
             return;
         };
+        if let Some(b) = origin.backfill {
+            self.backfill_run_reopened(b, id);
+            return;
+        }
         if let Some(e) = self.schedules.get_mut(&origin.schedule) {
             e.open.insert((p.rec.seq, id));
         }
@@ -485,6 +523,26 @@ impl RouterState {
         }
         Ok(())
     }
+}
+
+/// A run's spec: the template, with the tick's interval added to its `data` (RFC 3339
+/// in the schedule's zone).
+pub(super) fn run_spec(
+    template: &PipelineSpec,
+    recurrence: &Recurrence,
+    logical_date: u64,
+) -> PipelineSpec {
+    let interval = recurrence.interval(logical_date);
+    let mut spec = template.clone();
+    for (key, t) in [
+        ("logical_date", interval.logical_date),
+        ("interval_start", interval.start),
+        ("interval_end", interval.end),
+    ] {
+        spec.data
+            .insert(key.into(), serde_json::Value::String(recurrence.format(t)));
+    }
+    spec
 }
 
 fn outcome(state: PipelineState) -> LastOutcome {

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::Data;
 
-use super::{JobRecord, Loaded, PipelineRecord, ScheduleRecord, StateStore, StoreError};
+use super::{
+    BackfillRecord, JobRecord, Loaded, PipelineRecord, ScheduleRecord, StateStore, StoreError,
+};
 
 /// A [`StateStore`] in memory: nothing survives the process. For tests of the state
 /// machine, which then need no disk and no sled; clones share one store, so a test
@@ -32,6 +34,7 @@ struct Tables {
     jobs: HashMap<(PipelineId, u32), JobRecord>,
     outputs: HashMap<(PipelineId, u32), Data>,
     schedules: HashMap<String, ScheduleRecord>,
+    backfills: std::collections::BTreeMap<u64, BackfillRecord>,
 }
 
 impl Tables {
@@ -40,6 +43,7 @@ impl Tables {
         self.jobs.extend(other.jobs);
         self.outputs.extend(other.outputs);
         self.schedules.extend(other.schedules);
+        self.backfills.extend(other.backfills);
     }
 }
 
@@ -131,6 +135,15 @@ impl StateStore for MemoryStore {
             .pending
             .schedules
             .insert(rec.spec.name.clone(), rec.clone());
+        Ok(())
+    }
+
+    fn load_backfills(&self) -> Result<Vec<BackfillRecord>, StoreError> {
+        Ok(self.lock().committed.backfills.values().cloned().collect())
+    }
+
+    fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError> {
+        self.lock().pending.backfills.insert(rec.id, rec.clone());
         Ok(())
     }
 

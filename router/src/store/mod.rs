@@ -14,7 +14,9 @@
 use std::collections::VecDeque;
 
 use pypelinin_common::protocol::PipelineId;
-use pypelinin_common::schedule::{RunOrigin, ScheduleSpec, TickRecord};
+use pypelinin_common::schedule::{
+    BackfillSpec, BackfillState, RunOrigin, ScheduleSpec, TickRecord,
+};
 use pypelinin_common::status::{Attempt, JobState, PipelineState};
 use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
@@ -109,6 +111,29 @@ pub struct ScheduleRecord {
     pub recent: VecDeque<TickRecord>,
 }
 
+/// A backfill as stored: what was asked, a copy of the schedule's template and
+/// recurrence (so that removing the schedule does not orphan it), and its dates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackfillRecord {
+    /// Its number.
+    pub id: u64,
+    /// What was asked.
+    pub spec: BackfillSpec,
+    /// The schedule's recurrence and template when the backfill was made.
+    pub schedule: ScheduleSpec,
+    /// Where it is.
+    pub state: BackfillState,
+    /// When asked for.
+    pub created_ms: u64,
+    /// When it ended.
+    pub finished_ms: Option<u64>,
+    /// Every date it covers, in run order; `pipeline` is set once its run is made.
+    pub dates: Vec<TickRecord>,
+    /// Index in `dates` of the next date to consider: every date before it has its
+    /// run made, or a note saying why it gets none.
+    pub next: u32,
+}
+
 /// How many ticks a schedule remembers for `schedule show`.
 pub const RECENT_TICKS: usize = 50;
 
@@ -173,6 +198,10 @@ pub trait StateStore: Send {
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
     /// Writes a schedule record (a removal is a record with `removed` set).
     fn put_schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError>;
+    /// Every backfill stored, oldest first.
+    fn load_backfills(&self) -> Result<Vec<BackfillRecord>, StoreError>;
+    /// Writes a backfill record.
+    fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError>;
     /// Makes every write so far durable (per the durability mode).
     fn commit(&mut self) -> Result<(), StoreError>;
 }

@@ -1,6 +1,7 @@
 //! `pypelinin`, the command line: flags and dispatch here; following a running
 //! pipeline in [`follow`]; printing statuses, logs, outputs and metrics in [`show`].
 
+mod backfill;
 mod follow;
 mod schedule;
 mod show;
@@ -157,6 +158,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs a schedule's pipeline over a range of its ticks (NAME --from T --to T), or
+    /// lists, shows, watches or cancels backfills.
+    Backfill(backfill::BackfillArgs),
     /// Adds, lists, shows, pauses, resumes, removes or triggers schedules: pipelines
     /// run at the ticks of a cron expression, in a time zone.
     Schedule {
@@ -280,6 +284,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Metrics { json } => show::metrics(&mut pm, json),
         Command::Schedule { command } => schedule::run(&mut pm, command),
+        Command::Backfill(args) => backfill::run(&mut pm, args),
         Command::Dot { target } => {
             let path = Path::new(&target);
             if path.exists() {

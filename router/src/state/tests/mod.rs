@@ -4,6 +4,7 @@
 //! is decoded and inspected as a peer would see it.
 
 mod advance;
+mod backfills;
 mod dag_rule;
 mod dispatch;
 mod jobs;

@@ -14,7 +14,7 @@ use super::{single, Rig, CLIENT};
 
 const EVERY_SECOND: &str = "* * * * * *";
 
-fn spec(name: &str, overrun: OverrunPolicy, max_running: u32) -> ScheduleSpec {
+pub(super) fn spec(name: &str, overrun: OverrunPolicy, max_running: u32) -> ScheduleSpec {
     ScheduleSpec {
         name: name.into(),
         cron: EVERY_SECOND.into(),
@@ -29,18 +29,18 @@ fn spec(name: &str, overrun: OverrunPolicy, max_running: u32) -> ScheduleSpec {
 }
 
 impl Rig {
-    fn schedule(&mut self, req: ScheduleRequest) -> Reply {
+    pub(super) fn schedule(&mut self, req: ScheduleRequest) -> Reply {
         self.send(CLIENT, Request::Schedule(req))
     }
 
-    fn add_schedule(&mut self, spec: ScheduleSpec) -> ScheduleStatus {
+    pub(super) fn add_schedule(&mut self, spec: ScheduleSpec) -> ScheduleStatus {
         match self.schedule(ScheduleRequest::Add(spec)) {
             Reply::Schedules(mut l) => l.remove(0),
             other => panic!("{other:?}"),
         }
     }
 
-    fn show(&mut self, name: &str) -> ScheduleStatus {
+    pub(super) fn show(&mut self, name: &str) -> ScheduleStatus {
         match self.schedule(ScheduleRequest::Show { name: name.into() }) {
             Reply::Schedules(mut l) => l.remove(0),
             other => panic!("{other:?}"),
@@ -48,7 +48,7 @@ impl Rig {
     }
 
     /// Lets `secs` seconds pass, one event-loop turn per second.
-    fn seconds(&mut self, secs: u64) {
+    pub(super) fn seconds(&mut self, secs: u64) {
         for _ in 0..secs {
             self.clock.advance(Duration::from_secs(1));
             self.turn();
@@ -56,7 +56,7 @@ impl Rig {
     }
 
     /// Runs of schedule `name`, oldest first: (logical date, pipeline, state).
-    fn runs(&mut self, name: &str) -> Vec<(u64, PipelineId, PipelineState)> {
+    pub(super) fn runs(&mut self, name: &str) -> Vec<(u64, PipelineId, PipelineState)> {
         let list = match self.send(
             CLIENT,
             Request::List {
@@ -82,7 +82,7 @@ impl Rig {
         runs
     }
 
-    fn open_runs(&mut self, name: &str) -> Vec<PipelineId> {
+    pub(super) fn open_runs(&mut self, name: &str) -> Vec<PipelineId> {
         self.runs(name)
             .into_iter()
             .filter(|(_, _, s)| !s.is_final())
@@ -91,7 +91,7 @@ impl Rig {
     }
 
     /// Runs the single job of run `id` to success through the pipeliner and broker.
-    fn finish_run(&mut self, id: PipelineId) {
+    pub(super) fn finish_run(&mut self, id: PipelineId) {
         self.advance(Advance {
             pipeline: id,
             enqueue: vec![0],
@@ -107,7 +107,7 @@ impl Rig {
         assert_eq!(self.pipeline_state(id), PipelineState::Succeeded);
     }
 
-    fn cancel_run(&mut self, id: PipelineId) {
+    pub(super) fn cancel_run(&mut self, id: PipelineId) {
         self.send(CLIENT, Request::Cancel { id });
         assert_eq!(self.pipeline_state(id), PipelineState::Cancelled);
     }
