@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
     decode, BrokerStatus, ClusterMetrics, Event, PipelineId, PipelineResult, PipelineSummary,
-    Reply, Request, REQUEST_TIMEOUT,
+    Reply, Request, ScheduleRequest, REQUEST_TIMEOUT,
 };
+use pypelinin_common::schedule::{BackfillStatus, ScheduleStatus};
 use pypelinin_common::status::PipelineStatus;
 use pypelinin_common::transport::{subscriber, Requester, TransportError};
 use pypelinin_common::{Data, PipelineSpec};
@@ -357,8 +358,53 @@ impl PipelineManager {
         limit: u32,
         state: Option<pypelinin_common::PipelineState>,
     ) -> Result<Vec<PipelineSummary>, ClientError> {
-        match self.requester.request(&Request::List { limit, state })? {
+        self.list_where(limit, state, None)
+    }
+
+    /// The most recent pipelines in `state` (any with `None`) made by the schedule
+    /// named `schedule` (any pipeline with `None`), newest first.
+    pub fn list_where(
+        &mut self,
+        limit: u32,
+        state: Option<pypelinin_common::PipelineState>,
+        schedule: Option<&str>,
+    ) -> Result<Vec<PipelineSummary>, ClientError> {
+        let req = Request::List {
+            limit,
+            state,
+            schedule: schedule.map(str::to_string),
+        };
+        match self.requester.request(&req)? {
             Reply::List(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Adds, lists, shows, pauses, resumes or removes schedules; the schedules
+    /// concerned as they are after the request. (`Trigger` is [`Self::trigger`].)
+    pub fn schedules(&mut self, req: ScheduleRequest) -> Result<Vec<ScheduleStatus>, ClientError> {
+        match self.requester.request(&Request::Schedule(req))? {
+            Reply::Schedules(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Starts, lists, shows or cancels backfills (the `Backfill*` requests); the
+    /// backfills concerned as they are after the request.
+    pub fn backfills(&mut self, req: ScheduleRequest) -> Result<Vec<BackfillStatus>, ClientError> {
+        match self.requester.request(&Request::Schedule(req))? {
+            Reply::Backfills(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Makes a run of the schedule `name` now; its pipeline id.
+    pub fn trigger(&mut self, name: &str) -> Result<PipelineId, ClientError> {
+        let req = Request::Schedule(ScheduleRequest::Trigger {
+            name: name.to_string(),
+        });
+        match self.requester.request(&req)? {
+            Reply::Submitted { id } => Ok(id),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

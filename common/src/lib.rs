@@ -12,6 +12,7 @@ pub mod ids;
 pub mod pipeline;
 pub mod protocol;
 pub mod render;
+pub mod schedule;
 pub mod shutdown;
 pub mod status;
 pub mod transport;

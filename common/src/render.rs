@@ -90,18 +90,26 @@ pub fn progress_line(status: &PipelineStatus, width: usize, now_ms: u64) -> Stri
 ///
 /// The first three columns keep the layout of earlier versions, so that scripts
 /// cutting them out keep working.
+///
+/// When a listed pipeline was made by a schedule, two columns follow: the schedule and
+/// the run's logical date (UTC).
 pub fn pipeline_list(list: &[PipelineSummary], now_ms: u64) -> String {
+    let runs = list.iter().any(|p| p.origin.is_some());
     let mut out = String::new();
-    let _ = writeln!(
+    let _ = write!(
         out,
         "{:<36}  {:<9}  {:>9}  {:<19}  DURATION",
         "PIPELINE", "STATE", "DONE", "SUBMITTED (UTC)"
     );
+    if runs {
+        let _ = write!(out, "  {:<16}  LOGICAL DATE (UTC)", "SCHEDULE");
+    }
+    out.push('\n');
     for p in list {
         let end = p.finished_ms.unwrap_or(now_ms);
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:<36}  {:<9}  {:>4}/{:<4}  {:<19}  {}",
+            "{:<36}  {:<9}  {:>4}/{:<4}  {:<19}  {:<8}",
             p.id,
             p.state.as_str(),
             p.done,
@@ -109,6 +117,12 @@ pub fn pipeline_list(list: &[PipelineSummary], now_ms: u64) -> String {
             utc_time(p.submitted_ms),
             duration(end.saturating_sub(p.submitted_ms))
         );
+        if let Some(o) = &p.origin {
+            let _ = write!(out, "  {:<16}  {}", o.schedule, utc_time(o.logical_date));
+        }
+        let line_end = out.trim_end_matches(' ').len();
+        out.truncate(line_end);
+        out.push('\n');
     }
     out
 }

@@ -23,10 +23,14 @@ use std::time::{Duration, Instant};
 use pypelinin_common::protocol::{
     decode, encode, Advance, Assignment, BrokerHello, ClusterConfig, DecodeError, Event,
     FromRouter, JobChange, JobInfo, JobReport, MonitoringReport, PipelineSnapshot, PipelineSummary,
-    ProtocolError, Push, Reply, Request, SlotJob, MAX_DEPTH, MAX_FRAME_BYTES, MAX_WAIT_MS,
-    PROTOCOL_VERSION,
+    ProtocolError, Push, Reply, Request, ScheduleRequest, SlotJob, MAX_DEPTH, MAX_FRAME_BYTES,
+    MAX_WAIT_MS, PROTOCOL_VERSION,
 };
 use pypelinin_common::protocol::{BrokerStatus, ClusterMetrics, Histogram, PipelineResult};
+use pypelinin_common::schedule::{
+    BackfillSpec, BackfillState, BackfillStatus, OverrunPolicy, Reprocess, RunKind, RunOrigin,
+    ScheduleSpec, ScheduleStatus, TickRecord,
+};
 use pypelinin_common::status::Attempt;
 use pypelinin_common::{
     Data, JobRef, JobSpec, JobState, JobStatus, PipelineId, PipelineSpec, PipelineState,
@@ -182,6 +186,33 @@ fn data(v: Value) -> Data {
     match v {
         Value::Object(map) => map,
         other => panic!("not an object: {other}"),
+    }
+}
+
+fn schedule_spec() -> ScheduleSpec {
+    ScheduleSpec {
+        name: "nightly".into(),
+        cron: "0 30 2 * * *".into(),
+        timezone: Some("Europe/Paris".into()),
+        pipeline: spec(),
+        start_ms: Some(1_700_000_000_000),
+        end_ms: None,
+        catchup: true,
+        overrun: OverrunPolicy::DelayUntilSuccess,
+        max_running: 2,
+    }
+}
+
+fn backfill_spec() -> BackfillSpec {
+    BackfillSpec {
+        schedule: "nightly".into(),
+        from_ms: 1_700_000_000_000,
+        to_ms: 1_700_086_400_000,
+        reprocess: Reprocess::Failed,
+        max_active: 4,
+        backwards: true,
+        dry_run: false,
+        count_against_schedule: true,
     }
 }
 
@@ -359,6 +390,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             Request::List {
                 limit: 50,
                 state: None,
+                schedule: None,
             },
         ),
         (
@@ -366,6 +398,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             Request::List {
                 limit: u32::MAX,
                 state: Some(PipelineState::Running),
+                schedule: Some("nightly".into()),
             },
         ),
         (
@@ -385,6 +418,24 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("brokers", Request::Brokers),
         ("spec", Request::Spec { id: pid(1) }),
         ("metrics", Request::Metrics),
+        (
+            "schedule-add",
+            Request::Schedule(ScheduleRequest::Add(schedule_spec())),
+        ),
+        (
+            "backfill",
+            Request::Schedule(ScheduleRequest::Backfill(backfill_spec())),
+        ),
+        (
+            "backfill-cancel",
+            Request::Schedule(ScheduleRequest::BackfillCancel { id: 3 }),
+        ),
+        (
+            "schedule-trigger",
+            Request::Schedule(ScheduleRequest::Trigger {
+                name: "nightly".into(),
+            }),
+        ),
         (
             "broker-hello",
             Request::BrokerHello(BrokerHello {
@@ -550,6 +601,48 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         ),
         ("reply-spec", FromRouter::Reply(Reply::Spec(spec()))),
         (
+            "reply-backfills",
+            FromRouter::Reply(Reply::Backfills(vec![BackfillStatus {
+                id: 3,
+                spec: backfill_spec(),
+                timezone: Some("America/Sao_Paulo".into()),
+                state: BackfillState::Running,
+                created_ms: 1_700_100_000_000,
+                finished_ms: None,
+                dates: vec![TickRecord {
+                    logical_date: 1_700_000_000_000,
+                    pipeline: None,
+                    state: None,
+                    note: Some("has a run: succeeded (reprocess failed)".into()),
+                }],
+            }])),
+        ),
+        (
+            "reply-schedules",
+            FromRouter::Reply(Reply::Schedules(vec![ScheduleStatus {
+                spec: schedule_spec(),
+                paused: false,
+                created_ms: 1_700_000_000_000,
+                next_ticks: vec![1_700_000_001_000, 1_700_000_002_000],
+                running: vec![pid(4)],
+                pending: vec![1_700_000_000_500],
+                recent: vec![
+                    TickRecord {
+                        logical_date: 1_699_999_999_000,
+                        pipeline: Some(pid(4)),
+                        state: Some(PipelineState::Running),
+                        note: None,
+                    },
+                    TickRecord {
+                        logical_date: 1_699_999_998_000,
+                        pipeline: None,
+                        state: None,
+                        note: Some("skipped: 1 run(s) still going".into()),
+                    },
+                ],
+            }])),
+        ),
+        (
             "reply-metrics",
             FromRouter::Reply(Reply::Metrics(metrics())),
         ),
@@ -563,6 +656,12 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     finished_ms: None,
                     jobs: 4,
                     done: 0,
+                    origin: Some(RunOrigin {
+                        schedule: "nightly".into(),
+                        logical_date: 1_700_000_000_000,
+                        kind: RunKind::Backfill,
+                        backfill: Some(3),
+                    }),
                 },
                 PipelineSummary {
                     id: pid(1),
@@ -571,6 +670,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     finished_ms: Some(1_700_000_000_000),
                     jobs: 5,
                     done: 5,
+                    origin: None,
                 },
             ])),
         ),
@@ -644,6 +744,9 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         },
         ProtocolError::InvalidPipeline("the pipeline has a cycle: a -> b -> a".into()),
         ProtocolError::UnknownPipeline(pid(9)),
+        ProtocolError::InvalidSchedule("bad cron expression \"61 * * * *\"".into()),
+        ProtocolError::UnknownSchedule("nightly".into()),
+        ProtocolError::UnknownBackfill(7),
         ProtocolError::Conflict("id taken by another pipeline".into()),
         ProtocolError::UnknownPeer,
         ProtocolError::Stale("attempt 1 of job 2 is not current".into()),
@@ -657,12 +760,16 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         "reply-error-too-large",
         "reply-error-invalid-pipeline",
         "reply-error-unknown-pipeline",
+        "reply-error-invalid-schedule",
+        "reply-error-unknown-schedule",
+        "reply-error-unknown-backfill",
         "reply-error-conflict",
         "reply-error-unknown-peer",
         "reply-error-stale",
         "reply-error-refused",
         "reply-error-storage",
     ];
+    assert_eq!(names.len(), errors.len(), "one name per error");
     for (name, e) in names.into_iter().zip(errors) {
         v.push((name, FromRouter::Reply(Reply::Error(e))));
     }

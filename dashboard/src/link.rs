@@ -74,7 +74,14 @@ impl Link {
         limit: u32,
         state: Option<PipelineState>,
     ) -> Result<Vec<PipelineSummary>, LinkError> {
-        expect_reply!(self.ask(&Request::List { limit, state })?, Reply::List)
+        expect_reply!(
+            self.ask(&Request::List {
+                limit,
+                state,
+                schedule: None,
+            })?,
+            Reply::List
+        )
     }
 
     /// A pipeline's status.

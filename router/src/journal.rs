@@ -26,6 +26,10 @@ pub enum Table {
     Job = 2,
     /// Job outputs, by pipeline id and job index.
     Output = 3,
+    /// Schedules, by name.
+    Schedule = 4,
+    /// Backfills, by number (big-endian).
+    Backfill = 5,
 }
 
 impl Table {
@@ -35,6 +39,8 @@ impl Table {
             1 => Table::Spec,
             2 => Table::Job,
             3 => Table::Output,
+            4 => Table::Schedule,
+            5 => Table::Backfill,
             _ => return None,
         })
     }

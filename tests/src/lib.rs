@@ -188,10 +188,21 @@ impl Cluster {
     /// Kills the router with SIGKILL and starts it again on the same addresses and
     /// database.
     pub fn kill_and_restart_router(&mut self) {
+        self.kill_router();
+        self.restart_router();
+    }
+
+    /// Kills the router with SIGKILL and waits for it to die; [`Cluster::restart_router`]
+    /// brings it back (a test may let time pass in between: downtime).
+    pub fn kill_router(&mut self) {
         self.router.signal("KILL");
         self.router
             .wait_exit(Duration::from_secs(10))
             .expect("router dies on SIGKILL");
+    }
+
+    /// Starts the router again on the same addresses and database.
+    pub fn restart_router(&mut self) {
         self.restarts += 1;
         let mut args = vec![
             "--api",

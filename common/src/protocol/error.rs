@@ -33,6 +33,15 @@ pub enum ProtocolError {
     /// The pipeline was refused at submit time.
     #[error("invalid pipeline: {0}")]
     InvalidPipeline(String),
+    /// The schedule was refused (bad cron or zone, name taken, bad window).
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
+    /// No schedule by that name.
+    #[error("unknown schedule {0:?}")]
+    UnknownSchedule(String),
+    /// No backfill by that number.
+    #[error("unknown backfill {0}")]
+    UnknownBackfill(u64),
     /// No such pipeline.
     #[error("unknown pipeline {0}")]
     UnknownPipeline(PipelineId),

@@ -14,6 +14,7 @@ use super::{
     PipelineSummary, ProtocolError,
 };
 use crate::pipeline::{Data, PipelineSpec};
+use crate::schedule::{BackfillSpec, BackfillStatus, ScheduleSpec, ScheduleStatus};
 use crate::status::{PipelineState, PipelineStatus};
 
 /// What peers ask of the router.
@@ -64,6 +65,9 @@ pub enum Request {
         /// Only pipelines in this state.
         #[serde(default)]
         state: Option<PipelineState>,
+        /// Only runs of this schedule.
+        #[serde(default)]
+        schedule: Option<String>,
     },
     /// Run again the failed, skipped and cancelled jobs of a finished pipeline, or the
     /// named jobs and all their descendants, keeping what already succeeded. Replies
@@ -101,11 +105,64 @@ pub enum Request {
     },
     /// Decisions of a pipeliner about the pipelines it walks.
     Advance(Vec<Advance>),
+    /// Add, inspect or steer a schedule.
+    Schedule(ScheduleRequest),
     /// The peer is alive.
     Heartbeat,
     /// The peer leaves; its running jobs and pipelines go to others.
     Bye,
 }
+/// What a client asks about schedules. Each replies `Schedules` with the schedules
+/// concerned (all of them for `List`), but `Trigger`, which replies `Submitted`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ScheduleRequest {
+    /// Add a schedule; refused if the name is taken, the cron or zone is bad, `end` is
+    /// before `start`, or the pipeline is invalid.
+    Add(ScheduleSpec),
+    /// Every schedule, by name.
+    List,
+    /// One schedule.
+    Show {
+        /// Its name.
+        name: String,
+    },
+    /// Stop ticking; runs already made go on.
+    Pause {
+        /// Its name.
+        name: String,
+    },
+    /// Tick again, from now on: ticks missed while paused are not made up.
+    Resume {
+        /// Its name.
+        name: String,
+    },
+    /// Forget the schedule; its runs stay, as ordinary pipelines.
+    Remove {
+        /// Its name.
+        name: String,
+    },
+    /// Make a run now, outside the recurrence (its logical date is now).
+    Trigger {
+        /// Its name.
+        name: String,
+    },
+    /// Run a schedule's pipeline over a range of its ticks, as one tracked operation.
+    /// Replies `Backfills` with it (with `dry_run`, with what would run).
+    Backfill(BackfillSpec),
+    /// Every backfill, newest first.
+    Backfills,
+    /// One backfill.
+    BackfillShow {
+        /// Its number.
+        id: u64,
+    },
+    /// Stop a backfill: no new runs; its running runs are cancelled.
+    BackfillCancel {
+        /// Its number.
+        id: u64,
+    },
+}
+
 /// Everything the router sends to a peer on the API socket.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FromRouter {
@@ -141,6 +198,10 @@ pub enum Reply {
     Spec(PipelineSpec),
     /// Cluster metrics.
     Metrics(ClusterMetrics),
+    /// Answer to a `Schedule` request.
+    Schedules(Vec<ScheduleStatus>),
+    /// Answer to a backfill request.
+    Backfills(Vec<BackfillStatus>),
     /// The cluster configuration, in answer to a broker's hello.
     Welcome(ClusterConfig),
     /// The request was refused.

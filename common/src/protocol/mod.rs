@@ -66,7 +66,7 @@ mod messages;
 mod types;
 
 pub use error::ProtocolError;
-pub use messages::{Event, FromRouter, Push, Reply, Request};
+pub use messages::{Event, FromRouter, Push, Reply, Request, ScheduleRequest};
 pub use types::{
     Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, Histogram,
     JobChange, JobInfo, JobReport, MonitoringReport, PipelineResult, PipelineSnapshot,

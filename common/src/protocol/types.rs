@@ -186,6 +186,9 @@ pub struct PipelineSummary {
     pub jobs: u32,
     /// Jobs in a final state.
     pub done: u32,
+    /// The schedule that made it, and for which tick.
+    #[serde(default)]
+    pub origin: Option<crate::schedule::RunOrigin>,
 }
 
 /// A broker as the router sees it.

@@ -186,6 +186,6 @@ impl RouterState {
                 self.reply(&w.to, reply);
             }
         }
-        Ok(())
+        self.schedule_run_closed(id)
     }
 }

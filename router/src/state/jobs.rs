@@ -40,6 +40,7 @@ impl RouterState {
             seq: self.next_seq,
             submitted_ms: self.clock.wall_ms(),
             finished_ms: None,
+            origin: None,
         };
         self.next_seq += 1;
         let jobs = vec![JobRecord::new(); dag.len()];
@@ -274,6 +275,7 @@ impl RouterState {
         p.close_on_success = false;
         self.dirty_pipelines.insert(p.rec.id);
         self.unowned.push_back(id);
+        self.schedule_run_reopened(id);
         Ok(Reply::Status(self.pipelines[&id].status()))
     }
 

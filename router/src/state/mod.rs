@@ -14,11 +14,13 @@
 //! (waits and read-only replies), `metrics`, and `clock`.
 
 mod advance;
+mod backfills;
 mod clock;
 mod dispatch;
 mod jobs;
 mod metrics;
 mod peers;
+mod schedules;
 mod waiters;
 
 #[cfg(test)]
@@ -40,6 +42,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 use metrics::LATENCY_BOUNDS;
 use peers::Peer;
 pub use peers::PREFETCH_HORIZON_MS;
+pub use schedules::{MAX_PENDING_TICKS, SHOWN_TICKS};
 use waiters::Waiter;
 
 use crate::store::{JobRecord, PipelineRecord, StateStore, StoreError};
@@ -152,6 +155,11 @@ pub struct RouterState {
     latency: Histogram,
     attempts_finished: u64,
     throughput: VecDeque<(u64, u32)>,
+    schedules: schedules::Schedules,
+    dirty_schedules: HashSet<String>,
+    backfills: backfills::Backfills,
+    dirty_backfills: HashSet<u64>,
+    next_backfill: u64,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -196,6 +204,11 @@ impl RouterState {
             latency: Histogram::new(LATENCY_BOUNDS),
             attempts_finished: 0,
             throughput: VecDeque::new(),
+            schedules: BTreeMap::new(),
+            dirty_schedules: HashSet::new(),
+            backfills: BTreeMap::new(),
+            dirty_backfills: HashSet::new(),
+            next_backfill: 1,
         };
         let grace = s.clock.instant() + peer_timeout() * 2;
         let (mut open, mut running) = (0, 0);
@@ -241,9 +254,14 @@ impl RouterState {
                 }
             }
         }
+        s.load_schedules()?;
+        s.load_backfills()?;
         info!(
+            schedules = s.schedules.len(),
             pipelines = s.pipelines.len(),
-            open, running, "router state loaded"
+            open,
+            running,
+            "router state loaded"
         );
         Ok(s)
     }
@@ -273,7 +291,11 @@ impl RouterState {
                 }
             }
             Request::Outputs { id } => self.outputs(id)?,
-            Request::List { limit, state } => Reply::List(self.list(limit as usize, state)),
+            Request::List {
+                limit,
+                state,
+                schedule,
+            } => Reply::List(self.list(limit as usize, state, schedule.as_deref())),
             Request::Retry { id, jobs } => self.retry(id, jobs)?,
             Request::Brokers => Reply::Brokers(self.brokers(now)),
             Request::Spec { id } => match self.pipelines.get(&id) {
@@ -303,6 +325,7 @@ impl RouterState {
                 capacity,
             } => self.pipeliner_hello(&to.peer, pipeliner, capacity, now),
             Request::Advance(list) => self.advance(&to.peer, list)?,
+            Request::Schedule(r) => self.schedule_request(r)?,
             Request::Heartbeat => {
                 if self.peers.contains_key(&to.peer) {
                     Reply::Ok
@@ -332,8 +355,9 @@ impl RouterState {
         });
     }
 
-    /// Timers: retry delays, waits, silent peers, orphaned attempts.
+    /// Timers: schedules, retry delays, waits, silent peers, orphaned attempts.
     pub fn tick(&mut self, now: Instant) -> Result<()> {
+        self.tick_schedules()?;
         let wall = self.clock.wall_ms();
         while let Some(Reverse((t, id, i))) = self.delayed.peek().copied() {
             if t > wall {
@@ -401,7 +425,10 @@ impl RouterState {
             .values()
             .map(|w| w.deadline.saturating_duration_since(now))
             .min();
-        [retry, wait].into_iter().flatten().min()
+        let schedule = self
+            .next_schedule_due()
+            .map(|t| Duration::from_millis(t.saturating_sub(wall)));
+        [retry, wait, schedule].into_iter().flatten().min()
     }
 
     /// Makes every change durable; only then may the outbox be sent.
@@ -414,6 +441,8 @@ impl RouterState {
         for id in self.dirty_pipelines.drain() {
             self.store.put_pipeline(&self.pipelines[&id].rec)?;
         }
+        self.write_schedules()?;
+        self.write_backfills()?;
         self.store.commit()
     }
 

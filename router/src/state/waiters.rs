@@ -110,11 +110,22 @@ impl RouterState {
         Ok(Reply::Outputs(out))
     }
 
-    pub(super) fn list(&self, limit: usize, state: Option<PipelineState>) -> Vec<PipelineSummary> {
+    pub(super) fn list(
+        &self,
+        limit: usize,
+        state: Option<PipelineState>,
+        schedule: Option<&str>,
+    ) -> Vec<PipelineSummary> {
         self.order
             .values()
             .rev()
             .filter(|id| state.is_none_or(|s| self.pipelines[*id].rec.state == s))
+            .filter(|id| {
+                schedule.is_none_or(|name| {
+                    let origin = self.pipelines[*id].rec.origin.as_ref();
+                    origin.is_some_and(|o| o.schedule == name)
+                })
+            })
             .take(limit)
             .map(|id| {
                 let p = &self.pipelines[id];
@@ -125,6 +136,7 @@ impl RouterState {
                     finished_ms: p.rec.finished_ms,
                     jobs: p.jobs.len() as u32,
                     done: p.done,
+                    origin: p.rec.origin.clone(),
                 }
             })
             .collect()

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::Data;
 
-use super::{JobRecord, Loaded, PipelineRecord, StateStore, StoreError};
+use super::{
+    BackfillRecord, JobRecord, Loaded, PipelineRecord, ScheduleRecord, StateStore, StoreError,
+};
 
 /// A [`StateStore`] in memory: nothing survives the process. For tests of the state
 /// machine, which then need no disk and no sled; clones share one store, so a test
@@ -31,6 +33,8 @@ struct Tables {
     pipelines: HashMap<PipelineId, PipelineRecord>,
     jobs: HashMap<(PipelineId, u32), JobRecord>,
     outputs: HashMap<(PipelineId, u32), Data>,
+    schedules: HashMap<String, ScheduleRecord>,
+    backfills: std::collections::BTreeMap<u64, BackfillRecord>,
 }
 
 impl Tables {
@@ -38,6 +42,8 @@ impl Tables {
         self.pipelines.extend(other.pipelines);
         self.jobs.extend(other.jobs);
         self.outputs.extend(other.outputs);
+        self.schedules.extend(other.schedules);
+        self.backfills.extend(other.backfills);
     }
 }
 
@@ -109,6 +115,36 @@ impl StateStore for MemoryStore {
             .get(&k)
             .or_else(|| m.committed.outputs.get(&k))
             .cloned())
+    }
+
+    fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let m = self.lock();
+        let mut out: Vec<ScheduleRecord> = m
+            .committed
+            .schedules
+            .values()
+            .filter(|r| !r.removed)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        Ok(out)
+    }
+
+    fn put_schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError> {
+        self.lock()
+            .pending
+            .schedules
+            .insert(rec.spec.name.clone(), rec.clone());
+        Ok(())
+    }
+
+    fn load_backfills(&self) -> Result<Vec<BackfillRecord>, StoreError> {
+        Ok(self.lock().committed.backfills.values().cloned().collect())
+    }
+
+    fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError> {
+        self.lock().pending.backfills.insert(rec.id, rec.clone());
+        Ok(())
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {

@@ -11,7 +11,12 @@
 //!   checkpointed into sled), with its tests in `sled/tests.rs`;
 //! - `memory.rs`: [`MemoryStore`], the in-memory implementation for tests.
 
+use std::collections::VecDeque;
+
 use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::schedule::{
+    BackfillSpec, BackfillState, RunOrigin, ScheduleSpec, TickRecord,
+};
 use pypelinin_common::status::{Attempt, JobState, PipelineState};
 use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
@@ -77,7 +82,61 @@ pub struct PipelineRecord {
     pub submitted_ms: u64,
     /// When final.
     pub finished_ms: Option<u64>,
+    /// The schedule that made it, if one did.
+    #[serde(default)]
+    pub origin: Option<RunOrigin>,
 }
+
+/// A schedule as stored. Removing a schedule writes it once more with `removed` set
+/// (the journal only ever writes whole new values), and loading skips it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// What the user asked for.
+    pub spec: ScheduleSpec,
+    /// Not ticking.
+    pub paused: bool,
+    /// Removed: a tombstone.
+    #[serde(default)]
+    pub removed: bool,
+    /// When added.
+    pub created_ms: u64,
+    /// The last tick dealt with (run made, skipped, or queued in `pending`); the ticks
+    /// after it are due. Written in the same commit as the runs it made, so that a
+    /// crash never makes a tick's run twice.
+    pub cursor_ms: u64,
+    /// Ticks waiting for room, oldest first.
+    pub pending: VecDeque<u64>,
+    /// The latest ticks and what became of them, oldest first, at most
+    /// [`RECENT_TICKS`].
+    pub recent: VecDeque<TickRecord>,
+}
+
+/// A backfill as stored: what was asked, a copy of the schedule's template and
+/// recurrence (so that removing the schedule does not orphan it), and its dates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackfillRecord {
+    /// Its number.
+    pub id: u64,
+    /// What was asked.
+    pub spec: BackfillSpec,
+    /// The schedule's recurrence and template when the backfill was made.
+    pub schedule: ScheduleSpec,
+    /// Where it is.
+    pub state: BackfillState,
+    /// When asked for.
+    pub created_ms: u64,
+    /// When it ended.
+    pub finished_ms: Option<u64>,
+    /// Every date it covers, in run order; `pipeline` is set once its run is made.
+    pub dates: Vec<TickRecord>,
+    /// Index in `dates` of the next date to consider: every date before it has its
+    /// run made, or a note saying why it gets none.
+    pub next: u32,
+}
+
+/// How many ticks a schedule remembers for `schedule show`.
+pub const RECENT_TICKS: usize = 50;
+
 /// A job as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -135,6 +194,14 @@ pub trait StateStore: Send {
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError>;
     /// Reads a job's output.
     fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError>;
+    /// Every schedule stored and not removed.
+    fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
+    /// Writes a schedule record (a removal is a record with `removed` set).
+    fn put_schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError>;
+    /// Every backfill stored, oldest first.
+    fn load_backfills(&self) -> Result<Vec<BackfillRecord>, StoreError>;
+    /// Writes a backfill record.
+    fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError>;
     /// Makes every write so far durable (per the durability mode).
     fn commit(&mut self) -> Result<(), StoreError>;
 }

@@ -15,7 +15,10 @@ use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::{Durability, JobRecord, Loaded, PipelineRecord, StateStore, StoreError};
+use super::{
+    BackfillRecord, Durability, JobRecord, Loaded, PipelineRecord, ScheduleRecord, StateStore,
+    StoreError,
+};
 use crate::journal::{self, Changes, Journal, Table};
 
 /// The spec inside a pipeline record, as databases of the first release stored it.
@@ -70,6 +73,8 @@ struct Trees {
     jobs: sled::Tree,
     outputs: sled::Tree,
     specs: sled::Tree,
+    schedules: sled::Tree,
+    backfills: sled::Tree,
 }
 
 impl Trees {
@@ -80,6 +85,8 @@ impl Trees {
             jobs: db.open_tree("jobs")?,
             outputs: db.open_tree("outputs")?,
             specs: db.open_tree("specs")?,
+            schedules: db.open_tree("schedules")?,
+            backfills: db.open_tree("backfills")?,
             db,
         })
     }
@@ -88,15 +95,17 @@ impl Trees {
     /// crash between two batches leaves at worst an output without its job record,
     /// and the journal, still there, is replayed again.
     fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut batches: [sled::Batch; 4] = Default::default();
+        let mut batches: [sled::Batch; 6] = Default::default();
         for ((table, key), value) in changes {
             batches[*table as usize].insert(&key[..], &value[..]);
         }
-        let [pipelines, specs, jobs, outputs] = batches;
+        let [pipelines, specs, jobs, outputs, schedules, backfills] = batches;
         self.outputs.apply_batch(outputs)?;
         self.jobs.apply_batch(jobs)?;
         self.specs.apply_batch(specs)?;
         self.pipelines.apply_batch(pipelines)?;
+        self.schedules.apply_batch(schedules)?;
+        self.backfills.apply_batch(backfills)?;
         self.db.flush()?;
         Ok(())
     }
@@ -307,6 +316,39 @@ impl StateStore for SledStore {
             Some(v) => Ok(Some(dec(&k, &v)?)),
             None => Ok(None),
         }
+    }
+
+    fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees.schedules.iter() {
+            let (k, v) = item?;
+            let rec: ScheduleRecord = dec(&k, &v)?;
+            if !rec.removed {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError> {
+        self.journal
+            .put(Table::Schedule, rec.spec.name.as_bytes(), &enc(rec)?);
+        Ok(())
+    }
+
+    fn load_backfills(&self) -> Result<Vec<BackfillRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees.backfills.iter() {
+            let (k, v) = item?;
+            out.push(dec::<BackfillRecord>(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError> {
+        self.journal
+            .put(Table::Backfill, &rec.id.to_be_bytes(), &enc(rec)?);
+        Ok(())
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {

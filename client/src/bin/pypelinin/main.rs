@@ -1,7 +1,9 @@
 //! `pypelinin`, the command line: flags and dispatch here; following a running
 //! pipeline in [`follow`]; printing statuses, logs, outputs and metrics in [`show`].
 
+mod backfill;
 mod follow;
+mod schedule;
 mod show;
 
 use std::path::{Path, PathBuf};
@@ -76,6 +78,9 @@ enum Command {
         /// Only pipelines in this state.
         #[arg(long, value_enum)]
         state: Option<StateArg>,
+        /// Only the runs of this schedule (the list then shows their logical dates).
+        #[arg(long, value_name = "NAME")]
+        schedule: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -153,6 +158,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs a schedule's pipeline over a range of its ticks (NAME --from T --to T), or
+    /// lists, shows, watches or cancels backfills.
+    Backfill(backfill::BackfillArgs),
+    /// Adds, lists, shows, pauses, resumes, removes or triggers schedules: pipelines
+    /// run at the ticks of a cron expression, in a time zone.
+    Schedule {
+        #[command(subcommand)]
+        command: schedule::ScheduleCommand,
+    },
     /// Prints a submitted pipeline (by id, jobs coloured by state) or a pipeline file
     /// as Graphviz DOT.
     Dot {
@@ -220,8 +234,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             print_status(&s, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::List { state, limit, json } => {
-            let list = pm.list_in(limit, state.map(PipelineState::from))?;
+        Command::List {
+            state,
+            schedule,
+            limit,
+            json,
+        } => {
+            let list = pm.list_where(limit, state.map(PipelineState::from), schedule.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
@@ -264,6 +283,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Metrics { json } => show::metrics(&mut pm, json),
+        Command::Schedule { command } => schedule::run(&mut pm, command),
+        Command::Backfill(args) => backfill::run(&mut pm, args),
         Command::Dot { target } => {
             let path = Path::new(&target);
             if path.exists() {

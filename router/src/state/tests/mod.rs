@@ -4,10 +4,12 @@
 //! is decoded and inspected as a peer would see it.
 
 mod advance;
+mod backfills;
 mod dag_rule;
 mod dispatch;
 mod jobs;
 mod recovery;
+mod schedules;
 mod waiters;
 
 use std::time::Duration;

@@ -15,6 +15,7 @@ fn pipeline(seq: u64) -> PipelineRecord {
         seq,
         submitted_ms: 1,
         finished_ms: None,
+        origin: None,
     }
 }
 
