@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::protocol::{LogLine, PipelineId};
 use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::{Durability, JobRecord, Loaded, PipelineRecord, StateStore, StoreError};
+use super::{
+    Durability, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, StateStore, StoreError,
+};
 use crate::journal::{self, Changes, Journal, Table};
 
 /// The spec inside a pipeline record, as databases of the first release stored it.
@@ -37,6 +39,12 @@ pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 /// change, and none on the router's thread. Only outputs are kept here in memory until
 /// sled has them (the router reads them back for children and results; everything
 /// else it holds itself). At start-up the journals left are replayed into sled first.
+///
+/// Captured logs bypass the journal: they go straight into a sled tree of their own,
+/// which sled writes out on its own cadence (every half second, on its flusher
+/// thread), and [`StateStore::flush_logs`] forces it when a job ends. The tradeoff: a
+/// crash of the router loses at most the last half second of the logs of jobs still
+/// running, and no log line ever costs the router's thread an fsync of its own.
 pub struct SledStore {
     dir: PathBuf,
     trees: Trees,
@@ -70,6 +78,8 @@ struct Trees {
     jobs: sled::Tree,
     outputs: sled::Tree,
     specs: sled::Tree,
+    /// Logs, by [`log_key`]; sequence number 0 holds the attempt's [`LogMeta`].
+    logs: sled::Tree,
 }
 
 impl Trees {
@@ -80,6 +90,7 @@ impl Trees {
             jobs: db.open_tree("jobs")?,
             outputs: db.open_tree("outputs")?,
             specs: db.open_tree("specs")?,
+            logs: db.open_tree("logs")?,
             db,
         })
     }
@@ -226,6 +237,14 @@ fn job_key(id: PipelineId, job: u32) -> [u8; 20] {
     k
 }
 
+fn log_key((id, job, attempt): LogKey, seq: u64) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..20].copy_from_slice(&job_key(id, job));
+    k[20..24].copy_from_slice(&attempt.to_be_bytes());
+    k[24..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
 }
@@ -323,6 +342,51 @@ impl StateStore for SledStore {
         if self.journal.len() >= self.checkpoint_bytes && self.checkpoint.is_none() {
             self.start_checkpoint()?;
         }
+        Ok(())
+    }
+
+    fn put_log(&mut self, key: LogKey, line: &LogLine) -> Result<(), StoreError> {
+        self.trees
+            .logs
+            .insert(log_key(key, line.seq.max(1)), enc(line)?)?;
+        Ok(())
+    }
+
+    fn trim_log(&mut self, key: LogKey, upto: u64, meta: &LogMeta) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in self
+            .trees
+            .logs
+            .range(log_key(key, 1)..=log_key(key, upto))
+            .keys()
+        {
+            batch.remove(k?);
+        }
+        batch.insert(&log_key(key, 0)[..], enc(meta)?);
+        self.trees.logs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn read_log(&self, key: LogKey, after: u64) -> Result<(LogMeta, Vec<LogLine>), StoreError> {
+        let k0 = log_key(key, 0);
+        let meta = match self.trees.logs.get(k0)? {
+            Some(v) => dec(&k0, &v)?,
+            None => LogMeta::default(),
+        };
+        let mut lines = Vec::new();
+        for item in self
+            .trees
+            .logs
+            .range(log_key(key, after.saturating_add(1).max(1))..=log_key(key, u64::MAX))
+        {
+            let (k, v) = item?;
+            lines.push(dec(&k, &v)?);
+        }
+        Ok((meta, lines))
+    }
+
+    fn flush_logs(&mut self) -> Result<(), StoreError> {
+        self.trees.logs.flush()?;
         Ok(())
     }
 }

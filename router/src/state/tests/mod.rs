@@ -7,6 +7,7 @@ mod advance;
 mod dag_rule;
 mod dispatch;
 mod jobs;
+mod logs;
 mod recovery;
 mod waiters;
 
