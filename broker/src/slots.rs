@@ -18,6 +18,7 @@ use crate::api::{Store, Worker};
 use crate::cancel::with_flag;
 use crate::config::{BrokerError, Isolation};
 use crate::job::{job_span, past_timeout, run_job, JobError};
+use crate::joblog::{with_log, JobLog, LogSink};
 use crate::monitor::HostMonitor;
 use crate::queue::{ChildQueue, Take};
 use crate::slot::{cancel_channel, CancelRx, CancelTx, Ended, SlotError, SlotProcess};
@@ -37,6 +38,8 @@ pub(crate) struct SlotsSpec<'a> {
     /// The monitor thread's identity.
     pub name: &'a str,
     pub host: &'a str,
+    /// Where jobs' log lines go.
+    pub logs: Arc<LogSink>,
 }
 
 /// The slot threads and the monitor thread, from the event loop's side.
@@ -95,6 +98,7 @@ impl Slots {
                 push,
                 table: self.table.clone(),
                 cancel: cancel_rx,
+                logs: spec.logs.clone(),
             };
             let rx = rx.clone();
             let h = std::thread::Builder::new()
@@ -173,9 +177,18 @@ struct SlotCtx {
     push: zmq::Socket,
     table: Arc<SlotTable>,
     cancel: CancelRx,
+    logs: Arc<LogSink>,
 }
 
 impl SlotCtx {
+    /// Where `a`'s log lines go.
+    fn log(&self, a: &Assignment) -> JobLog {
+        JobLog {
+            job: a.job,
+            sink: self.logs.clone(),
+        }
+    }
+
     /// Shows `a` as this slot's job from now on; its start time.
     fn start(&self, a: &Assignment) -> u64 {
         let started_ms = now_ms();
@@ -242,7 +255,10 @@ fn thread_slot(
         } else {
             let t0 = Instant::now();
             let flag = ctx.table.cancel_flag(ctx.slot);
-            let r = job_span(&a).in_scope(|| with_flag(flag, || run_job(store, workers, &a.info)));
+            let log = Some(ctx.log(&a));
+            let r = job_span(&a).in_scope(|| {
+                with_log(log, || with_flag(flag, || run_job(store, workers, &a.info)))
+            });
             past_timeout(
                 r,
                 a.info.timeout_ms.map(Duration::from_millis),

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{PersistentError, EXIT_GRACE, MAX_RESPONSE_LINE_BYTES, POLL};
 use crate::cancel::CancelFlag;
 use crate::command::{describe, drain, leader_exited, Tail};
+use crate::joblog::{JobLog, LineSplitter, LogTarget};
 
 /// What a reader thread saw on a process's stdout.
 pub(super) enum Line {
@@ -54,6 +55,9 @@ pub(super) struct Process {
     stdin: Option<ChildStdin>,
     lines: Receiver<Line>,
     tail: Arc<Mutex<Tail>>,
+    /// The log of the job it serves (or served last): where its stderr lines go. Left
+    /// set after a job, so that lines read just after its response still count.
+    serving: Arc<Mutex<Option<JobLog>>>,
     /// Disconnected once stderr is drained to its end.
     stderr_done: Receiver<()>,
     reaped: bool,
@@ -73,6 +77,11 @@ impl Process {
         let stderr = child.stderr.take();
         let (tx, lines) = crossbeam_channel::unbounded();
         let tail = Arc::new(Mutex::new(Tail::default()));
+        let serving = Arc::new(Mutex::new(None));
+        let mut log_lines = LineSplitter::new(
+            pypelinin_common::protocol::LogStream::Stderr,
+            LogTarget::Serving(serving.clone()),
+        );
         let (done_tx, stderr_done) = crossbeam_channel::bounded::<()>(0);
         // Built before the threads so that an error starting them kills the process.
         let mut process = Process {
@@ -82,6 +91,7 @@ impl Process {
             stdin,
             lines,
             tail: tail.clone(),
+            serving,
             stderr_done,
             reaped: false,
         };
@@ -94,7 +104,7 @@ impl Process {
             std::thread::Builder::new()
                 .name("persistent-stderr".into())
                 .spawn(move || {
-                    drain(r, Some(&tail));
+                    drain(r, Some(&tail), Some(&mut log_lines));
                     drop(done_tx);
                 })?;
         }
@@ -113,8 +123,10 @@ impl Process {
         cancel: &CancelFlag,
         deadline: Option<(Instant, u64)>,
     ) -> Served {
-        // The log of this job only: the tail restarts with each request.
+        // The log of this job only: the tail restarts with each request, and stderr
+        // lines go to the log of the job running on this thread.
         *self.tail.lock().unwrap_or_else(PoisonError::into_inner) = Tail::default();
+        *self.serving.lock().unwrap_or_else(PoisonError::into_inner) = crate::joblog::current();
         // A line longer than the pipe buffer blocks until the process reads it; a
         // process that does not read is stopped by the timeout or a revoke killing
         // its group, which fails the write.
