@@ -74,21 +74,21 @@ impl LogSink {
 
     fn push_one(&self, job: JobRef, stream: LogStream, bytes: Vec<u8>) {
         let mut w = self.lock();
-        let seq = w.seqs.entry(job).or_insert(0);
-        *seq += 1;
+        let seq = w.seqs.get(&job).copied().unwrap_or(0) + 1;
         let line = LogLine {
-            seq: *seq,
+            seq,
             at_ms: now_ms(),
             stream,
             bytes,
             dropped: 0,
         };
-        let cost = line.cost();
-        let p = w.jobs.entry(job).or_default();
-        p.lines.push_back(line);
-        p.cost += cost;
-        w.cost += cost;
-        w.bound(job);
+        w.add(job, line);
+    }
+
+    /// Adds a line numbered elsewhere (by a slot's child process), as `job`'s.
+    pub(crate) fn push_line(&self, job: JobRef, mut line: LogLine) {
+        line.bytes.truncate(MAX_LOG_LINE_BYTES);
+        self.lock().add(job, line);
     }
 
     /// Up to `max_bytes` of waiting lines (at least one line if any waits).
@@ -144,6 +144,17 @@ impl LogSink {
 }
 
 impl Waiting {
+    fn add(&mut self, job: JobRef, line: LogLine) {
+        let seq = self.seqs.entry(job).or_insert(0);
+        *seq = (*seq).max(line.seq);
+        let cost = line.cost();
+        let p = self.jobs.entry(job).or_default();
+        p.lines.push_back(line);
+        p.cost += cost;
+        self.cost += cost;
+        self.bound(job);
+    }
+
     /// Drops the oldest lines of `job` past its bound, then of the attempt holding the
     /// most past the sink's; the line after a dropped one says how much was lost.
     fn bound(&mut self, job: JobRef) {

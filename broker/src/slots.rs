@@ -343,7 +343,16 @@ fn process_slot(
             continue;
         };
         let ended = match child.as_mut() {
-            Some(c) => job_span(front).in_scope(|| c.wait(front.job, q.deadline(), &ctx.cancel)),
+            Some(c) => {
+                let (job, sink) = (front.job, &ctx.logs);
+                let mut log = |chunks: Vec<pypelinin_common::protocol::LogChunk>| {
+                    for c in chunks {
+                        sink.push_line(job, c.line);
+                    }
+                };
+                job_span(front)
+                    .in_scope(|| c.wait_logging(job, q.deadline(), &ctx.cancel, &mut log))
+            }
             // Jobs are only ever sent to a child, so one holds them; were it gone, they
             // would be lost with it.
             None => Ended::Lost(SlotError::Died(crate::slot::Death::Unknown)),

@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
-    decode, BrokerStatus, ClusterMetrics, Event, PipelineId, PipelineResult, PipelineSummary,
-    Reply, Request, REQUEST_TIMEOUT,
+    decode, BrokerStatus, ClusterMetrics, Event, LogPage, PipelineId, PipelineResult,
+    PipelineSummary, Reply, Request, REQUEST_TIMEOUT,
 };
 use pypelinin_common::status::PipelineStatus;
 use pypelinin_common::transport::{subscriber, Requester, TransportError};
@@ -205,6 +205,28 @@ impl PipelineManager {
         )
     }
 
+    /// The captured log of one attempt of job `job` (`None`: the latest attempt): the
+    /// lines numbered after `after` (0: all that are kept). To follow a running job,
+    /// ask again with the last line's number until the page says it is `finished`.
+    pub fn logs(
+        &mut self,
+        id: PipelineId,
+        job: &str,
+        attempt: Option<u32>,
+        after: u64,
+    ) -> Result<LogPage, ClientError> {
+        let req = Request::GetLogs {
+            id,
+            job: job.to_string(),
+            attempt,
+            after,
+        };
+        match self.requester.request(&req)? {
+            Reply::Logs(page) => Ok(page),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// The current status of a pipeline.
     pub fn status(&mut self, id: PipelineId) -> Result<PipelineStatus, ClientError> {
         match self.requester.request(&Request::Status { id })? {
@@ -357,6 +379,53 @@ impl PipelineManager {
         let socket = subscriber(&self.ctx, &self.broadcast, &[b"pipeline.finished"])
             .map_err(TransportError::from)?;
         Ok(Finished { socket })
+    }
+
+    /// Wake-ups for following logs: the router's broadcasts that a pipeline's jobs
+    /// logged lines or that it finished. Only wake-ups: ask [`PipelineManager::logs`]
+    /// after each, and on a timer too, since a broadcast can be lost.
+    pub fn subscribe_logs(&self) -> Result<LogWakeups, ClientError> {
+        let socket = subscriber(
+            &self.ctx,
+            &self.broadcast,
+            &[b"job.logs", b"pipeline.finished"],
+        )
+        .map_err(TransportError::from)?;
+        Ok(LogWakeups { socket })
+    }
+}
+
+/// Broadcasts that a pipeline logged lines or finished (see
+/// [`PipelineManager::subscribe_logs`]).
+pub struct LogWakeups {
+    socket: zmq::Socket,
+}
+
+impl LogWakeups {
+    /// Waits until pipeline `id` logs or finishes, or `timeout` passes.
+    pub fn wait(&self, id: PipelineId, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
+            if pypelinin_common::transport::poll(&mut items, left.as_millis() as i64).is_err()
+                || !items[0].is_readable()
+            {
+                return;
+            }
+            let Ok(parts) = self.socket.recv_multipart(0) else {
+                return;
+            };
+            match parts.get(1).map(|p| decode::<Event>(p)) {
+                Some(Ok((_, Event::JobLogs { id: got })))
+                | Some(Ok((_, Event::PipelineFinished { id: got, .. })))
+                    if got == id =>
+                {
+                    return
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -100,8 +100,9 @@ pub struct LogPage {
     pub attempts: u32,
     /// The lines numbered after the `after` asked for, oldest first.
     pub lines: Vec<LogLine>,
-    /// Bytes the router dropped from the start of this attempt's log to keep it within
-    /// [`MAX_LOG_BYTES_PER_ATTEMPT`] (what a broker dropped, each line says).
+    /// Bytes dropped before the first line kept: by the router, to keep the log
+    /// within [`MAX_LOG_BYTES_PER_ATTEMPT`], and by the broker before lines the router
+    /// dropped since (what a broker dropped before a kept line, that line says).
     pub dropped_bytes: u64,
     /// The attempt has ended: no line will be added to it.
     pub finished: bool,

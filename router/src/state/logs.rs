@@ -32,8 +32,9 @@ pub(super) struct LogIndex {
     last_seq: u64,
     /// Sum of the kept lines' costs.
     cost: usize,
-    /// Kept lines, oldest first: number and cost.
-    lines: VecDeque<(u64, usize)>,
+    /// Kept lines, oldest first: number, cost, and bytes the broker dropped before it
+    /// (counted in the meta's total once the line itself is dropped).
+    lines: VecDeque<(u64, usize, u64)>,
     meta: LogMeta,
 }
 
@@ -75,14 +76,14 @@ impl RouterState {
             line.bytes.truncate(MAX_LOG_LINE_BYTES);
             index.last_seq = line.seq;
             index.cost += line.cost();
-            index.lines.push_back((line.seq, line.cost()));
+            index.lines.push_back((line.seq, line.cost(), line.dropped));
             self.store.put_log(key, &line)?;
             while index.cost > MAX_LOG_BYTES_PER_ATTEMPT {
-                let Some((seq, cost)) = index.lines.pop_front() else {
+                let Some((seq, cost, before)) = index.lines.pop_front() else {
                     break;
                 };
                 index.cost -= cost;
-                index.meta.dropped_bytes += (cost - LOG_LINE_OVERHEAD) as u64;
+                index.meta.dropped_bytes += (cost - LOG_LINE_OVERHEAD) as u64 + before;
                 trims.insert(key, seq);
             }
             self.logs.dirty = true;
@@ -113,7 +114,8 @@ impl RouterState {
     /// An attempt's index, from its lines in the store.
     fn load_index(&self, key: LogKey) -> Result<LogIndex> {
         let (meta, lines) = self.store.read_log(key, 0)?;
-        let lines: VecDeque<(u64, usize)> = lines.iter().map(|l| (l.seq, l.cost())).collect();
+        let lines: VecDeque<(u64, usize, u64)> =
+            lines.iter().map(|l| (l.seq, l.cost(), l.dropped)).collect();
         Ok(LogIndex {
             last_seq: lines.back().map_or(0, |l| l.0),
             cost: lines.iter().map(|l| l.1).sum(),
