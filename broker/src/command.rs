@@ -13,7 +13,7 @@
 //! and a bounded tail of stderr is kept for the error message.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -28,6 +28,7 @@ use pypelinin_common::protocol::LogStream;
 use crate::api::{BoxError, Worker};
 use crate::cancel::{cancel_flag, CancelFlag};
 use crate::joblog::{LineSplitter, LogTarget};
+use crate::pipes::{drain, Tail};
 
 /// How much of the end of stderr is kept for the error message.
 pub const STDERR_TAIL_BYTES: usize = 4096;
@@ -461,73 +462,6 @@ impl Pipes {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .text()
-    }
-}
-
-/// The last bytes of a stream: at most `2 * STDERR_TAIL_BYTES` held while reading.
-/// Shared with the persistent workers, whose stderr is drained the same way.
-#[derive(Default)]
-pub(crate) struct Tail {
-    bytes: Vec<u8>,
-    cut: bool,
-}
-
-impl Tail {
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
-        self.bytes.extend_from_slice(chunk);
-        if self.bytes.len() > 2 * STDERR_TAIL_BYTES {
-            let extra = self.bytes.len() - STDERR_TAIL_BYTES;
-            self.bytes.drain(..extra);
-            self.cut = true;
-        }
-    }
-
-    /// The kept bytes as text: at most `STDERR_TAIL_BYTES`, from a line start if cut.
-    pub(crate) fn text(&self) -> String {
-        let start = self.bytes.len().saturating_sub(STDERR_TAIL_BYTES);
-        let mut kept = &self.bytes[start..];
-        if self.cut || start > 0 {
-            if let Some(nl) = kept.iter().position(|&b| b == b'\n') {
-                kept = &kept[nl + 1..];
-            }
-        }
-        String::from_utf8_lossy(kept).trim_end().to_string()
-    }
-}
-
-/// Reads `r` to its end, keeping its tail in `tail` and its lines in `lines` if given.
-pub(crate) fn drain(
-    mut r: impl Read,
-    tail: Option<&Mutex<Tail>>,
-    mut lines: Option<&mut LineSplitter>,
-) {
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => {
-                if let Some(l) = lines.as_mut() {
-                    l.finish();
-                }
-                return;
-            }
-            Ok(n) => {
-                if let Some(l) = lines.as_mut() {
-                    l.feed(&buf[..n]);
-                }
-                if let Some(t) = tail {
-                    t.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(&buf[..n]);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => {
-                if let Some(l) = lines.as_mut() {
-                    l.finish();
-                }
-                return;
-            }
-        }
     }
 }
 

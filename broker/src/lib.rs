@@ -33,6 +33,7 @@ mod joblog;
 mod ledger;
 mod monitor;
 mod persistent;
+mod pipes;
 mod queue;
 pub mod slot;
 mod slots;

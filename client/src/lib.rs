@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
-    decode, BrokerStatus, ClusterMetrics, Event, LogPage, PipelineId, PipelineResult,
-    PipelineSummary, Reply, Request, REQUEST_TIMEOUT,
+    BrokerStatus, ClusterMetrics, LogPage, PipelineId, PipelineResult, PipelineSummary, Reply,
+    Request, REQUEST_TIMEOUT,
 };
 use pypelinin_common::status::PipelineStatus;
 use pypelinin_common::transport::{subscriber, Requester, TransportError};
@@ -24,7 +24,9 @@ use pypelinin_common::{Data, PipelineSpec};
 pub use pypelinin_common::protocol::ProtocolError;
 
 mod async_client;
+mod broadcasts;
 pub use async_client::{AsyncPipelineManager, JobEvent, EVENTS_POLL};
+pub use broadcasts::{Finished, LogWakeups};
 
 /// Longest a single `Wait` request is held by the router; longer waits are split, so a
 /// router restart costs at most this much extra waiting.
@@ -392,69 +394,6 @@ impl PipelineManager {
         )
         .map_err(TransportError::from)?;
         Ok(LogWakeups { socket })
-    }
-}
-
-/// Broadcasts that a pipeline logged lines or finished (see
-/// [`PipelineManager::subscribe_logs`]).
-pub struct LogWakeups {
-    socket: zmq::Socket,
-}
-
-impl LogWakeups {
-    /// Waits until pipeline `id` logs or finishes, or `timeout` passes.
-    pub fn wait(&self, id: PipelineId, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            if pypelinin_common::transport::poll(&mut items, left.as_millis() as i64).is_err()
-                || !items[0].is_readable()
-            {
-                return;
-            }
-            let Ok(parts) = self.socket.recv_multipart(0) else {
-                return;
-            };
-            match parts.get(1).map(|p| decode::<Event>(p)) {
-                Some(Ok((_, Event::JobLogs { id: got })))
-                | Some(Ok((_, Event::PipelineFinished { id: got, .. })))
-                    if got == id =>
-                {
-                    return
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Pipelines finishing, as broadcast by the router.
-pub struct Finished {
-    socket: zmq::Socket,
-}
-
-impl Finished {
-    /// The next finished pipeline, waiting at most `timeout`.
-    pub fn next_timeout(
-        &self,
-        timeout: Duration,
-    ) -> Option<(PipelineId, pypelinin_common::PipelineState)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            pypelinin_common::transport::poll(&mut items, left.as_millis() as i64).ok()?;
-            if !items[0].is_readable() {
-                return None;
-            }
-            let parts = self.socket.recv_multipart(0).ok()?;
-            if let Some(Ok((_, Event::PipelineFinished { id, state }))) =
-                parts.get(1).map(|p| decode::<Event>(p))
-            {
-                return Some((id, state));
-            }
-        }
     }
 }
 

@@ -13,8 +13,9 @@ use serde_json::Value;
 
 use super::{PersistentError, EXIT_GRACE, MAX_RESPONSE_LINE_BYTES, POLL};
 use crate::cancel::CancelFlag;
-use crate::command::{describe, drain, leader_exited, Tail};
+use crate::command::{describe, leader_exited};
 use crate::joblog::{JobLog, LineSplitter, LogTarget};
+use crate::pipes::{drain, Tail};
 
 /// What a reader thread saw on a process's stdout.
 pub(super) enum Line {
