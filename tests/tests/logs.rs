@@ -17,8 +17,9 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(120);
 
 /// `talk` prints to both streams, bytes that are not UTF-8 included; `hold` prints,
-/// then waits for the file `$FLAGS/go`; `twice` fails its first attempt; `flood`
-/// prints 100 MiB on one line, then a last line.
+/// then waits for the file `$FLAGS/go`; `twice` fails its first attempt; `pers` is a
+/// persistent worker logging each job on stderr; `flood` prints 100 MiB on one line,
+/// then a last line.
 fn workers_toml(flags: &Path) -> String {
     format!(
         r#"
@@ -36,6 +37,16 @@ env = {{ FLAGS = "{0}" }}
 
 [workers.twice]
 command = ["sh", "-c", "echo \"this is attempt $PYPELININ_ATTEMPT\"; [ \"$PYPELININ_ATTEMPT\" -gt 1 ]"]
+
+[workers.pers]
+mode = "persistent"
+command = ["python3", "-c", """
+import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    print("serving " + req["job"]["name"], file=sys.stderr, flush=True)
+    print(json.dumps({{"id": req["id"], "output": {{}}}}), flush=True)
+"""]
 
 [workers.flood]
 command = ["sh", "-c", "head -c 104857600 /dev/zero | tr '\\0' 'x'; echo; echo last line"]
@@ -174,6 +185,23 @@ fn each_attempt_keeps_its_own_log() {
     assert_eq!(code, 0);
     assert!(out.contains("stdout this is attempt 1"), "{out}");
     assert!(!out.contains("this is attempt 2"), "{out}");
+}
+
+#[test]
+fn a_persistent_worker_stderr_is_the_log_of_the_job_it_serves() {
+    let (c, _) = cluster();
+    let mut pm = c.client();
+    let spec = PipelineSpec::default()
+        .job("first", "pers", &[])
+        .job("second", "pers", &["first"])
+        .job("third", "pers", &["second"]);
+    let id = pm.start(&spec).unwrap();
+    assert!(pm.wait(id, WAIT).unwrap().is_success());
+    for job in ["first", "second", "third"] {
+        let page = pm.logs(id, job, None, 0).unwrap();
+        assert_eq!(texts(&page.lines), [format!("serving {job}")], "{job}");
+        assert_eq!(page.lines[0].stream, LogStream::Stderr);
+    }
 }
 
 #[test]

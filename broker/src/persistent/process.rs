@@ -17,6 +17,10 @@ use crate::command::{describe, leader_exited};
 use crate::joblog::{JobLog, LineSplitter, LogTarget};
 use crate::pipes::{drain, Tail};
 
+/// Longest a served job waits for its process's stderr to be read (it normally is
+/// already: see `Process::settle_stderr`).
+const STDERR_SETTLE: Duration = Duration::from_millis(50);
+
 /// What a reader thread saw on a process's stdout.
 pub(super) enum Line {
     /// One line, without its newline.
@@ -59,6 +63,8 @@ pub(super) struct Process {
     /// The log of the job it serves (or served last): where its stderr lines go. Left
     /// set after a job, so that lines read just after its response still count.
     serving: Arc<Mutex<Option<JobLog>>>,
+    /// The stderr pipe's descriptor (read by its thread), to see whether bytes wait.
+    stderr_fd: Option<std::os::fd::RawFd>,
     /// Disconnected once stderr is drained to its end.
     stderr_done: Receiver<()>,
     reaped: bool,
@@ -76,6 +82,7 @@ impl Process {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        let stderr_fd = stderr.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let (tx, lines) = crossbeam_channel::unbounded();
         let tail = Arc::new(Mutex::new(Tail::default()));
         let serving = Arc::new(Mutex::new(None));
@@ -93,6 +100,7 @@ impl Process {
             lines,
             tail: tail.clone(),
             serving,
+            stderr_fd,
             stderr_done,
             reaped: false,
         };
@@ -146,7 +154,10 @@ impl Process {
                 None => POLL,
             };
             match self.lines.recv_timeout(wait) {
-                Ok(Line::Text(text)) => return parse_response(id, &text),
+                Ok(Line::Text(text)) => {
+                    self.settle_stderr();
+                    return parse_response(id, &text);
+                }
                 Ok(Line::TooLong) => {
                     return Served::Failed(Failure::Protocol(format!(
                         "a response line longer than {MAX_RESPONSE_LINE_BYTES} bytes"
@@ -157,6 +168,27 @@ impl Process {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
+        }
+    }
+
+    /// The process answered: what it wrote on stderr before is in the pipe by now.
+    /// Waits (briefly) until the stderr thread has read it, so that those lines count
+    /// in this job's log rather than the next one's. A line still being cut when the
+    /// pipe is empty can, rarely, land in the next job's log.
+    fn settle_stderr(&self) {
+        let Some(fd) = self.stderr_fd else {
+            return;
+        };
+        let until = Instant::now() + STDERR_SETTLE;
+        loop {
+            let mut waiting: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer, which is valid; the
+            // descriptor is the stderr pipe, open while its thread reads it.
+            let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) };
+            if r != 0 || waiting <= 0 || Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
