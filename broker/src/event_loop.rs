@@ -217,17 +217,15 @@ impl EventLoop {
             if !self.link.welcomed() && !self.link.hello_pending() {
                 self.hello()?;
             }
-            // An attempt's last lines leave before its report, on the same socket: the
-            // router has its whole log when it hears that it ended.
-            self.send_logs(!ended.is_empty())?;
-            for job in ended {
-                self.logs.ended(job);
-            }
+            self.send_logs(false)?;
             // Lazy Pirate for reports: one not acknowledged in time is sent again (a
             // duplicate is recognised by the router and changes nothing).
             self.ledger.resend_overdue(Instant::now());
             if self.link.welcomed() {
                 if let Some(reports) = self.ledger.take_unsent() {
+                    // Attempts' last lines leave before their reports, on the same
+                    // socket: the router has a job's whole log when it hears it ended.
+                    self.send_logs(true)?;
                     let req = Request::JobDone(reports);
                     let sent = self.link.send(&req)?;
                     if let Request::JobDone(reports) = req {
@@ -237,6 +235,9 @@ impl EventLoop {
                         }
                     }
                 }
+            }
+            for job in ended {
+                self.logs.ended(job);
             }
             self.link.heartbeat()?;
         }

@@ -42,9 +42,11 @@ pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 ///
 /// Captured logs bypass the journal: they go straight into a sled tree of their own,
 /// which sled writes out on its own cadence (every half second, on its flusher
-/// thread), and [`StateStore::flush_logs`] forces it when a job ends. The tradeoff: a
-/// crash of the router loses at most the last half second of the logs of jobs still
-/// running, and no log line ever costs the router's thread an fsync of its own.
+/// thread), and [`StateStore::flush_logs`] forces when a job changes: at once in
+/// [`Durability::Flush`] mode (the turn's commit waits for it, so a finished job's log
+/// is on disk with its result), on another thread in [`Durability::Background`]. The
+/// tradeoff: a crash loses at most the last half second of the logs of jobs still
+/// running, and a log line never costs an fsync of its own.
 pub struct SledStore {
     dir: PathBuf,
     trees: Trees,
@@ -58,6 +60,9 @@ pub struct SledStore {
     recent: Outputs,
     checkpoint: Option<Checkpoint>,
     specs_written: HashSet<PipelineId>,
+    /// In [`Durability::Background`] mode, where log flushes are asked for, to run off
+    /// the router's thread.
+    log_flusher: Option<(SyncSender<()>, JoinHandle<()>)>,
 }
 
 /// Encoded outputs by job key.
@@ -129,7 +134,6 @@ impl SledStore {
         let journal = Journal::create(dir, found.last().map_or(1, |n| n + 1))?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
-            trees,
             journal,
             last_sync: Instant::now(),
             syncer: match durability {
@@ -140,6 +144,11 @@ impl SledStore {
             recent: Outputs::new(),
             checkpoint: None,
             specs_written: HashSet::new(),
+            log_flusher: match durability {
+                Durability::Flush => None,
+                Durability::Background => Some(log_flusher(trees.logs.clone())?),
+            },
+            trees,
         })
     }
 
@@ -194,6 +203,21 @@ fn background_syncer() -> Result<SyncSender<File>, StoreError> {
     Ok(tx)
 }
 
+/// A thread that flushes the logs tree when asked; it ends with the store.
+fn log_flusher(logs: sled::Tree) -> Result<(SyncSender<()>, JoinHandle<()>), StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let thread = std::thread::Builder::new()
+        .name("log-flush".into())
+        .spawn(move || {
+            for () in rx {
+                if let Err(e) = logs.flush() {
+                    warn!(error = %e, "flushing the logs failed");
+                }
+            }
+        })?;
+    Ok((tx, thread))
+}
+
 /// Replays the journals of `dir` numbered up to `last` into sled, then removes them;
 /// how many records it wrote.
 fn fold(dir: &Path, trees: &Trees, last: u64) -> Result<usize, StoreError> {
@@ -224,6 +248,12 @@ fn fold(dir: &Path, trees: &Trees, last: u64) -> Result<usize, StoreError> {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
+        // The flusher holds the database open: it ends (flushing what it was asked to)
+        // before the store is gone, so that the directory can be opened again at once.
+        if let Some((tx, thread)) = self.log_flusher.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
         if let Err(e) = self.reap_checkpoint(true) {
             warn!(error = %e, "checkpoint failed; the journal will be replayed at the next start");
         }
@@ -386,7 +416,15 @@ impl StateStore for SledStore {
     }
 
     fn flush_logs(&mut self) -> Result<(), StoreError> {
-        self.trees.logs.flush()?;
+        match &self.log_flusher {
+            // One asked is enough: a flush waiting to run covers this one.
+            Some((tx, _)) => {
+                let _ = tx.try_send(());
+            }
+            None => {
+                self.trees.logs.flush()?;
+            }
+        }
         Ok(())
     }
 }

@@ -101,6 +101,12 @@ fn checkpoints_move_records_to_sled_and_remove_old_journals() {
 
 #[test]
 fn logs_are_kept_trimmed_and_read_back_after_a_reopen() {
+    for durability in [Durability::Flush, Durability::Background] {
+        logs_after_a_reopen(durability);
+    }
+}
+
+fn logs_after_a_reopen(durability: Durability) {
     use pypelinin_common::protocol::{LogLine, LogStream};
     let dir = tempfile::tempdir().unwrap();
     let id = PipelineId::new();
@@ -112,7 +118,7 @@ fn logs_are_kept_trimmed_and_read_back_after_a_reopen() {
         dropped: 0,
     };
     {
-        let mut s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        let mut s = SledStore::open(dir.path(), durability).unwrap();
         for seq in 1..=5 {
             s.put_log((id, 1, 2), &line(seq)).unwrap();
         }
