@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
     BrokerHello, ClusterConfig, FromRouter, ProtocolError, Push, Reply, Request, LOG_BATCH_BYTES,
-    LOG_BATCH_INTERVAL,
+    LOG_BATCH_INTERVAL, LOG_BUFFER_BYTES,
 };
 use pypelinin_common::Shutdown;
 use tracing::{debug, error, info, warn};
@@ -255,13 +255,16 @@ impl EventLoop {
             return Ok(());
         }
         self.logs_sent = Instant::now();
-        loop {
+        // At most the sink's bound per call: a job printing faster than this sends must
+        // not keep the loop from the router's messages and its heartbeats.
+        for _ in 0..LOG_BUFFER_BYTES.div_ceil(LOG_BATCH_BYTES) {
             let batch = self.logs.take(LOG_BATCH_BYTES);
             if batch.is_empty() {
-                return Ok(());
+                break;
             }
             self.link.send(&Request::Logs(batch))?;
         }
+        Ok(())
     }
 
     fn worker_names(&self) -> Vec<&str> {
