@@ -17,7 +17,8 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(120);
 
 /// `talk` prints to both streams, bytes that are not UTF-8 included; `hold` prints,
-/// then waits for the file `$FLAGS/go`; `twice` fails its first attempt; `pers` is a
+/// then waits for the file `$FLAGS/go`; `again` fails its first attempt once
+/// `$FLAGS/fail` exists; `twice` fails its first attempt; `pers` is a
 /// persistent worker logging each job on stderr; `flood` prints 100 MiB on one line,
 /// then a last line.
 fn workers_toml(flags: &Path) -> String {
@@ -33,6 +34,10 @@ sys.stdout.buffer.write(b"bad \\xff\\xfe bytes\\n")
 
 [workers.hold]
 command = ["sh", "-c", "echo started; while [ ! -e \"$FLAGS/go\" ]; do sleep 0.05; done; echo finished"]
+env = {{ FLAGS = "{0}" }}
+
+[workers.again]
+command = ["sh", "-c", "echo \"try $PYPELININ_ATTEMPT\"; [ \"$PYPELININ_ATTEMPT\" -gt 1 ] && exit 0; while [ ! -e \"$FLAGS/fail\" ]; do sleep 0.05; done; exit 1"]
 env = {{ FLAGS = "{0}" }}
 
 [workers.twice]
@@ -125,17 +130,7 @@ fn a_running_job_log_is_readable_and_followed_until_the_job_ends() {
     let (c, flags) = cluster();
     let mut pm = c.client();
     let id = pm.start(&one_job("hold")).unwrap();
-    let follower = Command::new(bin("pypelinin"))
-        .args(["--api", &c.api, "--broadcast", &c.broadcast])
-        .args(["logs", &id.to_string(), "j", "--follow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut follower = pypelinin_tests::Proc {
-        child: follower,
-        name: "pypelinin logs --follow".into(),
-    };
+    let follower = follow(&c, &id.to_string(), "j");
     // The first line is there while the job still waits for its flag.
     let until = Instant::now() + WAIT;
     let page = loop {
@@ -150,24 +145,69 @@ fn a_running_job_log_is_readable_and_followed_until_the_job_ends() {
     assert!(!page.finished, "{page:?}");
     assert_eq!(page.lines[0].stream, LogStream::Stdout);
     std::fs::write(flags.join("go"), "").unwrap();
-    let status = follower
-        .wait_exit(WAIT)
-        .expect("the follower exits once the job ended");
-    assert!(status.success());
-    let mut out = String::new();
-    follower
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = followed(follower);
     let started = out.find("stdout started").expect(&out);
     let finished = out.find("stdout finished").expect(&out);
     assert!(started < finished, "{out}");
     let page = pm.logs(id, "j", None, page.lines[0].seq).unwrap();
     assert_eq!(texts(&page.lines), ["finished"]);
     assert!(page.finished && page.job_final);
+}
+
+/// `pypelinin logs ID JOB --follow` started now, with its stdout piped.
+fn follow(c: &Cluster, id: &str, job: &str) -> pypelinin_tests::Proc {
+    let child = Command::new(bin("pypelinin"))
+        .args(["--api", &c.api, "--broadcast", &c.broadcast])
+        .args(["logs", id, job, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pypelinin_tests::Proc {
+        child,
+        name: "pypelinin logs --follow".into(),
+    }
+}
+
+/// What a follower printed, once it exited 0.
+fn followed(mut p: pypelinin_tests::Proc) -> String {
+    let status = p
+        .wait_exit(WAIT)
+        .expect("the follower exits once the job ended");
+    let mut out = String::new();
+    p.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{out}");
+    out
+}
+
+#[test]
+fn a_follower_goes_on_to_the_retry_and_ends_with_the_job() {
+    let (c, flags) = cluster();
+    let mut pm = c.client();
+    let mut spec = one_job("again");
+    spec.retries = Some(1);
+    let id = pm.start(&spec).unwrap();
+    let follower = follow(&c, &id.to_string(), "j");
+    let until = Instant::now() + WAIT;
+    while pm.logs(id, "j", None, 0).unwrap().lines.is_empty() {
+        assert!(Instant::now() < until, "no line while running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(flags.join("fail"), "").unwrap();
+    let out = followed(follower);
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{out}"))
+    };
+    assert!(at("--- log of attempt 1 ---") < at("stdout try 1"), "{out}");
+    assert!(at("stdout try 1") < at("--- log of attempt 2 ---"), "{out}");
+    assert!(at("--- log of attempt 2 ---") < at("stdout try 2"), "{out}");
+    assert!(pm.wait(id, WAIT).unwrap().is_success());
 }
 
 #[test]

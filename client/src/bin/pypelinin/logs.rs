@@ -87,14 +87,14 @@ pub fn print(
             return Ok(());
         };
         if page.finished {
-            if attempt.is_some() || page.job_final {
-                return Ok(());
-            }
-            if page.attempts > page.attempt {
-                // A retry started: follow it from its first line.
+            if attempt.is_none() && page.attempts > page.attempt {
+                // A retry started (and may have ended): its log from its first line.
                 asked = Some(page.attempt + 1);
                 after = 0;
                 continue;
+            }
+            if attempt.is_some() || page.job_final {
+                return Ok(());
             }
         } else if asked.is_none() && page.attempt > 0 {
             asked = Some(page.attempt);
