@@ -51,6 +51,8 @@ struct Waiting {
     seqs: HashMap<JobRef, u64>,
     /// Attempts that ended, oldest first, whose numbers are forgotten after a while.
     ended: VecDeque<JobRef>,
+    /// Bytes dropped with an attempt's only waiting line, told by its next line.
+    lost: HashMap<JobRef, u64>,
 }
 
 #[derive(Default)]
@@ -138,13 +140,15 @@ impl LogSink {
         while w.ended.len() > REMEMBERED {
             if let Some(old) = w.ended.pop_front() {
                 w.seqs.remove(&old);
+                w.lost.remove(&old);
             }
         }
     }
 }
 
 impl Waiting {
-    fn add(&mut self, job: JobRef, line: LogLine) {
+    fn add(&mut self, job: JobRef, mut line: LogLine) {
+        line.dropped += self.lost.remove(&job).unwrap_or(0);
         let seq = self.seqs.entry(job).or_insert(0);
         *seq = (*seq).max(line.seq);
         let cost = line.cost();
@@ -185,9 +189,9 @@ impl Waiting {
             match p.lines.front_mut() {
                 Some(next) => next.dropped += lost,
                 None => {
-                    // The only line was dropped (cannot happen with these bounds: a
-                    // line is far smaller than either); nothing to carry the count.
+                    // Its only line (many attempts wait at once): its next line says.
                     self.jobs.remove(&victim);
+                    *self.lost.entry(victim).or_default() += lost;
                 }
             }
         }

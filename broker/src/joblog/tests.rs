@@ -81,6 +81,26 @@ fn the_sink_holds_at_most_its_bound_across_attempts() {
     assert!(sink.waiting() <= LOG_BUFFER_BYTES, "{}", sink.waiting());
 }
 
+#[test]
+fn an_attempt_whose_only_line_was_dropped_says_so_with_its_next_line() {
+    let sink = LogSink::default();
+    let line = vec![b'z'; MAX_LOG_LINE_BYTES];
+    let n = LOG_BUFFER_BYTES / MAX_LOG_LINE_BYTES + 10;
+    for j in 0..n as u32 {
+        sink.push(job(j), LogStream::Stdout, &line);
+    }
+    assert!(sink.waiting() <= LOG_BUFFER_BYTES);
+    let kept: Vec<JobRef> = sink.take(usize::MAX).iter().map(|c| c.job).collect();
+    let gone = (0..n as u32)
+        .map(job)
+        .find(|j| !kept.contains(j))
+        .expect("some attempt lost its line");
+    sink.push(gone, LogStream::Stdout, b"next");
+    let next = sink.take(usize::MAX);
+    assert_eq!(next[0].line.dropped, MAX_LOG_LINE_BYTES as u64);
+    assert_eq!(next[0].line.seq, 2);
+}
+
 fn collect(target_sink: &Arc<LogSink>, feed: &[&[u8]]) -> Vec<Vec<u8>> {
     let log = JobLog {
         job: job(1),
