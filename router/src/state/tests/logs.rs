@@ -178,3 +178,33 @@ fn each_attempt_has_its_own_log() {
     assert_eq!((p.attempt, p.finished), (1, true));
     assert_eq!(texts(&p), [b"first try"]);
 }
+
+#[test]
+fn followers_are_woken_at_most_once_per_interval() {
+    use pypelinin_common::protocol::{Event, LOG_BATCH_INTERVAL};
+    let mut r = Rig::with_peers(1);
+    let id = r.submit_planned(single());
+    let a = r.assigned().remove(0);
+    let wakeups = |r: &mut Rig, seq: u64| {
+        let to = ReplyTo {
+            peer: BROKER.to_vec(),
+            req: false,
+            id: 1_000 + seq,
+        };
+        let chunk = LogChunk {
+            job: a.job,
+            line: line(seq, b"x"),
+        };
+        r.state.handle(to, Request::Logs(vec![chunk])).unwrap();
+        r.state.commit().unwrap();
+        let (_, events) = r.state.drain_outbox();
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::JobLogs { id: got } if *got == id))
+            .count()
+    };
+    assert_eq!(wakeups(&mut r, 1), 1);
+    assert_eq!(wakeups(&mut r, 2), 0, "within the interval");
+    r.clock.advance(LOG_BATCH_INTERVAL);
+    assert_eq!(wakeups(&mut r, 3), 1);
+}
