@@ -4,15 +4,18 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use pypelinin_common::protocol::{ClusterConfig, JobInfo, MAX_FRAME_BYTES};
+use pypelinin_common::protocol::{
+    ClusterConfig, JobInfo, JobRef, LogChunk, LOG_BATCH_BYTES, LOG_BATCH_INTERVAL, MAX_FRAME_BYTES,
+};
 use pypelinin_common::Data;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{StoreFactory, Worker};
 use crate::job::run_job;
+use crate::joblog::{with_log, JobLog, LogSink};
 
 /// What the broker tells a slot child.
 #[derive(Deserialize)]
@@ -33,6 +36,27 @@ pub(crate) enum ToSlotRef<'a> {
 pub(crate) enum FromSlot {
     Ready(Result<(), String>),
     Done(Result<Data, String>),
+    /// Lines the running job logged (its `tracing` events, its commands' output),
+    /// sent every [`LOG_BATCH_INTERVAL`] and before its `Done`. The child does not know
+    /// the job's index: the broker files them under the job it waits for.
+    Log(Vec<LogChunk>),
+}
+
+/// Where a slot child writes its frames: the job's thread and the log flusher share it.
+type Frames = Arc<Mutex<BufWriter<std::fs::File>>>;
+
+/// Writes the waiting log lines as `Log` frames; false if the broker is gone.
+fn send_logs(sink: &LogSink, out: &Frames) -> bool {
+    loop {
+        let batch = sink.take(LOG_BATCH_BYTES);
+        if batch.is_empty() {
+            return true;
+        }
+        let mut w = out.lock().unwrap_or_else(PoisonError::into_inner);
+        if write_frame(&mut *w, &FromSlot::Log(batch)).is_err() {
+            return false;
+        }
+    }
 }
 
 pub(crate) fn frame<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
@@ -77,7 +101,23 @@ pub fn child_main(workers: &HashMap<String, Arc<dyn Worker>>, factory: &StoreFac
     }
     // SAFETY: `frames_fd` was just returned by dup and is owned by nothing else.
     let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(frames_fd) };
-    let mut out = BufWriter::new(file);
+    let out: Frames = Arc::new(Mutex::new(BufWriter::new(file)));
+    let sink = Arc::new(LogSink::default());
+    {
+        let (sink, out) = (sink.clone(), out.clone());
+        let _ = std::thread::Builder::new()
+            .name("slot-logs".into())
+            .spawn(move || loop {
+                std::thread::sleep(LOG_BATCH_INTERVAL);
+                if !send_logs(&sink, &out) {
+                    return;
+                }
+            });
+    }
+    let write = |msg: &FromSlot| {
+        let mut w = out.lock().unwrap_or_else(PoisonError::into_inner);
+        write_frame(&mut *w, msg)
+    };
     let mut input = BufReader::new(io::stdin().lock());
     let config = match read_frame::<ToSlot>(&mut input) {
         Ok(Some(ToSlot::Config(c))) => c,
@@ -86,20 +126,33 @@ pub fn child_main(workers: &HashMap<String, Arc<dyn Worker>>, factory: &StoreFac
     let store = match factory(&config) {
         Ok(s) => s,
         Err(e) => {
-            let _ = write_frame(&mut out, &FromSlot::Ready(Err(e.to_string())));
+            let _ = write(&FromSlot::Ready(Err(e.to_string())));
             std::process::exit(2);
         }
     };
-    if write_frame(&mut out, &FromSlot::Ready(Ok(()))).is_err() {
+    if write(&FromSlot::Ready(Ok(()))).is_err() {
         std::process::exit(2);
     }
     loop {
         match read_frame::<ToSlot>(&mut input) {
             Ok(Some(ToSlot::Run(info))) => {
-                let result = run_job(&*store, workers, &info).map_err(|e| e.to_string());
-                if write_frame(&mut out, &FromSlot::Done(result)).is_err() {
+                // Numbered per pipeline and attempt here; the broker knows the job.
+                let job = JobRef {
+                    pipeline: info.pipeline,
+                    job: 0,
+                    attempt: info.attempt,
+                };
+                let log = JobLog {
+                    job,
+                    sink: sink.clone(),
+                };
+                let result = with_log(Some(log), || run_job(&*store, workers, &info))
+                    .map_err(|e| e.to_string());
+                // The job's last lines go before its end.
+                if !send_logs(&sink, &out) || write(&FromSlot::Done(result)).is_err() {
                     std::process::exit(2);
                 }
+                sink.ended(job);
             }
             // The broker closed our stdin (it stops, or it died): leave.
             Ok(None) => std::process::exit(0),

@@ -8,11 +8,12 @@
 //!
 //! The program runs in a process group of its own, so that everything it started can be
 //! killed at once: on a timeout, on a revoke, and after it exits (a background child it
-//! left must not outlive its job). Its stdout and stderr are drained continuously and
-//! only a bounded tail of stderr is kept, for the error message.
+//! left must not outlive its job). Its stdout and stderr are drained continuously, line
+//! by line, into the job's captured log (module `joblog`; bounded, timed, any bytes),
+//! and a bounded tail of stderr is kept for the error message.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -22,8 +23,12 @@ use std::time::{Duration, Instant};
 use pypelinin_common::protocol::{check_output_size, JobInfo, OutputTooLarge, MAX_OUTPUT_BYTES};
 use pypelinin_common::Data;
 
+use pypelinin_common::protocol::LogStream;
+
 use crate::api::{BoxError, Worker};
 use crate::cancel::{cancel_flag, CancelFlag};
+use crate::joblog::{LineSplitter, LogTarget};
+use crate::pipes::{drain, Tail};
 
 /// How much of the end of stderr is kept for the error message.
 pub const STDERR_TAIL_BYTES: usize = 4096;
@@ -182,7 +187,11 @@ impl CommandWorker {
             Err(e) => return Err(self.io(e)),
         };
         let mut group = Group::new(&mut child);
-        let pipes = group.start_pipes(stdin_bytes).map_err(|e| self.io(e))?;
+        // The log of the job running on this thread (none when called outside a slot).
+        let log = crate::joblog::current().map(LogTarget::Job);
+        let pipes = group
+            .start_pipes(stdin_bytes, log)
+            .map_err(|e| self.io(e))?;
         let deadline = job
             .timeout_ms
             .map(|ms| (Instant::now() + Duration::from_millis(ms), ms));
@@ -344,8 +353,12 @@ impl<'a> Group<'a> {
         leader_exited(self.pgid)
     }
 
-    /// Threads writing stdin and draining stdout and stderr.
-    fn start_pipes(&mut self, stdin_bytes: Vec<u8>) -> std::io::Result<Pipes> {
+    /// Threads writing stdin and draining stdout and stderr (into `log`, if given).
+    fn start_pipes(
+        &mut self,
+        stdin_bytes: Vec<u8>,
+        log: Option<LogTarget>,
+    ) -> std::io::Result<Pipes> {
         let stdin = self.child.stdin.take();
         let stdout = self.child.stdout.take();
         let stderr = self.child.stderr.take();
@@ -358,25 +371,34 @@ impl<'a> Group<'a> {
                     let _ = w.write_all(&stdin_bytes);
                 })?;
         }
+        let splitter = |stream| log.clone().map(|target| LineSplitter::new(stream, target));
+        let (done_tx, done_rx) = crossbeam_channel::bounded(2);
+        let mut pipes = 0;
         if let Some(r) = stdout {
+            let (mut lines, done) = (splitter(LogStream::Stdout), done_tx.clone());
             std::thread::Builder::new()
                 .name("cmd-stdout".into())
-                .spawn(move || drain(r, None))?;
+                .spawn(move || {
+                    drain(r, None, lines.as_mut());
+                    let _ = done.send(());
+                })?;
+            pipes += 1;
         }
         let tail = Arc::new(Mutex::new(Tail::default()));
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         if let Some(r) = stderr {
-            let t = tail.clone();
+            let (t, mut lines) = (tail.clone(), splitter(LogStream::Stderr));
             std::thread::Builder::new()
                 .name("cmd-stderr".into())
                 .spawn(move || {
-                    drain(r, Some(&t));
+                    drain(r, Some(&t), lines.as_mut());
                     let _ = done_tx.send(());
                 })?;
+            pipes += 1;
         }
         Ok(Pipes {
             tail,
             done: done_rx,
+            pipes,
         })
     }
 
@@ -419,70 +441,27 @@ impl Drop for Group<'_> {
     }
 }
 
-/// The drained pipes: the stderr tail, and word when stderr closed.
+/// The drained pipes: the stderr tail, and word when each pipe closed.
 struct Pipes {
     tail: Arc<Mutex<Tail>>,
     done: crossbeam_channel::Receiver<()>,
+    /// Pipes being drained.
+    pipes: usize,
 }
 
 impl Pipes {
-    /// The last lines of stderr, once it closed or at `until`.
+    /// The last lines of stderr, once both pipes closed (so that the job's log is
+    /// complete) or at `until`.
     fn stderr_tail(&self, until: Instant) -> String {
-        let _ = self.done.recv_deadline(until);
+        for _ in 0..self.pipes {
+            if self.done.recv_deadline(until).is_err() {
+                break;
+            }
+        }
         self.tail
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .text()
-    }
-}
-
-/// The last bytes of a stream: at most `2 * STDERR_TAIL_BYTES` held while reading.
-/// Shared with the persistent workers, whose stderr is drained the same way.
-#[derive(Default)]
-pub(crate) struct Tail {
-    bytes: Vec<u8>,
-    cut: bool,
-}
-
-impl Tail {
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
-        self.bytes.extend_from_slice(chunk);
-        if self.bytes.len() > 2 * STDERR_TAIL_BYTES {
-            let extra = self.bytes.len() - STDERR_TAIL_BYTES;
-            self.bytes.drain(..extra);
-            self.cut = true;
-        }
-    }
-
-    /// The kept bytes as text: at most `STDERR_TAIL_BYTES`, from a line start if cut.
-    pub(crate) fn text(&self) -> String {
-        let start = self.bytes.len().saturating_sub(STDERR_TAIL_BYTES);
-        let mut kept = &self.bytes[start..];
-        if self.cut || start > 0 {
-            if let Some(nl) = kept.iter().position(|&b| b == b'\n') {
-                kept = &kept[nl + 1..];
-            }
-        }
-        String::from_utf8_lossy(kept).trim_end().to_string()
-    }
-}
-
-/// Reads `r` to its end, keeping its tail in `tail` if given.
-pub(crate) fn drain(mut r: impl Read, tail: Option<&Mutex<Tail>>) {
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if let Some(t) = tail {
-                    t.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(&buf[..n]);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
     }
 }
 

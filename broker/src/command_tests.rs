@@ -216,3 +216,34 @@ fn a_stderr_tail_keeps_whole_last_lines() {
         "{text}"
     );
 }
+
+#[test]
+fn stdout_and_stderr_lines_go_to_the_job_log_and_the_error_keeps_its_stderr_tail() {
+    use crate::joblog::{with_log, JobLog, LogSink};
+    use pypelinin_common::protocol::{JobRef, LogStream};
+    let sink = std::sync::Arc::new(LogSink::default());
+    let log = JobLog {
+        job: JobRef {
+            pipeline: Default::default(),
+            job: 3,
+            attempt: 2,
+        },
+        sink: sink.clone(),
+    };
+    let w = sh("echo out1; printf 'err1\\n' >&2; printf '\\377\\376bin\\n'; printf 'no newline' >&2; exit 4");
+    let e = with_log(Some(log), || run(&w, None)).unwrap_err();
+    assert!(e.to_string().contains("err1\nno newline"), "{e}");
+    let got: Vec<(LogStream, Vec<u8>)> = sink
+        .take(usize::MAX)
+        .into_iter()
+        .map(|c| (c.line.stream, c.line.bytes))
+        .collect();
+    let of = |s: LogStream| -> Vec<Vec<u8>> {
+        got.iter()
+            .filter(|(k, _)| *k == s)
+            .map(|(_, b)| b.clone())
+            .collect()
+    };
+    assert_eq!(of(LogStream::Stdout), [&b"out1"[..], b"\xff\xfebin"]);
+    assert_eq!(of(LogStream::Stderr), [&b"err1"[..], b"no newline"]);
+}

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
-    BrokerHello, ClusterConfig, FromRouter, ProtocolError, Push, Reply, Request,
+    BrokerHello, ClusterConfig, FromRouter, ProtocolError, Push, Reply, Request, LOG_BATCH_BYTES,
+    LOG_BATCH_INTERVAL, LOG_BUFFER_BYTES,
 };
 use pypelinin_common::Shutdown;
 use tracing::{debug, error, info, warn};
@@ -23,6 +24,7 @@ use tracing::{debug, error, info, warn};
 use crate::api::{BoxError, Store, StoreFactory, Worker};
 use crate::config::{default_slot_memory, BrokerConfig, BrokerError, Isolation};
 use crate::io::RouterLink;
+use crate::joblog::LogSink;
 use crate::ledger::{DrainEnd, Ledger};
 use crate::slots::{Slots, SlotsSpec};
 use crate::table::Internal;
@@ -113,6 +115,10 @@ struct EventLoop {
     results_endpoint: String,
     ledger: Ledger,
     slots: Slots,
+    /// Lines the slots' jobs printed, waiting to go to the router.
+    logs: Arc<LogSink>,
+    /// When lines last went.
+    logs_sent: Instant,
 }
 
 impl EventLoop {
@@ -139,6 +145,8 @@ impl EventLoop {
             results_endpoint,
             ledger: Ledger::default(),
             slots: Slots::new(config.slots),
+            logs: Arc::new(LogSink::default()),
+            logs_sent: Instant::now(),
             config,
         })
     }
@@ -177,14 +185,27 @@ impl EventLoop {
                 self.link.socket().as_poll_item(zmq::POLLIN),
                 self.results.as_poll_item(zmq::POLLIN),
             ];
-            let wait = self.link.poll_wait().as_millis() as i64;
-            pypelinin_common::transport::poll(&mut items, wait)?;
+            let mut wait = self.link.poll_wait();
+            if self.link.welcomed() {
+                // Lines are looked for every interval, and sent once their batch is due.
+                let left = if self.logs.waiting() > 0 {
+                    LOG_BATCH_INTERVAL.saturating_sub(self.logs_sent.elapsed())
+                } else {
+                    LOG_BATCH_INTERVAL
+                };
+                wait = wait.min(left);
+            }
+            pypelinin_common::transport::poll(&mut items, wait.as_millis() as i64)?;
             while let Some(bytes) = self.link.recv() {
                 self.on_router(&bytes)?;
             }
+            let mut ended = Vec::new();
             while let Ok(bytes) = self.results.recv_bytes(zmq::DONTWAIT) {
                 match rmp_serde::from_slice::<Internal>(&bytes) {
-                    Ok(Internal::Done(report)) => self.ledger.finished(report),
+                    Ok(Internal::Done(report)) => {
+                        ended.push(report.job);
+                        self.ledger.finished(report);
+                    }
                     Ok(Internal::Monitor(m)) => {
                         if self.link.welcomed() {
                             self.link.send(&Request::Monitor(m))?;
@@ -196,11 +217,15 @@ impl EventLoop {
             if !self.link.welcomed() && !self.link.hello_pending() {
                 self.hello()?;
             }
+            self.send_logs(false)?;
             // Lazy Pirate for reports: one not acknowledged in time is sent again (a
             // duplicate is recognised by the router and changes nothing).
             self.ledger.resend_overdue(Instant::now());
             if self.link.welcomed() {
                 if let Some(reports) = self.ledger.take_unsent() {
+                    // Attempts' last lines leave before their reports, on the same
+                    // socket: the router has a job's whole log when it hears it ended.
+                    self.send_logs(true)?;
                     let req = Request::JobDone(reports);
                     let sent = self.link.send(&req)?;
                     if let Request::JobDone(reports) = req {
@@ -211,8 +236,35 @@ impl EventLoop {
                     }
                 }
             }
+            for job in ended {
+                self.logs.ended(job);
+            }
             self.link.heartbeat()?;
         }
+    }
+
+    /// Sends the waiting log lines, in batches, if it is time (`now`: at once). Lines
+    /// are not resent: one lost with a connection is lost (the router numbers them and
+    /// keeps what arrives), and while the router is away they wait, within the sink's
+    /// bound.
+    fn send_logs(&mut self, now: bool) -> Result<(), BrokerError> {
+        let waiting = self.logs.waiting();
+        let due =
+            now || waiting >= LOG_BATCH_BYTES || self.logs_sent.elapsed() >= LOG_BATCH_INTERVAL;
+        if waiting == 0 || !due || !self.link.welcomed() {
+            return Ok(());
+        }
+        self.logs_sent = Instant::now();
+        // At most the sink's bound per call: a job printing faster than this sends must
+        // not keep the loop from the router's messages and its heartbeats.
+        for _ in 0..LOG_BUFFER_BYTES.div_ceil(LOG_BATCH_BYTES) {
+            let batch = self.logs.take(LOG_BATCH_BYTES);
+            if batch.is_empty() {
+                break;
+            }
+            self.link.send(&Request::Logs(batch))?;
+        }
+        Ok(())
     }
 
     fn worker_names(&self) -> Vec<&str> {
@@ -303,6 +355,7 @@ impl EventLoop {
             prefetch: self.config.prefetch(),
             name: &self.name,
             host: &self.host,
+            logs: self.logs.clone(),
         })
     }
 }

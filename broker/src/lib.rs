@@ -29,9 +29,11 @@ mod config;
 mod event_loop;
 mod io;
 mod job;
+mod joblog;
 mod ledger;
 mod monitor;
 mod persistent;
+mod pipes;
 mod queue;
 pub mod slot;
 mod slots;
@@ -44,11 +46,31 @@ pub use command::{CommandError, CommandWorker, STDERR_TAIL_BYTES};
 pub use config::{BrokerConfig, BrokerError, Isolation, DEFAULT_DRAIN_TIMEOUT, PREFETCH_PER_SLOT};
 pub use event_loop::Broker;
 pub use job::JobError;
+pub use joblog::JobLogLayer;
 pub use persistent::{PersistentError, PersistentWorker, MAX_RESPONSE_LINE_BYTES};
 pub use pypelinin_common::protocol::{ClusterConfig, JobInfo, MonitoringReport};
 pub use pypelinin_common::Data;
 pub use slot::{Death, SlotError};
 pub use workers_file::{Mode, WorkerSpec, WorkersFile, WorkersFileError};
+
+/// Starts `tracing` like [`pypelinin_common::init_tracing`] (stderr, filtered by
+/// `RUST_LOG`, default `info`) and adds [`JobLogLayer`], so that the events a worker
+/// emits at level `info` and above while it runs also land in its job's captured log,
+/// whatever `RUST_LOG` lets through to stderr. Broker binaries call this once, first.
+pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{filter::LevelFilter, EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(JobLogLayer.with_filter(LevelFilter::INFO))
+        .try_init();
+}
 
 /// Why `pypelinin-broker` stopped: a bad workers file, or the broker itself.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use pypelinin_common::protocol::{ClusterConfig, JobInfo, JobRef};
+use pypelinin_common::protocol::{ClusterConfig, JobInfo, JobRef, LogChunk};
 use pypelinin_common::Data;
 
 pub use crate::child::child_main;
@@ -275,28 +275,47 @@ impl SlotProcess {
         deadline: Option<(Instant, Duration)>,
         cancel: &CancelRx,
     ) -> Ended {
+        self.wait_logging(job, deadline, cancel, &mut |_| {})
+    }
+
+    /// [`SlotProcess::wait`], handing `log` the lines the job logs meanwhile (as the
+    /// child numbered them; their `job` is the child's guess, not the index).
+    pub fn wait_logging(
+        &mut self,
+        job: JobRef,
+        deadline: Option<(Instant, Duration)>,
+        cancel: &CancelRx,
+        log: &mut dyn FnMut(Vec<LogChunk>),
+    ) -> Ended {
         let fds = [self.stdout.get_ref().as_raw_fd(), cancel.wake.as_raw_fd()];
-        // An answer may already sit in the reader's buffer, where `poll` cannot see it.
-        while self.stdout.buffer().is_empty() {
-            let left = deadline.map(|(d, _)| d.saturating_duration_since(Instant::now()));
-            let ready = match poll_in(&fds, left) {
-                Ok(r) => r,
-                Err(e) => return Ended::Lost(self.lost(SlotError::Poll(e))),
-            };
-            if ready[1] && cancel.revoked(job) {
-                return Ended::Lost(self.lost(SlotError::Cancelled));
+        loop {
+            // An answer may already sit in the reader's buffer, where `poll` cannot see it.
+            while self.stdout.buffer().is_empty() {
+                let left = deadline.map(|(d, _)| d.saturating_duration_since(Instant::now()));
+                let ready = match poll_in(&fds, left) {
+                    Ok(r) => r,
+                    Err(e) => return Ended::Lost(self.lost(SlotError::Poll(e))),
+                };
+                if ready[1] && cancel.revoked(job) {
+                    return Ended::Lost(self.lost(SlotError::Cancelled));
+                }
+                if ready[0] {
+                    break;
+                }
+                if let Some((_, t)) = deadline.filter(|(d, _)| Instant::now() >= *d) {
+                    return Ended::Lost(self.lost(SlotError::TimedOut(t.as_millis())));
+                }
             }
-            if ready[0] {
-                break;
+            match read_frame::<FromSlot>(&mut self.stdout) {
+                Ok(Some(FromSlot::Log(chunks))) => log(chunks),
+                Ok(Some(FromSlot::Done(r))) => return Ended::Returned(r),
+                Ok(Some(FromSlot::Ready(_))) => {
+                    return Ended::Lost(self.lost(SlotError::OutOfStep))
+                }
+                Ok(None) | Err(_) => {
+                    return Ended::Lost(self.lost(SlotError::Died(Death::Unknown)))
+                }
             }
-            if let Some((_, t)) = deadline.filter(|(d, _)| Instant::now() >= *d) {
-                return Ended::Lost(self.lost(SlotError::TimedOut(t.as_millis())));
-            }
-        }
-        match read_frame::<FromSlot>(&mut self.stdout) {
-            Ok(Some(FromSlot::Done(r))) => Ended::Returned(r),
-            Ok(Some(FromSlot::Ready(_))) => Ended::Lost(self.lost(SlotError::OutOfStep)),
-            Ok(None) | Err(_) => Ended::Lost(self.lost(SlotError::Died(Death::Unknown))),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::api::{Store, Worker};
 use crate::cancel::with_flag;
 use crate::config::{BrokerError, Isolation};
 use crate::job::{job_span, past_timeout, run_job, JobError};
+use crate::joblog::{with_log, JobLog, LogSink};
 use crate::monitor::HostMonitor;
 use crate::queue::{ChildQueue, Take};
 use crate::slot::{cancel_channel, CancelRx, CancelTx, Ended, SlotError, SlotProcess};
@@ -37,6 +38,8 @@ pub(crate) struct SlotsSpec<'a> {
     /// The monitor thread's identity.
     pub name: &'a str,
     pub host: &'a str,
+    /// Where jobs' log lines go.
+    pub logs: Arc<LogSink>,
 }
 
 /// The slot threads and the monitor thread, from the event loop's side.
@@ -95,6 +98,7 @@ impl Slots {
                 push,
                 table: self.table.clone(),
                 cancel: cancel_rx,
+                logs: spec.logs.clone(),
             };
             let rx = rx.clone();
             let h = std::thread::Builder::new()
@@ -173,9 +177,18 @@ struct SlotCtx {
     push: zmq::Socket,
     table: Arc<SlotTable>,
     cancel: CancelRx,
+    logs: Arc<LogSink>,
 }
 
 impl SlotCtx {
+    /// Where `a`'s log lines go.
+    fn log(&self, a: &Assignment) -> JobLog {
+        JobLog {
+            job: a.job,
+            sink: self.logs.clone(),
+        }
+    }
+
     /// Shows `a` as this slot's job from now on; its start time.
     fn start(&self, a: &Assignment) -> u64 {
         let started_ms = now_ms();
@@ -242,7 +255,10 @@ fn thread_slot(
         } else {
             let t0 = Instant::now();
             let flag = ctx.table.cancel_flag(ctx.slot);
-            let r = job_span(&a).in_scope(|| with_flag(flag, || run_job(store, workers, &a.info)));
+            let log = Some(ctx.log(&a));
+            let r = job_span(&a).in_scope(|| {
+                with_log(log, || with_flag(flag, || run_job(store, workers, &a.info)))
+            });
             past_timeout(
                 r,
                 a.info.timeout_ms.map(Duration::from_millis),
@@ -327,7 +343,16 @@ fn process_slot(
             continue;
         };
         let ended = match child.as_mut() {
-            Some(c) => job_span(front).in_scope(|| c.wait(front.job, q.deadline(), &ctx.cancel)),
+            Some(c) => {
+                let (job, sink) = (front.job, &ctx.logs);
+                let mut log = |chunks: Vec<pypelinin_common::protocol::LogChunk>| {
+                    for c in chunks {
+                        sink.push_line(job, c.line);
+                    }
+                };
+                job_span(front)
+                    .in_scope(|| c.wait_logging(job, q.deadline(), &ctx.cancel, &mut log))
+            }
             // Jobs are only ever sent to a child, so one holds them; were it gone, they
             // would be lost with it.
             None => Ended::Lost(SlotError::Died(crate::slot::Death::Unknown)),

@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
-    decode, BrokerStatus, ClusterMetrics, Event, PipelineId, PipelineResult, PipelineSummary,
-    Reply, Request, ScheduleRequest, REQUEST_TIMEOUT,
+    BrokerStatus, ClusterMetrics, LogPage, PipelineId, PipelineResult, PipelineSummary, Reply,
+    Request, ScheduleRequest, REQUEST_TIMEOUT,
 };
 use pypelinin_common::schedule::{BackfillStatus, ScheduleStatus};
 use pypelinin_common::status::PipelineStatus;
@@ -25,7 +25,9 @@ use pypelinin_common::{Data, PipelineSpec};
 pub use pypelinin_common::protocol::ProtocolError;
 
 mod async_client;
+mod broadcasts;
 pub use async_client::{AsyncPipelineManager, JobEvent, EVENTS_POLL};
+pub use broadcasts::{Finished, LogWakeups};
 
 /// Longest a single `Wait` request is held by the router; longer waits are split, so a
 /// router restart costs at most this much extra waiting.
@@ -204,6 +206,28 @@ impl PipelineManager {
             },
             |r| (r.id, r.state),
         )
+    }
+
+    /// The captured log of one attempt of job `job` (`None`: the latest attempt): the
+    /// lines numbered after `after` (0: all that are kept). To follow a running job,
+    /// ask again with the last line's number until the page says it is `finished`.
+    pub fn logs(
+        &mut self,
+        id: PipelineId,
+        job: &str,
+        attempt: Option<u32>,
+        after: u64,
+    ) -> Result<LogPage, ClientError> {
+        let req = Request::GetLogs {
+            id,
+            job: job.to_string(),
+            attempt,
+            after,
+        };
+        match self.requester.request(&req)? {
+            Reply::Logs(page) => Ok(page),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     /// The current status of a pipeline.
@@ -418,34 +442,18 @@ impl PipelineManager {
             .map_err(TransportError::from)?;
         Ok(Finished { socket })
     }
-}
 
-/// Pipelines finishing, as broadcast by the router.
-pub struct Finished {
-    socket: zmq::Socket,
-}
-
-impl Finished {
-    /// The next finished pipeline, waiting at most `timeout`.
-    pub fn next_timeout(
-        &self,
-        timeout: Duration,
-    ) -> Option<(PipelineId, pypelinin_common::PipelineState)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            pypelinin_common::transport::poll(&mut items, left.as_millis() as i64).ok()?;
-            if !items[0].is_readable() {
-                return None;
-            }
-            let parts = self.socket.recv_multipart(0).ok()?;
-            if let Some(Ok((_, Event::PipelineFinished { id, state }))) =
-                parts.get(1).map(|p| decode::<Event>(p))
-            {
-                return Some((id, state));
-            }
-        }
+    /// Wake-ups for following logs: the router's broadcasts that a pipeline's jobs
+    /// logged lines or that it finished. Only wake-ups: ask [`PipelineManager::logs`]
+    /// after each, and on a timer too, since a broadcast can be lost.
+    pub fn subscribe_logs(&self) -> Result<LogWakeups, ClientError> {
+        let socket = subscriber(
+            &self.ctx,
+            &self.broadcast,
+            &[b"job.logs", b"pipeline.finished"],
+        )
+        .map_err(TransportError::from)?;
+        Ok(LogWakeups { socket })
     }
 }
 

@@ -246,6 +246,28 @@ pub fn utc_time(ms: u64) -> String {
     )
 }
 
+/// A time as RFC 3339 in UTC with milliseconds, e.g. `2024-05-01T12:00:03.250Z`.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let (date_time, millis) = (utc_time(ms), ms % 1000);
+    format!("{}.{millis:03}Z", date_time.replacen(' ', "T", 1))
+}
+
+/// One captured log line as the CLI prints it: its time, its stream, its text (bytes
+/// that are not UTF-8 shown as `�`; a trailing carriage return dropped).
+pub fn log_line(line: &crate::protocol::LogLine) -> String {
+    let text = String::from_utf8_lossy(&line.bytes);
+    let mut out = format!(
+        "{} {:<6} {}",
+        rfc3339_ms(line.at_ms),
+        line.stream.name(),
+        text.strip_suffix('\r').unwrap_or(&text)
+    );
+    if line.dropped > 0 {
+        out.insert_str(0, &format!("[{} dropped]\n", bytes(line.dropped)));
+    }
+    out
+}
+
 /// Year, month and day of a count of days since 1970-01-01 (proleptic Gregorian).
 fn civil_date(days: i64) -> (i64, u32, u32) {
     // Count from 0000-03-01 so that the leap day ends each 4/100/400-year cycle.
@@ -307,6 +329,28 @@ mod tests {
         assert_eq!(duration(7_500_000), "2h 05m");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(rfc3339_ms(1_763_900_000_123), "2025-11-23T12:13:20.123Z");
+    }
+
+    #[test]
+    fn log_lines_read_whatever_bytes_they_hold() {
+        use crate::protocol::{LogLine, LogStream};
+        let line = LogLine {
+            seq: 1,
+            at_ms: 5,
+            stream: LogStream::Stderr,
+            bytes: b"bad \xff\xfe end\r".to_vec(),
+            dropped: 0,
+        };
+        assert_eq!(
+            log_line(&line),
+            "1970-01-01T00:00:00.005Z stderr bad \u{fffd}\u{fffd} end"
+        );
+        let cut = LogLine {
+            dropped: 2048,
+            ..line
+        };
+        assert!(log_line(&cut).starts_with("[2.0 KiB dropped]\n"));
     }
 
     #[test]

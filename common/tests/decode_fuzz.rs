@@ -27,6 +27,7 @@ use pypelinin_common::protocol::{
     MAX_WAIT_MS, PROTOCOL_VERSION,
 };
 use pypelinin_common::protocol::{BrokerStatus, ClusterMetrics, Histogram, PipelineResult};
+use pypelinin_common::protocol::{LogChunk, LogLine, LogPage, LogStream};
 use pypelinin_common::schedule::{
     BackfillSpec, BackfillState, BackfillStatus, OverrunPolicy, Reprocess, RunKind, RunOrigin,
     ScheduleSpec, ScheduleStatus, TickRecord,
@@ -501,7 +502,39 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         ("heartbeat", Request::Heartbeat),
         ("bye", Request::Bye),
+        (
+            "logs",
+            Request::Logs(vec![
+                LogChunk {
+                    job: job_ref(1, 2, 1),
+                    line: log_line(1, LogStream::Stdout, b"hello"),
+                },
+                LogChunk {
+                    job: job_ref(1, 2, 1),
+                    line: log_line(2, LogStream::Stderr, b"\xff\xfe not utf-8\0"),
+                },
+            ]),
+        ),
+        (
+            "get-logs",
+            Request::GetLogs {
+                id: pid(1),
+                job: "links".into(),
+                attempt: Some(2),
+                after: 17,
+            },
+        ),
     ]
+}
+
+fn log_line(seq: u64, stream: LogStream, bytes: &[u8]) -> LogLine {
+    LogLine {
+        seq,
+        at_ms: 1_700_000_000_000 + seq,
+        stream,
+        bytes: bytes.to_vec(),
+        dropped: 0,
+    }
 }
 
 fn metrics() -> ClusterMetrics {
@@ -730,6 +763,20 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
             "push-revoke",
             FromRouter::Push(Push::Revoke(vec![job_ref(2, 0, 1), job_ref(2, 3, 2)])),
         ),
+        (
+            "reply-logs",
+            FromRouter::Reply(Reply::Logs(LogPage {
+                attempt: 2,
+                attempts: 2,
+                lines: vec![
+                    log_line(4, LogStream::Log, b"INFO worker: started"),
+                    log_line(5, LogStream::Stdout, &[0x80, 0x81, b'\n']),
+                ],
+                dropped_bytes: 1024,
+                finished: false,
+                job_final: false,
+            })),
+        ),
     ];
     let errors = [
         ProtocolError::Malformed("invalid type: integer `7`, expected a string".into()),
@@ -752,6 +799,10 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         ProtocolError::Stale("attempt 1 of job 2 is not current".into()),
         ProtocolError::Refused("draining".into()),
         ProtocolError::Storage("flush failed: No space left on device".into()),
+        ProtocolError::UnknownJob {
+            pipeline: pid(1),
+            job: "nope".into(),
+        },
     ];
     let names = [
         "reply-error-malformed",
@@ -768,6 +819,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         "reply-error-stale",
         "reply-error-refused",
         "reply-error-storage",
+        "reply-error-unknown-job",
     ];
     assert_eq!(names.len(), errors.len(), "one name per error");
     for (name, e) in names.into_iter().zip(errors) {
@@ -779,6 +831,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
 fn events() -> Vec<(&'static str, Event)> {
     vec![
         ("event-submitted", Event::PipelineSubmitted { id: pid(1) }),
+        ("event-job-logs", Event::JobLogs { id: pid(3) }),
         (
             "event-finished",
             Event::PipelineFinished {

@@ -283,6 +283,9 @@ function pipelineView(id) {
         <th class="num">Duration</th><th class="num">Attempts</th><th>Error</th><th></th></tr></thead>
       <tbody></tbody>
     </table>
+    <h2>Log <small id="log-of">click a job to see its stdout, stderr and log lines</small>
+      <select id="log-attempt" hidden title="which attempt's log"></select></h2>
+    <pre id="log" class="log" hidden></pre>
     <h2>Outputs <small>kept by the router for succeeded jobs</small></h2>
     <div id="outputs" class="muted">–</div>
   </section>`;
@@ -318,7 +321,70 @@ function pipelineView(id) {
     refresh();
   }
 
+  // The focused job's captured log, read after the last line shown, every second
+  // while its attempt runs (or, for the latest attempt, until the job is final).
+  const log = { job: null, attempt: null, shown: null, after: 0, timer: 0, gen: 0 };
+
+  function showLog(name, attempt = null) {
+    clearTimeout(log.timer);
+    Object.assign(log, { job: name, attempt, shown: null, after: 0, gen: log.gen + 1 });
+    $("#log").textContent = "";
+    $("#log").hidden = false;
+    $("#log-of").textContent = `of ${name}`;
+    pollLog(log.gen);
+  }
+
+  function logLine(l) {
+    const lost = l.dropped ? `<span class="lost">[${esc(bytes(l.dropped))} dropped]</span>\n` : "";
+    return `${lost}<span class="t">${esc(l.time)}</span> <span class="s s-${esc(l.stream)}">${esc(l.stream.padEnd(6))}</span> ${esc(l.text)}\n`;
+  }
+
+  async function pollLog(mine) {
+    const gen = generation;
+    if (mine !== log.gen) return;
+    const q = `after=${log.after}` + (log.attempt ? `&attempt=${log.attempt}` : "");
+    let page;
+    try {
+      page = await api(`/api/pipelines/${id}/jobs/${encodeURIComponent(log.job)}/logs?${q}`);
+    } catch (error) {
+      if (gen === generation && mine === log.gen) $("#log").textContent = error.message;
+      return;
+    }
+    if (gen !== generation || mine !== log.gen) return;
+    const el = $("#log");
+    if (page.attempt !== log.shown) {
+      // The first page, or a retry started: its log from its first line.
+      const first = log.shown === null;
+      log.shown = page.attempt;
+      el.innerHTML = page.dropped_bytes
+        ? `<span class="lost">[older ${esc(bytes(page.dropped_bytes))} dropped]</span>\n` : "";
+      const select = $("#log-attempt");
+      select.hidden = page.attempts < 2;
+      select.innerHTML = `<option value="">latest attempt</option>` +
+        Array.from({ length: page.attempts }, (_, k) =>
+          `<option value="${k + 1}">attempt ${k + 1}</option>`).join("");
+      select.value = log.attempt ? String(log.attempt) : "";
+      if (!first && log.after > 0) { log.after = 0; pollLog(mine); return; }
+    }
+    if (page.attempt === 0) el.textContent = "Not started yet.";
+    const atEnd = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
+    if (page.lines.length) {
+      el.insertAdjacentHTML("beforeend", page.lines.map(logLine).join(""));
+      log.after = page.last_seq;
+      if (atEnd) el.scrollTop = el.scrollHeight;
+    } else if (page.attempt > 0 && !el.textContent) {
+      el.textContent = page.finished ? "Nothing was logged." : "";
+    }
+    const done = page.finished && (log.attempt || page.job_final);
+    if (!done) log.timer = setTimeout(() => pollLog(mine), 1000);
+  }
+
+  $("#log-attempt").addEventListener("change", (e) => {
+    if (log.job) showLog(log.job, e.target.value ? Number(e.target.value) : null);
+  });
+
   function focus(name) {
+    if (name !== log.job) showLog(name);
     focused = name;
     for (const el of document.querySelectorAll("#jobs tr.focus, #dag .node.focus")) {
       el.classList.remove("focus");

@@ -32,10 +32,10 @@ mod pipelines;
 pub use crate::shapes::{pipeline_json, summary_json};
 pub use answer::{error_status, Answer};
 pub use pages::escape_html;
-pub use pipelines::{query_pairs, ListQuery};
+pub use pipelines::{log_page_json, query_pairs, ListQuery};
 
 use pages::{app_css, app_js, index};
-use pipelines::{cancel, dot, list, outputs, parse_id, pipeline, retry};
+use pipelines::{cancel, dot, list, logs, outputs, parse_id, pipeline, retry};
 
 /// `GET /api/events`: the hub's stream (see [`events::stream`]).
 async fn event_stream(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -104,6 +104,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(dot).fallback(pipeline_only_get),
         )
         .route(
+            "/api/pipelines/{id}/jobs/{job}/logs",
+            get(logs).fallback(pipeline_logs_only_get),
+        )
+        .route(
             "/api/pipelines/{id}/cancel",
             post(cancel).fallback(pipeline_only_post),
         )
@@ -160,6 +164,10 @@ async fn only_get() -> Answer {
 
 /// A pipeline path asked with the wrong method: a bad id is still told first.
 async fn pipeline_only_get(Path(id): Path<String>) -> Answer {
+    parse_id(&id).map_or_else(|e| e, |_| Answer::method_not_allowed("GET"))
+}
+
+async fn pipeline_logs_only_get(Path((id, _job)): Path<(String, String)>) -> Answer {
     parse_id(&id).map_or_else(|e| e, |_| Answer::method_not_allowed("GET"))
 }
 

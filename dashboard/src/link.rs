@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pypelinin_common::protocol::{
-    BrokerStatus, ClusterMetrics, PipelineId, PipelineSummary, Reply, Request,
+    BrokerStatus, ClusterMetrics, LogPage, PipelineId, PipelineSummary, Reply, Request,
 };
 use pypelinin_common::transport::{Requester, TransportError};
 use pypelinin_common::{Data, PipelineSpec, PipelineState, PipelineStatus};
@@ -116,6 +116,23 @@ impl Link {
     /// The brokers with their last monitoring report.
     pub fn brokers(&mut self) -> Result<Vec<BrokerStatus>, LinkError> {
         expect_reply!(self.ask(&Request::Brokers)?, Reply::Brokers)
+    }
+
+    /// Lines of one attempt of a job's captured log, after line `after`.
+    pub fn logs(
+        &mut self,
+        id: PipelineId,
+        job: &str,
+        attempt: Option<u32>,
+        after: u64,
+    ) -> Result<LogPage, LinkError> {
+        let req = Request::GetLogs {
+            id,
+            job: job.to_string(),
+            attempt,
+            after,
+        };
+        expect_reply!(self.ask(&req)?, Reply::Logs)
     }
 
     /// Cluster metrics.

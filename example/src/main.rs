@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "error");
     }
-    pypelinin_common::init_tracing();
+    pypelinin_broker::init_tracing();
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
     let store = match args.store {

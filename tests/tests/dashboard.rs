@@ -532,6 +532,60 @@ impl EventStream {
 }
 
 /// The summary of `id` in a `pipelines` event, if it is among the changes.
+#[test]
+fn a_job_log_over_http() {
+    let c = DashCluster::start();
+    let mut pm = c.client();
+    let bad = pm.start(&flaky_pipeline()).unwrap();
+    pm.wait(bad, Duration::from_secs(60)).unwrap();
+    let logs = |job: &str, query: &str| {
+        get_json(&c.url(&format!("/api/pipelines/{bad}/jobs/{job}/logs{query}")))
+    };
+    // Flaky (a Rust worker, in a slot process) says which attempt it is through
+    // `tracing`: the line is in its job's log, as text with its time and stream.
+    let (code, v) = logs("parse", "");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["attempt"].as_u64(), v["attempts"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (v["finished"].as_bool(), v["job_final"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let lines = v["lines"].as_array().unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l["stream"] == "log")
+        .unwrap_or_else(|| panic!("no tracing line: {v}"));
+    assert!(
+        line["text"]
+            .as_str()
+            .unwrap()
+            .contains("flaky worker starting"),
+        "{line}"
+    );
+    assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+    let last = v["last_seq"].as_u64().unwrap();
+    let (code, v) = logs("parse", &format!("?attempt=1&after={last}"));
+    assert_eq!(code, 200);
+    assert_eq!(v["lines"], json!([]), "nothing after the last line");
+    // A job that never ran, and refusals.
+    let (code, v) = logs("index", "");
+    assert_eq!((code, v["attempt"].as_u64()), (200, Some(0)), "{v}");
+    assert_eq!(logs("parse", "?attempt=7").0, 409);
+    assert_eq!(logs("parse", "?after=soon").0, 400);
+    assert_eq!(logs("nope", "").0, 404);
+    let (code, _) = get_json(&c.url("/api/pipelines/not-an-id/jobs/parse/logs"));
+    assert_eq!(code, 400);
+    let (code, _, _) = request(
+        "POST",
+        &c.url(&format!("/api/pipelines/{bad}/jobs/parse/logs")),
+        Some(""),
+    );
+    assert_eq!(code, 405);
+}
+
 fn changed_summary(event: &Value, id: PipelineId) -> Option<Value> {
     event["changed"]
         .as_array()?
@@ -919,6 +973,12 @@ fn dashboard_in_headless_chromium() {
         buttons,
         json!([false, true]),
         "retry on, cancel off for a failed pipeline"
+    );
+    // A job's log at a click: the failed attempt's `tracing` line.
+    browser.click("#jobs tr.job[data-job='parse']");
+    browser.wait_text(
+        &["of parse", "flaky worker starting"],
+        Duration::from_secs(15),
     );
     browser.screenshot(&shots.join("dashboard-pipeline.png"));
 

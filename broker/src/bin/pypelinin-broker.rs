@@ -31,7 +31,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    pypelinin_common::init_tracing();
+    pypelinin_broker::init_tracing();
     let args = Args::parse();
     let mut config = args.broker.config();
     config.isolation = pypelinin_broker::Isolation::Thread;

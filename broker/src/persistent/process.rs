@@ -13,7 +13,13 @@ use serde_json::Value;
 
 use super::{PersistentError, EXIT_GRACE, MAX_RESPONSE_LINE_BYTES, POLL};
 use crate::cancel::CancelFlag;
-use crate::command::{describe, drain, leader_exited, Tail};
+use crate::command::{describe, leader_exited};
+use crate::joblog::{JobLog, LineSplitter, LogTarget};
+use crate::pipes::{drain, Tail};
+
+/// Longest a served job waits for its process's stderr to be read (it normally is
+/// already: see `Process::settle_stderr`).
+const STDERR_SETTLE: Duration = Duration::from_millis(50);
 
 /// What a reader thread saw on a process's stdout.
 pub(super) enum Line {
@@ -54,6 +60,11 @@ pub(super) struct Process {
     stdin: Option<ChildStdin>,
     lines: Receiver<Line>,
     tail: Arc<Mutex<Tail>>,
+    /// The log of the job it serves (or served last): where its stderr lines go. Left
+    /// set after a job, so that lines read just after its response still count.
+    serving: Arc<Mutex<Option<JobLog>>>,
+    /// The stderr pipe's descriptor (read by its thread), to see whether bytes wait.
+    stderr_fd: Option<std::os::fd::RawFd>,
     /// Disconnected once stderr is drained to its end.
     stderr_done: Receiver<()>,
     reaped: bool,
@@ -71,8 +82,14 @@ impl Process {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        let stderr_fd = stderr.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let (tx, lines) = crossbeam_channel::unbounded();
         let tail = Arc::new(Mutex::new(Tail::default()));
+        let serving = Arc::new(Mutex::new(None));
+        let mut log_lines = LineSplitter::new(
+            pypelinin_common::protocol::LogStream::Stderr,
+            LogTarget::Serving(serving.clone()),
+        );
         let (done_tx, stderr_done) = crossbeam_channel::bounded::<()>(0);
         // Built before the threads so that an error starting them kills the process.
         let mut process = Process {
@@ -82,6 +99,8 @@ impl Process {
             stdin,
             lines,
             tail: tail.clone(),
+            serving,
+            stderr_fd,
             stderr_done,
             reaped: false,
         };
@@ -94,7 +113,7 @@ impl Process {
             std::thread::Builder::new()
                 .name("persistent-stderr".into())
                 .spawn(move || {
-                    drain(r, Some(&tail));
+                    drain(r, Some(&tail), Some(&mut log_lines));
                     drop(done_tx);
                 })?;
         }
@@ -113,8 +132,10 @@ impl Process {
         cancel: &CancelFlag,
         deadline: Option<(Instant, u64)>,
     ) -> Served {
-        // The log of this job only: the tail restarts with each request.
+        // The log of this job only: the tail restarts with each request, and stderr
+        // lines go to the log of the job running on this thread.
         *self.tail.lock().unwrap_or_else(PoisonError::into_inner) = Tail::default();
+        *self.serving.lock().unwrap_or_else(PoisonError::into_inner) = crate::joblog::current();
         // A line longer than the pipe buffer blocks until the process reads it; a
         // process that does not read is stopped by the timeout or a revoke killing
         // its group, which fails the write.
@@ -133,7 +154,10 @@ impl Process {
                 None => POLL,
             };
             match self.lines.recv_timeout(wait) {
-                Ok(Line::Text(text)) => return parse_response(id, &text),
+                Ok(Line::Text(text)) => {
+                    self.settle_stderr();
+                    return parse_response(id, &text);
+                }
                 Ok(Line::TooLong) => {
                     return Served::Failed(Failure::Protocol(format!(
                         "a response line longer than {MAX_RESPONSE_LINE_BYTES} bytes"
@@ -144,6 +168,27 @@ impl Process {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
+        }
+    }
+
+    /// The process answered: what it wrote on stderr before is in the pipe by now.
+    /// Waits (briefly) until the stderr thread has read it, so that those lines count
+    /// in this job's log rather than the next one's. A line still being cut when the
+    /// pipe is empty can, rarely, land in the next job's log.
+    fn settle_stderr(&self) {
+        let Some(fd) = self.stderr_fd else {
+            return;
+        };
+        let until = Instant::now() + STDERR_SETTLE;
+        loop {
+            let mut waiting: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer, which is valid; the
+            // descriptor is the stderr pipe, open while its thread reads it.
+            let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) };
+            if r != 0 || waiting <= 0 || Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

@@ -45,6 +45,14 @@ pub enum ProtocolError {
     /// No such pipeline.
     #[error("unknown pipeline {0}")]
     UnknownPipeline(PipelineId),
+    /// The pipeline has no job of that name.
+    #[error("pipeline {pipeline} has no job {job:?}")]
+    UnknownJob {
+        /// The pipeline.
+        pipeline: PipelineId,
+        /// The name asked for.
+        job: String,
+    },
     /// The id is taken by a different pipeline.
     #[error("conflict: {0}")]
     Conflict(String),

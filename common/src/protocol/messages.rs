@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{
     Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, JobChange,
-    JobRef, JobReport, MonitoringReport, PipelineId, PipelineResult, PipelineSnapshot,
-    PipelineSummary, ProtocolError,
+    JobRef, JobReport, LogChunk, LogPage, MonitoringReport, PipelineId, PipelineResult,
+    PipelineSnapshot, PipelineSummary, ProtocolError,
 };
 use crate::pipeline::{Data, PipelineSpec};
 use crate::schedule::{BackfillSpec, BackfillStatus, ScheduleSpec, ScheduleStatus};
@@ -111,6 +111,25 @@ pub enum Request {
     Heartbeat,
     /// The peer leaves; its running jobs and pipelines go to others.
     Bye,
+    /// Lines running attempts printed, from the broker running them, at most
+    /// [`LOG_BATCH_BYTES`](super::LOG_BATCH_BYTES) of them per request. Always answered
+    /// `Ok`: lines of an attempt the router does not know are dropped, and lines it
+    /// already has (a resent batch) are recognised by their numbers.
+    Logs(Vec<LogChunk>),
+    /// The captured log of one attempt of a job: the lines numbered after `after`
+    /// (0: from the start). Replies `Logs`.
+    GetLogs {
+        /// The pipeline.
+        id: PipelineId,
+        /// The job's name.
+        job: String,
+        /// Which attempt, from 1; `None`: the latest.
+        #[serde(default)]
+        attempt: Option<u32>,
+        /// The last line number the reader has (0: none).
+        #[serde(default)]
+        after: u64,
+    },
 }
 /// What a client asks about schedules. Each replies `Schedules` with the schedules
 /// concerned (all of them for `List`), but `Trigger`, which replies `Submitted`.
@@ -206,6 +225,8 @@ pub enum Reply {
     Welcome(ClusterConfig),
     /// The request was refused.
     Error(ProtocolError),
+    /// Lines of an attempt's log.
+    Logs(LogPage),
 }
 
 /// Work and news the router pushes.
@@ -235,6 +256,13 @@ pub enum Event {
         /// Its final state.
         state: PipelineState,
     },
+    /// Jobs of a pipeline logged new lines (at most once per
+    /// [`LOG_BATCH_INTERVAL`](super::LOG_BATCH_INTERVAL) per pipeline): followers ask
+    /// with `GetLogs`. Only a wake-up: followers also ask on a timer.
+    JobLogs {
+        /// The pipeline.
+        id: PipelineId,
+    },
 }
 
 impl Event {
@@ -243,6 +271,7 @@ impl Event {
         match self {
             Event::PipelineSubmitted { .. } => b"pipeline.submitted",
             Event::PipelineFinished { .. } => b"pipeline.finished",
+            Event::JobLogs { .. } => b"job.logs",
         }
     }
 }

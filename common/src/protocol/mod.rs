@@ -33,6 +33,8 @@
 //! | pipeliner | [`Request::Advance`] | `Ok` | `Changed` as jobs end |
 //! | any peer | [`Request::Heartbeat`] | `Ok`, or `Error(UnknownPeer)`: say hello again | — |
 //! | any peer | [`Request::Bye`] | `Ok`: its jobs and pipelines go to others | — |
+//! | broker | [`Request::Logs`] | `Ok` (lines of running attempts, batched) | PUB `job.logs` |
+//! | client | [`Request::GetLogs`] | `Logs`: one attempt's lines after a number | — |
 //!
 //! A job is named by a [`JobRef`]: pipeline id, job index (jobs are indexed in name
 //! order, see [`crate::Pipeline`]) and attempt number. The attempt number fences late
@@ -50,6 +52,8 @@
 //! - `types.rs`: the payloads those messages carry ([`JobReport`], [`Assignment`],
 //!   [`PipelineSnapshot`], [`BrokerHello`], [`ClusterMetrics`], [`Histogram`],
 //!   [`ClusterConfig`]…);
+//! - `logs.rs`: captured logs, [`LogChunk`], [`LogLine`], [`LogPage`], and their bounds
+//!   ([`MAX_LOG_BYTES_PER_ATTEMPT`]…);
 //! - `error.rs`: [`ProtocolError`], the typed refusal sent instead of a reply;
 //! - `tests.rs`: unit tests of encoding and decoding.
 
@@ -62,10 +66,15 @@ pub use crate::ids::{JobRef, PipelineId};
 use crate::pipeline::Data;
 
 mod error;
+mod logs;
 mod messages;
 mod types;
 
 pub use error::ProtocolError;
+pub use logs::{
+    LogChunk, LogLine, LogPage, LogStream, LOG_BATCH_BYTES, LOG_BATCH_INTERVAL, LOG_BUFFER_BYTES,
+    LOG_LINE_OVERHEAD, MAX_LOG_BYTES_PER_ATTEMPT, MAX_LOG_LINE_BYTES,
+};
 pub use messages::{Event, FromRouter, Push, Reply, Request, ScheduleRequest};
 pub use types::{
     Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, Histogram,

@@ -104,3 +104,46 @@ fn garbage_truncation_versions_and_unknown_commands_are_typed() {
     deep.push(0xc0);
     assert!(decode::<Request>(&deep).is_err());
 }
+
+#[test]
+fn log_lines_travel_as_bytes_whatever_they_hold() {
+    let line = LogLine {
+        seq: 3,
+        at_ms: 1_700_000_000_000,
+        stream: LogStream::Stderr,
+        bytes: vec![b'o', b'k', 0xff, 0xfe, 0, b'\r'],
+        dropped: 12,
+    };
+    let job = JobRef {
+        pipeline: PipelineId::new(),
+        job: 1,
+        attempt: 2,
+    };
+    let req = Request::Logs(vec![LogChunk {
+        job,
+        line: line.clone(),
+    }]);
+    let (_, back): (u64, Request) = decode(&encode(1, &req)).unwrap();
+    match back {
+        Request::Logs(chunks) => assert_eq!(chunks[0].line, line),
+        other => panic!("{other:?}"),
+    }
+    // A full line is one MessagePack `bin` value, not one value per byte: a page of a
+    // whole attempt's log is far within the frame's element bound.
+    let long = LogLine {
+        bytes: vec![0x80; MAX_LOG_LINE_BYTES],
+        ..line
+    };
+    let page = LogPage {
+        attempt: 2,
+        attempts: 2,
+        lines: vec![long; MAX_LOG_BYTES_PER_ATTEMPT / MAX_LOG_LINE_BYTES],
+        dropped_bytes: 5,
+        finished: true,
+        job_final: false,
+    };
+    let bytes = encode(4, &FromRouter::Reply(Reply::Logs(page.clone())));
+    assert!(bytes.len() < MAX_FRAME_BYTES);
+    let (_, back): (u64, FromRouter) = decode(&bytes).unwrap();
+    assert!(matches!(back, FromRouter::Reply(Reply::Logs(p)) if p == page));
+}

@@ -1,11 +1,11 @@
 //! The pipeline handlers: the list (with [`ListQuery`] and its query-string parsing),
-//! one pipeline, its outputs, its DOT graph, cancel and retry.
+//! one pipeline, its outputs, its DOT graph, a job's captured log, cancel and retry.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::protocol::{LogPage, PipelineId};
 use pypelinin_common::render;
 use pypelinin_common::{now_ms, PipelineState};
 use serde_json::{json, Value};
@@ -83,6 +83,72 @@ pub(super) async fn dot(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
         },
         Err(e) => e.into(),
     }
+}
+
+/// `GET /api/pipelines/{id}/jobs/{job}/logs?attempt=N&after=SEQ`: the lines of one
+/// attempt's captured log (default: the latest) numbered after `after`, as text
+/// decoded lossily (bytes that are not UTF-8 become `�`), with their number, time and
+/// stream. The job panel asks again with the last number while `finished` is false.
+pub(super) async fn logs(
+    State(app): State<Arc<App>>,
+    Path((id, job)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(bad) => return bad,
+    };
+    let (mut attempt, mut after) = (None, 0u64);
+    for (key, value) in query_pairs(query.as_deref().unwrap_or("")) {
+        let bad = || Answer::error(400, &format!("{key} {value:?} is not a number"));
+        match key.as_str() {
+            "attempt" if value.is_empty() || value == "latest" => attempt = None,
+            "attempt" => match value.parse::<u32>() {
+                Ok(n) => attempt = Some(n),
+                Err(_) => return bad(),
+            },
+            "after" => match value.parse::<u64>() {
+                Ok(n) => after = n,
+                Err(_) => return bad(),
+            },
+            _ => {}
+        }
+    }
+    match app
+        .links
+        .run(move |l| l.logs(id, &job, attempt, after))
+        .await
+    {
+        Ok(page) => Answer::json(200, &log_page_json(&page)),
+        Err(e) => e.into(),
+    }
+}
+
+/// A log page as the dashboard sends it.
+pub fn log_page_json(p: &LogPage) -> Value {
+    let lines: Vec<Value> = p
+        .lines
+        .iter()
+        .map(|l| {
+            json!({
+                "seq": l.seq,
+                "at_ms": l.at_ms,
+                "time": render::rfc3339_ms(l.at_ms),
+                "stream": l.stream.name(),
+                "text": String::from_utf8_lossy(&l.bytes),
+                "dropped": l.dropped,
+            })
+        })
+        .collect();
+    json!({
+        "attempt": p.attempt,
+        "attempts": p.attempts,
+        "finished": p.finished,
+        "job_final": p.job_final,
+        "dropped_bytes": p.dropped_bytes,
+        "last_seq": p.lines.last().map(|l| l.seq),
+        "lines": lines,
+    })
 }
 
 pub(super) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {

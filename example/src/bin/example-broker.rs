@@ -34,7 +34,7 @@ enum IsolationArg {
 }
 
 fn main() -> anyhow::Result<()> {
-    pypelinin_common::init_tracing();
+    pypelinin_broker::init_tracing();
     let args = Args::parse();
     let mut config = args.broker.config();
     config.isolation = match args.isolation {

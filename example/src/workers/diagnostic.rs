@@ -105,12 +105,15 @@ impl Worker for Crash {
 /// `{"attempt": n}`.
 ///
 /// Exists to test retries: a job with `retries` at least `fail_attempts` succeeds.
+/// Says which attempt it is through `tracing`, to show (and test) that a Rust worker's
+/// events land in its job's captured log.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Flaky;
 
 impl Worker for Flaky {
     fn process(&self, job: &JobInfo, input: Data) -> Result<Data, BoxError> {
         let fail = count_setting(&input, "fail_attempts", 1)?;
+        tracing::info!(attempt = job.attempt, fail, "flaky worker starting");
         if u64::from(job.attempt) <= fail {
             return Err(format!("flaky failure on attempt {}", job.attempt).into());
         }

@@ -11,13 +11,14 @@
 //! same struct: `peers` (peers and leases), `jobs` (the job state machine and its
 //! attempts), `advance` (what the pipeliner decides and what a success starts or
 //! closes), `dispatch` (jobs to brokers, pipelines to pipeliners), `waiters`
-//! (waits and read-only replies), `metrics`, and `clock`.
+//! (waits and read-only replies), `logs` (captured logs), `metrics`, and `clock`.
 
 mod advance;
 mod backfills;
 mod clock;
 mod dispatch;
 mod jobs;
+mod logs;
 mod metrics;
 mod peers;
 mod schedules;
@@ -160,6 +161,7 @@ pub struct RouterState {
     backfills: backfills::Backfills,
     dirty_backfills: HashSet<u64>,
     next_backfill: u64,
+    logs: logs::Logs,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -209,6 +211,7 @@ impl RouterState {
             backfills: BTreeMap::new(),
             dirty_backfills: HashSet::new(),
             next_backfill: 1,
+            logs: logs::Logs::default(),
         };
         let grace = s.clock.instant() + peer_timeout() * 2;
         let (mut open, mut running) = (0, 0);
@@ -337,6 +340,13 @@ impl RouterState {
                 self.drop_peer(&to.peer, "said bye")?;
                 Reply::Ok
             }
+            Request::Logs(chunks) => self.logs_in(chunks)?,
+            Request::GetLogs {
+                id,
+                job,
+                attempt,
+                after,
+            } => self.get_logs(id, &job, attempt, after)?,
         };
         self.reply(&to, reply);
         Ok(())
@@ -433,6 +443,12 @@ impl RouterState {
 
     /// Makes every change durable; only then may the outbox be sent.
     pub fn commit(&mut self) -> Result<()> {
+        // A job changed (it may have ended): its log is complete, make it durable with
+        // the change. Lines of running jobs wait for the store's own cadence.
+        if self.logs.dirty && !self.dirty_jobs.is_empty() {
+            self.store.flush_logs()?;
+            self.logs.dirty = false;
+        }
         // Each record changed this turn is written once, however often it changed.
         for (id, i) in self.dirty_jobs.drain() {
             self.store

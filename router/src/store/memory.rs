@@ -1,14 +1,15 @@
 //! [`MemoryStore`]: a [`StateStore`] in memory, for tests of the router's state
 //! machine. Part of the one `store` module.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::protocol::{LogLine, PipelineId};
 use pypelinin_common::Data;
 
 use super::{
-    BackfillRecord, JobRecord, Loaded, PipelineRecord, ScheduleRecord, StateStore, StoreError,
+    BackfillRecord, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, ScheduleRecord, StateStore,
+    StoreError,
 };
 
 /// A [`StateStore`] in memory: nothing survives the process. For tests of the state
@@ -26,6 +27,9 @@ struct Memory {
     pending: Tables,
     committed: Tables,
     commits: u64,
+    /// Logs are not part of commits (as with sled, they are kept as they come).
+    logs: BTreeMap<(LogKey, u64), LogLine>,
+    log_meta: HashMap<LogKey, LogMeta>,
 }
 
 #[derive(Clone, Default)]
@@ -152,6 +156,32 @@ impl StateStore for MemoryStore {
         let pending = std::mem::take(&mut m.pending);
         m.committed.merge(pending);
         m.commits += 1;
+        Ok(())
+    }
+
+    fn put_log(&mut self, key: LogKey, line: &LogLine) -> Result<(), StoreError> {
+        self.lock().logs.insert((key, line.seq), line.clone());
+        Ok(())
+    }
+
+    fn trim_log(&mut self, key: LogKey, upto: u64, meta: &LogMeta) -> Result<(), StoreError> {
+        let mut m = self.lock();
+        m.logs.retain(|(k, seq), _| *k != key || *seq > upto);
+        m.log_meta.insert(key, meta.clone());
+        Ok(())
+    }
+
+    fn read_log(&self, key: LogKey, after: u64) -> Result<(LogMeta, Vec<LogLine>), StoreError> {
+        let m = self.lock();
+        let lines = m
+            .logs
+            .range((key, after.saturating_add(1))..=(key, u64::MAX))
+            .map(|(_, l)| l.clone())
+            .collect();
+        Ok((m.log_meta.get(&key).cloned().unwrap_or_default(), lines))
+    }
+
+    fn flush_logs(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
 }

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::protocol::{LogLine, PipelineId};
 use pypelinin_common::schedule::{
     BackfillSpec, BackfillState, RunOrigin, ScheduleSpec, TickRecord,
 };
@@ -182,7 +182,22 @@ impl Default for JobRecord {
 /// A pipeline with its jobs, as loaded at start-up.
 pub type Loaded = (PipelineRecord, Vec<JobRecord>);
 
+/// One attempt's log: pipeline, job index, attempt number.
+pub type LogKey = (PipelineId, u32, u32);
+
+/// What is kept of an attempt's log besides its lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogMeta {
+    /// Bytes the router dropped from the start of the log to keep it within its bound.
+    pub dropped_bytes: u64,
+}
+
 /// Where the router keeps its state.
+///
+/// Logs are apart from the rest: [`StateStore::put_log`] and the other log writes are
+/// not part of a turn's [`StateStore::commit`] (a log line acknowledges nothing, and
+/// an fsync per batch of lines would cost more than the lines), so they become
+/// durable on the store's own cadence, or at [`StateStore::flush_logs`].
 pub trait StateStore: Send {
     /// Everything stored, oldest pipeline first.
     fn load(&self) -> Result<Vec<Loaded>, StoreError>;
@@ -204,4 +219,14 @@ pub trait StateStore: Send {
     fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError>;
     /// Makes every write so far durable (per the durability mode).
     fn commit(&mut self) -> Result<(), StoreError>;
+    /// Keeps one line of an attempt's log.
+    fn put_log(&mut self, key: LogKey, line: &LogLine) -> Result<(), StoreError>;
+    /// Forgets the lines of an attempt's log numbered up to `upto`, and records what
+    /// is known of the log besides its lines.
+    fn trim_log(&mut self, key: LogKey, upto: u64, meta: &LogMeta) -> Result<(), StoreError>;
+    /// An attempt's log: what is known besides its lines, and its lines numbered after
+    /// `after`, oldest first.
+    fn read_log(&self, key: LogKey, after: u64) -> Result<(LogMeta, Vec<LogLine>), StoreError>;
+    /// Makes the log writes so far durable now (a job ended: its log is complete).
+    fn flush_logs(&mut self) -> Result<(), StoreError>;
 }

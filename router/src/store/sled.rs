@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::protocol::{LogLine, PipelineId};
 use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{
-    BackfillRecord, Durability, JobRecord, Loaded, PipelineRecord, ScheduleRecord, StateStore,
-    StoreError,
+    BackfillRecord, Durability, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, ScheduleRecord,
+    StateStore, StoreError,
 };
 use crate::journal::{self, Changes, Journal, Table};
 
@@ -40,6 +40,14 @@ pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 /// change, and none on the router's thread. Only outputs are kept here in memory until
 /// sled has them (the router reads them back for children and results; everything
 /// else it holds itself). At start-up the journals left are replayed into sled first.
+///
+/// Captured logs bypass the journal: they go straight into a sled tree of their own,
+/// which sled writes out on its own cadence (every half second, on its flusher
+/// thread), and [`StateStore::flush_logs`] forces when a job changes: at once in
+/// [`Durability::Flush`] mode (the turn's commit waits for it, so a finished job's log
+/// is on disk with its result), on another thread in [`Durability::Background`]. The
+/// tradeoff: a crash loses at most the last half second of the logs of jobs still
+/// running, and a log line never costs an fsync of its own.
 pub struct SledStore {
     dir: PathBuf,
     trees: Trees,
@@ -53,6 +61,9 @@ pub struct SledStore {
     recent: Outputs,
     checkpoint: Option<Checkpoint>,
     specs_written: HashSet<PipelineId>,
+    /// In [`Durability::Background`] mode, where log flushes are asked for, to run off
+    /// the router's thread.
+    log_flusher: Option<(SyncSender<()>, JoinHandle<()>)>,
 }
 
 /// Encoded outputs by job key.
@@ -75,6 +86,8 @@ struct Trees {
     specs: sled::Tree,
     schedules: sled::Tree,
     backfills: sled::Tree,
+    /// Logs, by [`log_key`]; sequence number 0 holds the attempt's [`LogMeta`].
+    logs: sled::Tree,
 }
 
 impl Trees {
@@ -87,6 +100,7 @@ impl Trees {
             specs: db.open_tree("specs")?,
             schedules: db.open_tree("schedules")?,
             backfills: db.open_tree("backfills")?,
+            logs: db.open_tree("logs")?,
             db,
         })
     }
@@ -127,7 +141,6 @@ impl SledStore {
         let journal = Journal::create(dir, found.last().map_or(1, |n| n + 1))?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
-            trees,
             journal,
             last_sync: Instant::now(),
             syncer: match durability {
@@ -138,6 +151,11 @@ impl SledStore {
             recent: Outputs::new(),
             checkpoint: None,
             specs_written: HashSet::new(),
+            log_flusher: match durability {
+                Durability::Flush => None,
+                Durability::Background => Some(log_flusher(trees.logs.clone())?),
+            },
+            trees,
         })
     }
 
@@ -192,6 +210,21 @@ fn background_syncer() -> Result<SyncSender<File>, StoreError> {
     Ok(tx)
 }
 
+/// A thread that flushes the logs tree when asked; it ends with the store.
+fn log_flusher(logs: sled::Tree) -> Result<(SyncSender<()>, JoinHandle<()>), StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let thread = std::thread::Builder::new()
+        .name("log-flush".into())
+        .spawn(move || {
+            for () in rx {
+                if let Err(e) = logs.flush() {
+                    warn!(error = %e, "flushing the logs failed");
+                }
+            }
+        })?;
+    Ok((tx, thread))
+}
+
 /// Replays the journals of `dir` numbered up to `last` into sled, then removes them;
 /// how many records it wrote.
 fn fold(dir: &Path, trees: &Trees, last: u64) -> Result<usize, StoreError> {
@@ -222,6 +255,12 @@ fn fold(dir: &Path, trees: &Trees, last: u64) -> Result<usize, StoreError> {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
+        // The flusher holds the database open: it ends (flushing what it was asked to)
+        // before the store is gone, so that the directory can be opened again at once.
+        if let Some((tx, thread)) = self.log_flusher.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
         if let Err(e) = self.reap_checkpoint(true) {
             warn!(error = %e, "checkpoint failed; the journal will be replayed at the next start");
         }
@@ -232,6 +271,14 @@ fn job_key(id: PipelineId, job: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
     k[..16].copy_from_slice(id.0.as_bytes());
     k[16..].copy_from_slice(&job.to_be_bytes());
+    k
+}
+
+fn log_key((id, job, attempt): LogKey, seq: u64) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..20].copy_from_slice(&job_key(id, job));
+    k[20..24].copy_from_slice(&attempt.to_be_bytes());
+    k[24..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -364,6 +411,59 @@ impl StateStore for SledStore {
         self.reap_checkpoint(false)?;
         if self.journal.len() >= self.checkpoint_bytes && self.checkpoint.is_none() {
             self.start_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn put_log(&mut self, key: LogKey, line: &LogLine) -> Result<(), StoreError> {
+        self.trees
+            .logs
+            .insert(log_key(key, line.seq.max(1)), enc(line)?)?;
+        Ok(())
+    }
+
+    fn trim_log(&mut self, key: LogKey, upto: u64, meta: &LogMeta) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in self
+            .trees
+            .logs
+            .range(log_key(key, 1)..=log_key(key, upto))
+            .keys()
+        {
+            batch.remove(k?);
+        }
+        batch.insert(&log_key(key, 0)[..], enc(meta)?);
+        self.trees.logs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn read_log(&self, key: LogKey, after: u64) -> Result<(LogMeta, Vec<LogLine>), StoreError> {
+        let k0 = log_key(key, 0);
+        let meta = match self.trees.logs.get(k0)? {
+            Some(v) => dec(&k0, &v)?,
+            None => LogMeta::default(),
+        };
+        let mut lines = Vec::new();
+        for item in self
+            .trees
+            .logs
+            .range(log_key(key, after.saturating_add(1).max(1))..=log_key(key, u64::MAX))
+        {
+            let (k, v) = item?;
+            lines.push(dec(&k, &v)?);
+        }
+        Ok((meta, lines))
+    }
+
+    fn flush_logs(&mut self) -> Result<(), StoreError> {
+        match &self.log_flusher {
+            // One asked is enough: a flush waiting to run covers this one.
+            Some((tx, _)) => {
+                let _ = tx.try_send(());
+            }
+            None => {
+                self.trees.logs.flush()?;
+            }
         }
         Ok(())
     }

@@ -1,8 +1,10 @@
 //! `pypelinin`, the command line: flags and dispatch here; following a running
-//! pipeline in [`follow`]; printing statuses, logs, outputs and metrics in [`show`].
+//! pipeline in [`follow`]; printing statuses, outputs and metrics in [`show`]; a job's
+//! captured log in [`logs`].
 
 mod backfill;
 mod follow;
+mod logs;
 mod schedule;
 mod show;
 
@@ -126,15 +128,24 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
-    /// Prints a job's attempts (broker, times, error) and the output it reported.
+    /// Prints a job's attempts (broker, times, error), the log an attempt captured
+    /// (its stdout, stderr and `tracing` lines, each with its time and stream; the
+    /// last 1 MiB) and the output it reported.
     Logs {
         /// The pipeline id.
         id: PipelineId,
         /// The job's name.
         job: String,
-        /// Prints JSON instead of text.
+        /// Prints JSON instead of text (with --follow: one object per log line).
         #[arg(long)]
         json: bool,
+        /// The attempt whose log to print, from 1 (default: the latest).
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+        /// Prints the log's lines as they come until the attempt has ended (without
+        /// --attempt: until the job is final, following its retries); exits 0.
+        #[arg(long)]
+        follow: bool,
     },
     /// Prints the outputs the router keeps for a pipeline's succeeded jobs: a JSON
     /// object of job name → output, indented for reading.
@@ -271,7 +282,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             print_status(&s, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { id, job, json } => logs(&mut pm, id, &job, json),
+        Command::Logs {
+            id,
+            job,
+            json,
+            attempt,
+            follow,
+        } => logs(&mut pm, id, &job, json, attempt, follow),
         Command::Outputs { id, json } => show::outputs(&mut pm, id, json),
         Command::Brokers { json } => {
             let brokers = pm.brokers()?;

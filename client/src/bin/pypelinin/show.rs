@@ -104,6 +104,8 @@ pub fn logs(
     id: PipelineId,
     name: &str,
     json: bool,
+    attempt: Option<u32>,
+    follow: bool,
 ) -> anyhow::Result<ExitCode> {
     let status = pm.status(id)?;
     let Some(job) = status.jobs.get(name) else {
@@ -118,6 +120,10 @@ pub fn logs(
     } else {
         None
     };
+    if json && follow {
+        crate::logs::print(pm, id, name, attempt, true, true)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if json {
         let attempts: Vec<serde_json::Value> = job
             .history
@@ -136,6 +142,7 @@ pub fn logs(
             "error": job.error,
             "attempts": attempts,
             "output": output,
+            "log": crate::logs::page_json(&pm.logs(id, name, attempt, 0)?),
         });
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
@@ -171,6 +178,7 @@ pub fn logs(
             None => println!("not run yet"),
         }
     }
+    crate::logs::print(pm, id, name, attempt, follow, false)?;
     if let Some(o) = output {
         println!("output:\n{}", serde_json::to_string_pretty(&o)?);
     }

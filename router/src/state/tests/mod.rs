@@ -8,6 +8,7 @@ mod backfills;
 mod dag_rule;
 mod dispatch;
 mod jobs;
+mod logs;
 mod recovery;
 mod schedules;
 mod waiters;

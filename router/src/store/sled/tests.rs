@@ -99,3 +99,42 @@ fn checkpoints_move_records_to_sled_and_remove_old_journals() {
     let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
     check(&s, &ids);
 }
+
+#[test]
+fn logs_are_kept_trimmed_and_read_back_after_a_reopen() {
+    for durability in [Durability::Flush, Durability::Background] {
+        logs_after_a_reopen(durability);
+    }
+}
+
+fn logs_after_a_reopen(durability: Durability) {
+    use pypelinin_common::protocol::{LogLine, LogStream};
+    let dir = tempfile::tempdir().unwrap();
+    let id = PipelineId::new();
+    let line = |seq: u64| LogLine {
+        seq,
+        at_ms: seq,
+        stream: LogStream::Stderr,
+        bytes: vec![0xff, seq as u8],
+        dropped: 0,
+    };
+    {
+        let mut s = SledStore::open(dir.path(), durability).unwrap();
+        for seq in 1..=5 {
+            s.put_log((id, 1, 2), &line(seq)).unwrap();
+        }
+        s.put_log((id, 1, 3), &line(1)).unwrap();
+        let meta = LogMeta { dropped_bytes: 9 };
+        s.trim_log((id, 1, 2), 2, &meta).unwrap();
+        s.flush_logs().unwrap();
+    }
+    let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+    let (meta, lines) = s.read_log((id, 1, 2), 0).unwrap();
+    assert_eq!(meta.dropped_bytes, 9);
+    assert_eq!(lines, vec![line(3), line(4), line(5)]);
+    let (_, after) = s.read_log((id, 1, 2), 4).unwrap();
+    assert_eq!(after, vec![line(5)]);
+    let (meta, other) = s.read_log((id, 1, 3), 0).unwrap();
+    assert_eq!((meta, other), (LogMeta::default(), vec![line(1)]));
+    assert!(s.read_log((id, 0, 2), 0).unwrap().1.is_empty());
+}
