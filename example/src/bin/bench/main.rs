@@ -337,10 +337,11 @@ fn run_scenario(
         }
         Scenario::S8 => {
             let n = if warm { 50 } else { 1000 };
-            let (wall, cpu) = python::s8(c, interp, n)?;
+            let (wall, submit, cpu) = python::s8(c, interp, n)?;
             client_cpu = cpu;
             jobs = n as f64;
             run.metrics.insert("jobs_per_s", jobs / wall);
+            run.metrics.insert("submit_s", submit);
         }
         Scenario::S6 | Scenario::S7 | Scenario::S9 => {
             let worker = match s {

@@ -64,18 +64,19 @@ pub fn check_pypelinin(python: &Path) -> Result<(), String> {
     }
 }
 
-/// S8: runs the Python client for `n` pipelines on `c`; its wall seconds, and the CPU
-/// seconds to add to the driver's part of `c.cpu_seconds()`.
+/// S8: runs the Python client for `n` pipelines on `c`; its wall seconds, the seconds
+/// its `start` calls took (one round trip each), and the CPU seconds to add to the
+/// driver's part of `c.cpu_seconds()`.
 ///
 /// The client process is reaped by this driver, so its whole CPU, start-up included,
 /// lands in the driver's cutime; that is taken out again and the client's own figure
 /// for its timed section counted instead, to match the wall time.
-pub fn s8(c: &Cluster, python: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
+pub fn s8(c: &Cluster, python: &Path, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     let (api, broadcast) = c.endpoints();
     let reaped = reaped_children_cpu_seconds();
     let report = run_client(python, api, broadcast, n)?;
     let extra = report.cpu_s - (reaped_children_cpu_seconds() - reaped);
-    Ok((report.wall_s, extra))
+    Ok((report.wall_s, report.submit_s, extra))
 }
 
 /// What `python_client.py` reports of its timed section.
@@ -84,6 +85,7 @@ struct ClientReport {
     n: usize,
     succeeded: usize,
     wall_s: f64,
+    submit_s: f64,
     cpu_s: f64,
 }
 
