@@ -47,29 +47,29 @@ impl Cluster {
         if let Some(n) = args.prefetch {
             common.extend(["--prefetch".into(), n.to_string()]);
         }
-        let mut router = Command::new(&exe)
+        let router = Command::new(&exe)
             .args(["--role", "router", "--db"])
             .arg(dir.path().join("db"))
             .args(&common)
             .stdout(Stdio::piped())
             .spawn()?;
+        // Each process is pushed as soon as it is spawned, so that Drop stops whatever
+        // did start if anything later fails (the router's first line included).
+        let mut c = Cluster {
+            procs: vec![router],
+            api: String::new(),
+            broadcast: String::new(),
+            _dir: dir,
+        };
         let mut line = String::new();
-        BufReader::new(router.stdout.take().unwrap()).read_line(&mut line)?;
+        BufReader::new(c.procs[0].stdout.take().context("router stdout")?).read_line(&mut line)?;
         let field = |k: &str| -> anyhow::Result<String> {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
                 .map(str::to_string)
                 .with_context(|| format!("router said {line:?}"))
         };
-        let (api, broadcast) = (field("api=")?, field("broadcast=")?);
-        // Each process is pushed as soon as it is spawned, so that Drop stops whatever
-        // did start if a later one fails.
-        let mut c = Cluster {
-            procs: vec![router],
-            api,
-            broadcast,
-            _dir: dir,
-        };
+        (c.api, c.broadcast) = (field("api=")?, field("broadcast=")?);
         let (api, broadcast) = (c.api.clone(), c.broadcast.clone());
         c.procs.push(
             Command::new(&exe)
