@@ -1,16 +1,29 @@
 //! The benchmark's cluster: a router, a pipeliner and one broker, each this executable
-//! started again in its role, as separate processes on loopback; and what they cost in
-//! CPU, read from `/proc`.
+//! started again in its role (or, for S9, the broker a Python program that runs
+//! `pypelinin.Broker`), as separate processes on loopback; and what they cost in CPU,
+//! read from `/proc`.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use pypelinin_client::PipelineManager;
 use pypelinin_common::PipelineSpec;
+use serde_json::json;
 
-use crate::Args;
+use crate::{Args, SLOTS};
+
+/// Which broker the cluster runs.
+pub enum BrokerKind {
+    /// The bench itself in its broker role: the example's Rust workers.
+    Rust,
+    /// `example/bench/python_broker.py` run by this Python interpreter: the package's
+    /// `Broker` with the Python worker `PyStep` (S9). Its worker processes are its
+    /// children, so [`Cluster::cpu_seconds`] counts them as it counts slot processes.
+    Python(PathBuf),
+}
 
 /// A benchmark cluster: router, pipeliner and one broker with two slots.
 pub struct Cluster {
@@ -21,7 +34,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn start(args: &Args) -> anyhow::Result<Cluster> {
+    pub fn start(args: &Args, broker: BrokerKind) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let exe = std::env::current_exe()?;
         let mut common: Vec<String> = vec![
@@ -34,39 +47,73 @@ impl Cluster {
         if let Some(n) = args.prefetch {
             common.extend(["--prefetch".into(), n.to_string()]);
         }
-        let mut router = Command::new(&exe)
+        let router = Command::new(&exe)
             .args(["--role", "router", "--db"])
             .arg(dir.path().join("db"))
             .args(&common)
             .stdout(Stdio::piped())
             .spawn()?;
+        // Each process is pushed as soon as it is spawned, so that Drop stops whatever
+        // did start if anything later fails (the router's first line included).
+        let mut c = Cluster {
+            procs: vec![router],
+            api: String::new(),
+            broadcast: String::new(),
+            _dir: dir,
+        };
         let mut line = String::new();
-        BufReader::new(router.stdout.take().unwrap()).read_line(&mut line)?;
+        BufReader::new(c.procs[0].stdout.take().context("router stdout")?).read_line(&mut line)?;
         let field = |k: &str| -> anyhow::Result<String> {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
                 .map(str::to_string)
                 .with_context(|| format!("router said {line:?}"))
         };
-        let (api, broadcast) = (field("api=")?, field("broadcast=")?);
-        let mut procs = vec![router];
-        for role in ["pipeliner", "broker"] {
-            procs.push(
-                Command::new(&exe)
-                    .args(["--role", role, "--api", &api, "--broadcast", &broadcast])
-                    .args(&common)
-                    .spawn()?,
-            );
-        }
-        let c = Cluster {
-            procs,
-            api,
-            broadcast,
-            _dir: dir,
+        (c.api, c.broadcast) = (field("api=")?, field("broadcast=")?);
+        let (api, broadcast) = (c.api.clone(), c.broadcast.clone());
+        c.procs.push(
+            Command::new(&exe)
+                .args([
+                    "--role",
+                    "pipeliner",
+                    "--api",
+                    &api,
+                    "--broadcast",
+                    &broadcast,
+                ])
+                .args(&common)
+                .spawn()?,
+        );
+        let ready = match &broker {
+            BrokerKind::Rust => {
+                c.procs.push(
+                    Command::new(&exe)
+                        .args(["--role", "broker", "--api", &api, "--broadcast", &broadcast])
+                        .args(&common)
+                        .spawn()?,
+                );
+                PipelineSpec::default().job("a", "Noop", &[])
+            }
+            BrokerKind::Python(python) => {
+                let dir = crate::python::scripts_dir();
+                c.procs.push(
+                    Command::new(python)
+                        .arg(dir.join("python_broker.py"))
+                        .args(["--api", &api, "--broadcast", &broadcast])
+                        .args(["--workers", &SLOTS.to_string()])
+                        .current_dir(&dir)
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .with_context(|| format!("starting {}", python.display()))?,
+                );
+                PipelineSpec::default()
+                    .with_data("i", json!(0))
+                    .job("a", "PyStep", &[])
+            }
         };
         // Ready when a job goes through.
         let mut pm = c.client()?;
-        let id = pm.start(&PipelineSpec::default().job("a", "Noop", &[]))?;
+        let id = pm.start(&ready)?;
         ensure!(
             pm.wait(id, Duration::from_secs(30))?.is_success(),
             "warm-up job failed"
@@ -76,6 +123,11 @@ impl Cluster {
 
     pub fn client(&self) -> anyhow::Result<PipelineManager> {
         Ok(PipelineManager::connect(&self.api, &self.broadcast)?)
+    }
+
+    /// The router's API and broadcast endpoints, for clients in other processes.
+    pub fn endpoints(&self) -> (&str, &str) {
+        (&self.api, &self.broadcast)
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -88,7 +140,8 @@ impl Cluster {
         let p = self.pids();
         // The broker, its slot processes, and theirs that still run: the long-lived
         // processes of persistent workers (S7); commands that ended are counted in
-        // their parent's cutime.
+        // their parent's cutime. A Python broker (S9) has no slot processes: its
+        // children are its worker processes.
         let slots = children_of(&p[2..3]);
         let broker: f64 = children_of(&slots)
             .into_iter()
@@ -162,15 +215,26 @@ fn proc_stat(pid: u32) -> Option<Vec<String>> {
 }
 
 fn proc_cpu_seconds(pid: u32) -> f64 {
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name;
+    // cutime and cstime (13, 14) count children it has reaped, such as the
+    // commands of command workers. Nothing of the cluster reaps its daemons
+    // during a run, so nothing is counted twice.
+    stat_seconds(pid, &[11, 12, 13, 14])
+}
+
+/// CPU seconds of the children this driver has reaped (cutime + cstime): S8 takes the
+/// Python client's out of the driver's figure and counts its own report instead, which
+/// leaves out the interpreter's start-up.
+pub fn reaped_children_cpu_seconds() -> f64 {
+    stat_seconds(std::process::id(), &[13, 14])
+}
+
+fn stat_seconds(pid: u32, fields: &[usize]) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
     proc_stat(pid)
         .map(|f| {
-            // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name;
-            // cutime and cstime (13, 14) count children it has reaped, such as the
-            // commands of command workers. Nothing of the cluster reaps its daemons
-            // during a run, so nothing is counted twice.
             let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12) + t(13) + t(14)) / ticks
+            fields.iter().map(|&k| t(k)).sum::<f64>() / ticks
         })
         .unwrap_or(0.0)
 }

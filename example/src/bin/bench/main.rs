@@ -1,7 +1,8 @@
-//! The benchmark: the peer harness's scenarios (S1–S5, see `../shared/peers/README.md`)
-//! S6 (one-shot command workers running `true`) and S7 (the same jobs on a persistent
-//! Python worker)
-//! on a real cluster of separate processes on loopback.
+//! The benchmark: the peer harness's scenarios (S1–S5, see `../shared/peers/README.md`),
+//! S6 (one-shot command workers running `true`), S7 (the same jobs on a persistent
+//! Python worker), S8 (S1's pipelines from the Python package's client) and S9 (Python
+//! workers run by the Python package's `Broker`), on a real cluster of separate
+//! processes on loopback.
 //!
 //! `bench` starts itself again in three roles (router, pipeliner, broker), each its own
 //! OS process calling the entry point its daemon's binary calls:
@@ -10,6 +11,13 @@
 //! re-implemented here: only the flags differ. The driver (this
 //! process) is the client, timed from the first submit to the last result in hand,
 //! exactly as the peers' drivers are.
+//!
+//! S8 and S9 are issue 11's "Python client" and "persistent Python workers" figures next
+//! to the Rust ones: S8's driver is a Python program using `pypelinin.PipelineManager`
+//! (`example/bench/python_client.py`, timed by itself), S9's broker is a Python program
+//! using `pypelinin.Broker` (`example/bench/python_broker.py`) in place of the Rust
+//! broker role. Both need an interpreter that can `import pypelinin` (`--python`); without
+//! one they are skipped with a message, so that `--scenario all` runs anywhere.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -22,7 +30,8 @@ use pypelinin_common::{PipelineSpec, PipelineState, Shutdown};
 use serde_json::{json, Value};
 
 mod cluster;
-use cluster::{Cluster, CPU_PARTS};
+mod python;
+use cluster::{BrokerKind, Cluster, CPU_PARTS};
 
 /// Benchmarks the cluster on the peers' scenarios.
 #[derive(Parser, Debug)]
@@ -48,6 +57,11 @@ struct Args {
     /// default, 32 per slot).
     #[arg(long)]
     prefetch: Option<usize>,
+    /// The Python interpreter of S8 and S9, which must be able to `import pypelinin`
+    /// (default: $PYPELININ_PYTHON, else the workspace's target/py-venv/bin/python if
+    /// present, else python3).
+    #[arg(long)]
+    python: Option<std::path::PathBuf>,
     /// Internal: run as one daemon of the benchmark cluster.
     #[arg(long, hide = true, value_enum)]
     role: Option<Role>,
@@ -71,6 +85,13 @@ enum Scenario {
     /// Persistent command jobs: 1,000 one-job pipelines on a long-lived Python process
     /// per slot (`Persist`), to compare a job's cost with S6's process per job.
     S7,
+    /// The Python client: S1's one-job `Step` pipelines (1,000 of them), submitted and
+    /// awaited by a Python program through `pypelinin.PipelineManager`.
+    S8,
+    /// Python workers: 1,000 one-job pipelines of the Python worker `PyStep`, run by
+    /// `pypelinin.Broker` (one long-lived Python process per slot) in place of the Rust
+    /// broker, submitted by the Rust client.
+    S9,
     All,
 }
 
@@ -88,7 +109,7 @@ enum Iso {
 }
 
 /// Worker slots in the whole cluster, as the peers' two worker processes.
-const SLOTS: usize = 2;
+pub(crate) const SLOTS: usize = 2;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -231,9 +252,17 @@ fn submit_and_collect(
     Ok((results, t0.elapsed().as_secs_f64(), submit))
 }
 
-fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
+/// One run of `s` on `c`; `interp` is the Python interpreter of S8.
+fn run_scenario(
+    c: &Cluster,
+    s: Scenario,
+    warm: bool,
+    interp: &std::path::Path,
+) -> anyhow::Result<Run> {
     let mut pm = c.client()?;
     let cpu0 = c.cpu_seconds();
+    // CPU seconds to add to the driver's part: S8's Python client, as it measured itself.
+    let mut client_cpu = 0.0;
     let mut run = Run::default();
     let jobs: f64;
     match s {
@@ -306,8 +335,20 @@ fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
             run.metrics.insert("p95_ms", p95);
             run.metrics.insert("per_hop_ms", median / 10.0);
         }
-        Scenario::S6 | Scenario::S7 => {
-            let worker = if s == Scenario::S6 { "True" } else { "Persist" };
+        Scenario::S8 => {
+            let n = if warm { 50 } else { 1000 };
+            let (wall, submit, cpu) = python::s8(c, interp, n)?;
+            client_cpu = cpu;
+            jobs = n as f64;
+            run.metrics.insert("jobs_per_s", jobs / wall);
+            run.metrics.insert("submit_s", submit);
+        }
+        Scenario::S6 | Scenario::S7 | Scenario::S9 => {
+            let worker = match s {
+                Scenario::S6 => "True",
+                Scenario::S7 => "Persist",
+                _ => "PyStep",
+            };
             let n = if warm { 50 } else { 1000 };
             let specs: Vec<_> = (0..n)
                 .map(|i| {
@@ -317,7 +358,11 @@ fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
                 })
                 .collect();
             let (results, wall, _) = submit_and_collect(&mut pm, &specs)?;
-            for r in &results {
+            for (i, r) in results.iter().enumerate() {
+                if s == Scenario::S9 {
+                    // PyStep answers like Step: its output is checked as S1's is.
+                    check(r, "t", i, 1, None)?;
+                }
                 ensure!(
                     r.state == PipelineState::Succeeded,
                     "a command job did not succeed: {:?}",
@@ -329,7 +374,8 @@ fn run_scenario(c: &Cluster, s: Scenario, warm: bool) -> anyhow::Result<Run> {
         }
         Scenario::All => bail!("not a single scenario"),
     }
-    let cpu1 = c.cpu_seconds();
+    let mut cpu1 = c.cpu_seconds();
+    cpu1[3] += client_cpu;
     let per_job = |k: usize| (cpu1[k] - cpu0[k]) * 1000.0 / jobs;
     run.metrics
         .insert("cpu_ms_per_job", (0..4).map(per_job).sum());
@@ -360,7 +406,7 @@ fn fmt(x: f64) -> String {
 }
 
 fn drive(args: &Args) -> anyhow::Result<()> {
-    let scenarios = match args.scenario {
+    let mut scenarios = match args.scenario {
         Scenario::All => vec![
             Scenario::S1,
             Scenario::S2,
@@ -369,9 +415,25 @@ fn drive(args: &Args) -> anyhow::Result<()> {
             Scenario::S5,
             Scenario::S6,
             Scenario::S7,
+            Scenario::S8,
+            Scenario::S9,
         ],
         s => vec![s],
     };
+    let python = python::interpreter(args.python.as_deref());
+    if scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::S8 | Scenario::S9))
+    {
+        if let Err(why) = python::check_pypelinin(&python) {
+            let (skipped, kept) = scenarios
+                .into_iter()
+                .partition::<Vec<_>, _>(|s| matches!(s, Scenario::S8 | Scenario::S9));
+            let names: Vec<String> = skipped.iter().map(|s| format!("{s:?}")).collect();
+            println!("{} skipped: {why}", names.join(" and "));
+            scenarios = kept;
+        }
+    }
     let started = Instant::now();
     println!(
         "pypelinin bench: {} runs per scenario, {} worker slots ({:?} isolation), router durability: {}",
@@ -385,11 +447,16 @@ fn drive(args: &Args) -> anyhow::Result<()> {
     let mut peak_rss = 0;
     for s in scenarios {
         // A fresh cluster per scenario, as the peers get.
-        let c = Cluster::start(args)?;
-        run_scenario(&c, s, true).with_context(|| format!("{s:?} warm-up"))?;
+        let broker = if s == Scenario::S9 {
+            BrokerKind::Python(python.clone())
+        } else {
+            BrokerKind::Rust
+        };
+        let c = Cluster::start(args, broker).with_context(|| format!("{s:?} cluster"))?;
+        run_scenario(&c, s, true, &python).with_context(|| format!("{s:?} warm-up"))?;
         let mut runs = Vec::new();
         for _ in 0..args.runs {
-            runs.push(run_scenario(&c, s, false).with_context(|| format!("{s:?}"))?);
+            runs.push(run_scenario(&c, s, false, &python).with_context(|| format!("{s:?}"))?);
         }
         peak_rss = peak_rss.max(c.router_peak_rss_kb());
         let name = format!("{s:?}");
