@@ -44,6 +44,14 @@ pub trait Store: Send + Sync + 'static {
     /// Persists the output of `job`.
     fn save(&self, job: &JobInfo, output: &Data) -> Result<(), BoxError>;
 
+    /// Whether `target` (a job's `target`, placeholders filled) already exists, so
+    /// that the job need not run (it ends `skipped_done`). The default reads it as a
+    /// file path on the broker's machine, which is what command workers make; a store
+    /// that keeps its outputs elsewhere answers for its own keys.
+    fn target_exists(&self, _job: &JobInfo, target: &str) -> Result<bool, BoxError> {
+        Ok(std::path::Path::new(target).exists())
+    }
+
     /// Persists a monitoring report (host load, memory, slots); optional.
     fn save_monitoring(&self, _report: &MonitoringReport) -> Result<(), BoxError> {
         Ok(())

@@ -175,6 +175,7 @@ mod tests {
             data: Data::new(),
             parents: Default::default(),
             timeout_ms: Some(5),
+            target: None,
         };
         let bytes = frame(&ToSlotRef::Run(&info)).unwrap();
         match read_frame::<ToSlot>(&mut &bytes[..]).unwrap() {

@@ -7,7 +7,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pypelinin_common::protocol::{check_output_size, Assignment, JobInfo, OutputTooLarge};
+use pypelinin_common::protocol::{
+    check_output_size, Assignment, JobInfo, OutputTooLarge, TARGET_DONE_KEY,
+};
 use pypelinin_common::Data;
 use tracing::info_span;
 
@@ -20,6 +22,22 @@ pub enum JobError {
     /// The router sent a job for a worker this broker does not offer.
     #[error("this broker has no worker {0:?}")]
     NoWorker(String),
+    /// `Store::target_exists` failed.
+    #[error("store could not check the target {target:?}: {error}")]
+    Target {
+        /// The target, placeholders filled.
+        target: String,
+        /// What the store said.
+        error: String,
+    },
+    /// The target names a placeholder the job's data does not hold.
+    #[error("target {target:?}: the job's data has no {key:?} to fill it")]
+    TargetPlaceholder {
+        /// The target as written.
+        target: String,
+        /// The missing key.
+        key: String,
+    },
     /// `Store::retrieve` failed.
     #[error("store could not retrieve the input: {0}")]
     Retrieve(String),
@@ -57,6 +75,20 @@ pub(crate) fn run_job(
     let worker = workers
         .get(&info.worker)
         .ok_or_else(|| JobError::NoWorker(info.worker.clone()))?;
+    if let Some(written) = &info.target {
+        let target = fill_target(written, &info.data)?;
+        let exists = store
+            .target_exists(info, &target)
+            .map_err(|e| JobError::Target {
+                target: target.clone(),
+                error: e.to_string(),
+            })?;
+        if exists {
+            let mut done = Data::new();
+            done.insert(TARGET_DONE_KEY.into(), serde_json::Value::String(target));
+            return Ok(done);
+        }
+    }
     let input = store
         .retrieve(info)
         .map_err(|e| JobError::Retrieve(e.to_string()))?;
@@ -70,6 +102,45 @@ pub(crate) fn run_job(
         .save(info, &output)
         .map_err(|e| JobError::Save(e.to_string()))?;
     Ok(output)
+}
+
+/// `target` with each `{name}` replaced by the job's `data[name]` (a string as is, any
+/// other value as JSON); `{{` and `}}` stand for braces.
+pub(crate) fn fill_target(target: &str, data: &Data) -> Result<String, JobError> {
+    let mut out = String::with_capacity(target.len());
+    let mut rest = target;
+    while let Some(k) = rest.find(['{', '}']) {
+        out.push_str(&rest[..k]);
+        let tail = &rest[k..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        let close = match (tail.starts_with('{'), tail.find('}')) {
+            (true, Some(close)) => close,
+            _ => {
+                // A lone brace is kept as written.
+                out.push_str(&tail[..1]);
+                rest = &tail[1..];
+                continue;
+            }
+        };
+        let key = &tail[1..close];
+        match data.get(key) {
+            Some(serde_json::Value::String(s)) => out.push_str(s),
+            Some(v) => out.push_str(&v.to_string()),
+            None => {
+                return Err(JobError::TargetPlaceholder {
+                    target: target.to_string(),
+                    key: key.to_string(),
+                })
+            }
+        }
+        rest = &tail[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A job run on a broker thread cannot be stopped: one that returns an output after
@@ -123,6 +194,7 @@ mod tests {
             data,
             parents: Default::default(),
             timeout_ms: None,
+            target: None,
         }
     }
 
@@ -166,6 +238,52 @@ mod tests {
         let out = run_job(&store, &workers(echo), &info("W")).unwrap();
         assert_eq!(out.get("x"), Some(&json!(1)));
         assert_eq!(store.saved.lock().unwrap().as_slice(), &[out]);
+    }
+
+    #[test]
+    fn an_existing_target_skips_the_worker_and_the_store_and_a_missing_one_runs_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out-1.csv");
+        let mut i = info("W");
+        i.target = Some(format!("{}/out-{{x}}.csv", dir.path().display()));
+        let store = Recording::default();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let w = move |_: &JobInfo, input: Data| -> Result<Data, BoxError> {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(input)
+        };
+        let missing = run_job(&store, &workers(w.clone()), &i).unwrap();
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!missing.contains_key(TARGET_DONE_KEY));
+        assert_eq!(store.saved.lock().unwrap().len(), 1);
+
+        std::fs::write(&path, "done").unwrap();
+        ran.store(false, std::sync::atomic::Ordering::SeqCst);
+        let done = run_job(&store, &workers(w), &i).unwrap();
+        assert!(
+            !ran.load(std::sync::atomic::Ordering::SeqCst),
+            "the worker did not run"
+        );
+        assert_eq!(store.saved.lock().unwrap().len(), 1, "nothing saved");
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[TARGET_DONE_KEY], json!(path.display().to_string()));
+    }
+
+    #[test]
+    fn target_placeholders_are_filled_from_the_job_data() {
+        let mut data = Data::new();
+        data.insert("logical_date".into(), json!("2026-12-01T00:00:00Z"));
+        data.insert("n".into(), json!(7));
+        let fill = |t: &str| fill_target(t, &data);
+        assert_eq!(
+            fill("/d/{logical_date}/{n}.csv").unwrap(),
+            "/d/2026-12-01T00:00:00Z/7.csv"
+        );
+        assert_eq!(fill("{{literal}} {n}").unwrap(), "{literal} 7");
+        assert_eq!(fill("plain } and { alone").unwrap(), "plain } and { alone");
+        let e = fill("/d/{nope}.csv").unwrap_err();
+        assert!(e.to_string().contains("\"nope\""), "{e}");
     }
 
     #[test]

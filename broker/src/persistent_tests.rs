@@ -43,6 +43,7 @@ fn job(timeout_ms: Option<u64>) -> JobInfo {
         data: Data::new(),
         parents: Default::default(),
         timeout_ms,
+        target: None,
     }
 }
 

@@ -134,6 +134,7 @@ mod tests {
                 data: Default::default(),
                 parents: Default::default(),
                 timeout_ms,
+                target: None,
             },
         }
     }

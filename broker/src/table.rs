@@ -160,6 +160,7 @@ mod tests {
                 data: Default::default(),
                 parents: Default::default(),
                 timeout_ms: None,
+                target: None,
             },
         }
     }

@@ -17,7 +17,7 @@ use crate::status::JobState;
 /// Where a job stands with respect to its parents (its own state aside).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readiness {
-    /// Every parent succeeded (or it has none): it may start.
+    /// Every parent succeeded or was `skipped_done` (or it has none): it may start.
     Ready,
     /// No parent blocks it, but some have not succeeded yet: it may start later.
     Waiting,
@@ -47,7 +47,7 @@ pub fn readiness(parents: impl IntoIterator<Item = JobState>) -> Readiness {
         if blocks(state) {
             return Readiness::Blocked { by };
         }
-        all_succeeded &= state == JobState::Succeeded;
+        all_succeeded &= state.is_success();
     }
     if all_succeeded {
         Readiness::Ready
@@ -95,7 +95,15 @@ mod tests {
     use crate::PipelineSpec;
     use JobState::*;
 
-    const ALL: [JobState; 6] = [Queued, Running, Succeeded, Failed, Skipped, Cancelled];
+    const ALL: [JobState; 7] = [
+        Queued,
+        Running,
+        Succeeded,
+        Failed,
+        Skipped,
+        Cancelled,
+        SkippedDone,
+    ];
 
     #[test]
     fn failed_skipped_and_cancelled_block_and_nothing_else_does() {
@@ -112,7 +120,7 @@ mod tests {
     fn one_parent_in_each_state() {
         for s in ALL {
             let want = match s {
-                Succeeded => Readiness::Ready,
+                Succeeded | SkippedDone => Readiness::Ready,
                 Queued | Running => Readiness::Waiting,
                 Failed | Skipped | Cancelled => Readiness::Blocked { by: 0 },
             };
@@ -129,7 +137,7 @@ mod tests {
                     Readiness::Blocked { by: 0 }
                 } else if blocks(q) {
                     Readiness::Blocked { by: 1 }
-                } else if p == Succeeded && q == Succeeded {
+                } else if p.is_success() && q.is_success() {
                     Readiness::Ready
                 } else {
                     Readiness::Waiting

@@ -42,6 +42,10 @@ pub struct PipelineSpec {
     /// Default time limit of one attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Run every job even if its `target` exists (set on the runs of a backfill with
+    /// `--reprocess all`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_targets: bool,
 }
 
 /// One job of a pipeline.
@@ -65,6 +69,11 @@ pub struct JobSpec {
     /// Time limit of one attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// What the job makes (a file path, or a key the broker's store knows). When it
+    /// already exists the job is not run and ends `skipped_done`. `{name}` is replaced
+    /// by the job's `data[name]` (e.g. `/data/{logical_date}.csv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 impl PipelineSpec {

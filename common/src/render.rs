@@ -22,7 +22,7 @@ pub struct Progress {
     pub queued: u32,
     /// Running on a broker.
     pub running: u32,
-    /// Succeeded.
+    /// Succeeded, or not run because their target existed (`skipped_done`).
     pub succeeded: u32,
     /// Failed.
     pub failed: u32,
@@ -44,7 +44,7 @@ impl Progress {
             match job.state {
                 JobState::Queued => p.queued += 1,
                 JobState::Running => p.running += 1,
-                JobState::Succeeded => p.succeeded += 1,
+                JobState::Succeeded | JobState::SkippedDone => p.succeeded += 1,
                 JobState::Failed => p.failed += 1,
                 JobState::Skipped => p.skipped += 1,
                 JobState::Cancelled => p.cancelled += 1,

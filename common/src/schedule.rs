@@ -609,6 +609,10 @@ pub struct BackfillSpec {
     /// Count its runs against the schedule's own `max_running` too.
     #[serde(default)]
     pub count_against_schedule: bool,
+    /// With `reprocess: all`, still skip jobs whose `target` exists (by default such a
+    /// backfill runs every job again: that is what reprocessing all asks).
+    #[serde(default)]
+    pub respect_targets: bool,
 }
 
 /// Where a backfill is.

@@ -25,6 +25,10 @@ pub enum JobState {
     Skipped,
     /// Stopped or never started because its pipeline was cancelled.
     Cancelled,
+    /// Not run because its `target` already existed (Make- or Luigi-style): its work
+    /// was done before, so it counts as succeeded for its children and its pipeline.
+    #[serde(rename = "skipped_done")]
+    SkippedDone,
 }
 
 impl JobState {
@@ -37,14 +41,25 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Skipped => "skipped",
             JobState::Cancelled => "cancelled",
+            JobState::SkippedDone => "skipped_done",
         }
+    }
+
+    /// Whether the job's work is done: it succeeded, or its target already existed.
+    /// Children start after such a job, and a pipeline of such jobs succeeds.
+    pub fn is_success(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::SkippedDone)
     }
 
     /// Whether the job will never change state again.
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Skipped | JobState::Cancelled
+            JobState::Succeeded
+                | JobState::Failed
+                | JobState::Skipped
+                | JobState::Cancelled
+                | JobState::SkippedDone
         )
     }
 
@@ -57,6 +72,7 @@ impl JobState {
             JobState::Failed => "#fca5a5",
             JobState::Skipped => "#fde68a",
             JobState::Cancelled => "#d1d5db",
+            JobState::SkippedDone => "#bbf7d0",
         }
     }
 }

@@ -214,6 +214,7 @@ fn backfill_spec() -> BackfillSpec {
         backwards: true,
         dry_run: false,
         count_against_schedule: true,
+        respect_targets: true,
     }
 }
 
@@ -240,8 +241,10 @@ fn spec() -> PipelineSpec {
             retries: Some(0),
             retry_delay_ms: Some(10),
             timeout_ms: Some(5_000),
+            target: Some("/archive/{document}.tar".into()),
         },
     );
+    spec.ignore_targets = true;
     spec
 }
 
@@ -726,6 +729,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     data: data(json!({"document": "a.txt", "top": 10})),
                     parents,
                     timeout_ms: Some(60_000),
+                    target: Some("/data/{logical_date}.csv".into()),
                 },
             }])),
         ),
@@ -756,6 +760,11 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     pipeline: pid(3),
                     job: 0,
                     state: JobState::Failed,
+                },
+                JobChange {
+                    pipeline: pid(3),
+                    job: 1,
+                    state: JobState::SkippedDone,
                 },
             ])),
         ),

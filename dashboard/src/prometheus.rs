@@ -7,13 +7,14 @@ use pypelinin_common::protocol::{ClusterMetrics, Histogram};
 
 /// Every state, so that a series exists (at 0) before anything reaches it.
 const PIPELINE_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
-const JOB_STATES: [&str; 6] = [
+const JOB_STATES: [&str; 7] = [
     "queued",
     "running",
     "succeeded",
     "failed",
     "skipped",
     "cancelled",
+    "skipped_done",
 ];
 
 /// The metrics in Prometheus' text exposition format (version 0.0.4).

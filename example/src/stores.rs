@@ -227,6 +227,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), object(v.clone())))
                 .collect::<BTreeMap<_, _>>(),
             timeout_ms: None,
+            target: None,
         }
     }
 

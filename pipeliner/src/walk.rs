@@ -81,7 +81,7 @@ impl Walk {
     /// Asks to close the pipeline once every job is final, unless the router closes it
     /// itself (every job succeeded, and it was asked to).
     fn finish_into(&self, a: &mut Advance) {
-        let all_succeeded = || self.states.iter().all(|s| *s == JobState::Succeeded);
+        let all_succeeded = || self.states.iter().all(|s| s.is_success());
         a.finish |= self.is_done() && !(self.close_asked && all_succeeded());
     }
 

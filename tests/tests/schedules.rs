@@ -315,3 +315,46 @@ fn a_backfill_runs_a_range_of_past_ticks_and_can_be_dry_run_listed_and_cancelled
     let (code, out, _) = c.cli(&["backfill", "watch", &id]);
     assert_eq!(code, 1, "a cancelled backfill did not succeed: {out}");
 }
+
+#[test]
+fn a_job_whose_target_file_exists_is_skipped_done_and_its_child_runs() {
+    let c = Cluster::start(1, 2);
+    let out = c.dir.path().join("out-2026-12-01.csv");
+    let pattern = c.dir.path().join("out-{day}.csv");
+    let file = write(
+        &c,
+        "targets.json",
+        &serde_json::json!({
+            "data": {"day": "2026-12-01"},
+            "jobs": {
+                "make": {"worker": "Echo", "target": pattern.to_str().unwrap()},
+                "use": {"worker": "Echo", "after": ["make"]}
+            }
+        })
+        .to_string(),
+    );
+    let states = |c: &Cluster| {
+        let (code, out, err) = c.cli(&["submit", &file, "--wait", "--json"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["state"], "succeeded", "{v}");
+        (
+            v["jobs"]["make"]["state"].as_str().unwrap().to_string(),
+            v["jobs"]["use"]["state"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(
+        states(&c),
+        ("succeeded".into(), "succeeded".into()),
+        "no target yet: it runs"
+    );
+    std::fs::write(&out, "made before").unwrap();
+    assert_eq!(
+        states(&c),
+        ("skipped_done".into(), "succeeded".into()),
+        "the target exists: not run, and its child runs"
+    );
+    let (code, out, _) = c.cli(&["list", "--limit", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("succeeded"), "{out}");
+}

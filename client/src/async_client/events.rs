@@ -146,7 +146,7 @@ impl Diff {
             if job.state != from || (job.state == JobState::Running && new_attempt) {
                 let (at_ms, error) = match job.state {
                     JobState::Running => (job.started_ms, None),
-                    JobState::Succeeded => (job.finished_ms, None),
+                    JobState::Succeeded | JobState::SkippedDone => (job.finished_ms, None),
                     _ => (job.finished_ms, job.error.clone()),
                 };
                 batch.push(event(from, job.state, at_ms, error));

@@ -98,6 +98,11 @@ pub const MAX_ELEMENTS: usize = 2_000_000;
 pub const MAX_DEPTH: usize = 128;
 /// Largest job output the router keeps, encoded. Larger outputs belong in the user's store.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// The one key of the output a broker reports for a job it did not run because its
+/// target existed (the value: the target, placeholders filled). The router records the
+/// job as `skipped_done` with an empty output. A report's output travels through slot
+/// processes and the broker's ledger as any other, so this needs no second path.
+pub const TARGET_DONE_KEY: &str = "pypelinin.target_done";
 
 /// An output refused for its size: larger than [`MAX_OUTPUT_BYTES`] once encoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -134,6 +134,10 @@ pub struct JobInfo {
     pub parents: BTreeMap<String, Data>,
     /// Time limit of this attempt.
     pub timeout_ms: Option<u64>,
+    /// The job's `target`, placeholders not yet filled (`None` when the pipeline
+    /// ignores targets): the broker checks it before running the job.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 /// A pipeline and the state of each of its jobs.

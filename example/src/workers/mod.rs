@@ -177,6 +177,7 @@ mod testing {
             data: Data::new(),
             parents: BTreeMap::new(),
             timeout_ms: None,
+            target: None,
         }
     }
 

@@ -106,7 +106,7 @@ impl RouterState {
                 debug!("finish ignored: jobs still open");
                 return Ok(());
             }
-            let failed = p.jobs.iter().any(|j| j.state != JobState::Succeeded);
+            let failed = p.jobs.iter().any(|j| !j.state.is_success());
             let state = if failed {
                 PipelineState::Failed
             } else {
@@ -147,7 +147,7 @@ impl RouterState {
         let close = p.close_on_success
             && !p.rec.state.is_final()
             && p.done as usize == p.jobs.len()
-            && p.jobs.iter().all(|j| j.state == JobState::Succeeded);
+            && p.jobs.iter().all(|j| j.state.is_success());
         if close {
             self.close_pipeline(id, PipelineState::Succeeded)?;
         }

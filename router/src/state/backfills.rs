@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pypelinin_common::protocol::{PipelineId, ProtocolError, Reply, ScheduleRequest};
 use pypelinin_common::schedule::{
-    BackfillSpec, BackfillState, BackfillStatus, Recurrence, RunKind, RunOrigin, TickRecord,
-    MAX_BACKFILL_DATES,
+    BackfillSpec, BackfillState, BackfillStatus, Recurrence, Reprocess, RunKind, RunOrigin,
+    TickRecord, MAX_BACKFILL_DATES,
 };
 use pypelinin_common::status::PipelineState;
 use tracing::{info, warn};
@@ -259,7 +259,8 @@ impl RouterState {
 
     fn make_backfill_run(&mut self, id: u64, date: u64) -> Result<Option<PipelineId>> {
         let b = &self.backfills[&id];
-        let spec = super::schedules::run_spec(&b.rec.schedule.pipeline, &b.recurrence, date);
+        let mut spec = super::schedules::run_spec(&b.rec.schedule.pipeline, &b.recurrence, date);
+        spec.ignore_targets = b.rec.spec.reprocess == Reprocess::All && !b.rec.spec.respect_targets;
         let key = format!("pypelinin-backfill/{id}/{}/{date}", b.rec.created_ms);
         let run = PipelineId(Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()));
         let origin = RunOrigin {

@@ -147,6 +147,11 @@ impl RouterState {
                 data: p.dag.job_data(i),
                 parents,
                 timeout_ms: p.dag.timeout_ms(i),
+                target: if p.rec.spec.ignore_targets {
+                    None
+                } else {
+                    p.dag.job(i).target.clone()
+                },
             },
         }))
     }

@@ -6,9 +6,10 @@ use std::cmp::Reverse;
 
 use pypelinin_common::protocol::{
     check_output_size, Event, JobChange, JobRef, JobReport, PipelineId, ProtocolError, Reply,
+    TARGET_DONE_KEY,
 };
 use pypelinin_common::status::{JobState, PipelineState};
-use pypelinin_common::{Pipeline, PipelineSpec};
+use pypelinin_common::{Data, Pipeline, PipelineSpec};
 use tracing::{debug, info, info_span, warn};
 
 use super::peers::Role;
@@ -149,6 +150,12 @@ impl RouterState {
                 .map_err(|e| e.to_string())
         });
         match result {
+            Ok(output) if output.len() == 1 && output.contains_key(TARGET_DONE_KEY) => {
+                info!(target = %output[TARGET_DONE_KEY], "target exists: not run");
+                j.state = JobState::SkippedDone;
+                j.error = None;
+                self.store.put_output(id, i, &Data::new())?;
+            }
             Ok(output) => {
                 j.state = JobState::Succeeded;
                 j.error = None;
@@ -191,7 +198,7 @@ impl RouterState {
                 state,
             });
         }
-        if state == JobState::Succeeded {
+        if state.is_success() {
             // What the pipeliner asked ahead happens in this very turn: armed children
             // start, and the pipeline closes if every job has succeeded.
             let p = &self.pipelines[&id];
@@ -234,8 +241,7 @@ impl RouterState {
         let mut targets: Vec<u32> = Vec::new();
         if names.is_empty() {
             targets.extend(
-                (0..p.jobs.len() as u32)
-                    .filter(|&i| p.jobs[i as usize].state != JobState::Succeeded),
+                (0..p.jobs.len() as u32).filter(|&i| !p.jobs[i as usize].state.is_success()),
             );
         } else {
             for n in &names {

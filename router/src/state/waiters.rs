@@ -79,7 +79,7 @@ impl RouterState {
             for (i, j) in p.jobs.iter().enumerate() {
                 let name = p.dag.name(i as u32);
                 match j.state {
-                    JobState::Succeeded => {
+                    s if s.is_success() => {
                         if let Some(o) = self.store.get_output(*id, i as u32)? {
                             result.outputs.insert(name.to_string(), o);
                         }
@@ -101,7 +101,7 @@ impl RouterState {
         };
         let mut out = BTreeMap::new();
         for (i, j) in p.jobs.iter().enumerate() {
-            if j.state == JobState::Succeeded {
+            if j.state.is_success() {
                 if let Some(o) = self.store.get_output(id, i as u32)? {
                     out.insert(p.dag.name(i as u32).to_string(), o);
                 }

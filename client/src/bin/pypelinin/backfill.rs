@@ -44,6 +44,9 @@ pub struct BackfillArgs {
     /// Counts its runs against the schedule's own --max-running too.
     #[arg(long)]
     count_against_schedule: bool,
+    /// With --reprocess all, still skip jobs whose target exists (by default they run).
+    #[arg(long)]
+    respect_targets: bool,
     /// Waits until every run ended (a progress bar on a terminal); exits 0 if all
     /// succeeded, 1 if not.
     #[arg(long)]
@@ -139,6 +142,7 @@ fn start(pm: &mut PipelineManager, args: BackfillArgs) -> anyhow::Result<ExitCod
         backwards: args.backwards,
         dry_run: args.dry_run,
         count_against_schedule: args.count_against_schedule,
+        respect_targets: args.respect_targets,
     };
     let b = one(pm.backfills(ScheduleRequest::Backfill(spec))?)?;
     if b.state == BackfillState::DryRun || !args.wait {

@@ -22,6 +22,7 @@ fn backfill(from: u64, to: u64, reprocess: Reprocess) -> BackfillSpec {
         backwards: false,
         dry_run: false,
         count_against_schedule: false,
+        respect_targets: false,
     }
 }
 

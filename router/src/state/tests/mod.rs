@@ -11,6 +11,7 @@ mod jobs;
 mod logs;
 mod recovery;
 mod schedules;
+mod targets;
 mod waiters;
 
 use std::time::Duration;
