@@ -7,7 +7,7 @@
 
 const FALLBACK_MS = 10000; // refresh period while the event stream is down
 const PIPELINE_STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
-const JOB_STATES = ["queued", "running", "succeeded", "failed", "skipped", "cancelled", "skipped_done"];
+const JOB_STATES = ["queued", "running", "succeeded", "failed", "skipped", "cancelled", "skipped_done", "waiting"];
 // The same colours as JobState::color and `pypelinin dot`.
 const COLORS = {
   queued: "#e5e7eb",
@@ -17,6 +17,7 @@ const COLORS = {
   skipped: "#fde68a",
   cancelled: "#d1d5db",
   skipped_done: "#bbf7d0",
+  waiting: "#c4b5fd",
 };
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const MAX_DRAWN_JOBS = 400;
