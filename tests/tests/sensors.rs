@@ -60,6 +60,12 @@ fn a_job_waiting_for_a_file_holds_no_slot_and_runs_with_its_child_once_it_exists
         "{waiting_for}"
     );
     assert_eq!(s["jobs"]["use"]["state"], "queued");
+    let (code, text, _) = c.cli(&["status", &id]);
+    assert_eq!(code, 0);
+    assert!(text.contains("waiting: sense: for file "), "{text}");
+    let (code, text, _) = c.cli(&["logs", &id, "sense"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("waiting for file "), "{text}");
 
     // The broker's one slot is free while the sensor waits: another pipeline runs.
     let other = write(
