@@ -239,3 +239,58 @@ fn a_bad_wait_is_refused_at_submit() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_cancelled_waiting_job_is_never_poked_again() {
+    let mut r = Rig::with_peers(1);
+    let id = r.submit_planned(waiting_on(single(), "a", file_wait(1_000, 60_000)));
+    let poke = r.assigned().remove(0);
+    r.report_from(BROKER, poke.job, Ok(not_yet("file /x")));
+    r.send(
+        super::CLIENT,
+        pypelinin_common::protocol::Request::Cancel { id },
+    );
+    assert_eq!(r.job_state(id, "a"), JobState::Cancelled);
+    assert_eq!(r.status(id).jobs["a"].waiting_for, None);
+    r.wait(Duration::from_secs(2));
+    assert!(r.assigned().is_empty(), "no poke after a cancel");
+}
+
+#[test]
+fn a_schedule_condition_that_never_holds_fails_at_its_timeout() {
+    let mut r = Rig::with_peers(1);
+    r.add_schedule(spec("up", OverrunPolicy::Skip, 1));
+    let mut down = spec("down", OverrunPolicy::Skip, 1);
+    down.pipeline = waiting_on(
+        down.pipeline,
+        "a",
+        WaitFor {
+            schedule: Some("up".into()),
+            poke_interval_ms: Some(500),
+            timeout_ms: Some(1_200),
+            ..WaitFor::default()
+        },
+    );
+    r.add_schedule(down);
+    r.seconds(1);
+    let (_, down_run, _) = r.runs("down")[0];
+    r.advance(Advance {
+        pipeline: down_run,
+        enqueue: vec![0],
+        close_on_success: true,
+        ..Advance::default()
+    });
+    assert_eq!(r.job_state(down_run, "a"), JobState::Waiting);
+    r.wait(Duration::from_secs(2));
+    let s = r.status(down_run);
+    assert_eq!(s.jobs["a"].state, JobState::Failed);
+    let e = s.jobs["a"].error.clone().unwrap();
+    assert!(
+        e.starts_with("waited ")
+            && e.ends_with(
+                "for a successful run of schedule up for the same logical date: timed out"
+            ),
+        "{e}"
+    );
+    assert!(r.assigned().is_empty(), "it never ran");
+}
