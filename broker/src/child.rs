@@ -176,6 +176,7 @@ mod tests {
             parents: Default::default(),
             timeout_ms: Some(5),
             target: None,
+            wait_for: None,
         };
         let bytes = frame(&ToSlotRef::Run(&info)).unwrap();
         match read_frame::<ToSlot>(&mut &bytes[..]).unwrap() {

@@ -38,6 +38,9 @@ pub enum JobError {
         /// The missing key.
         key: String,
     },
+    /// The job's `wait_for` condition could not be checked.
+    #[error("wait_for: {0}")]
+    Wait(String),
     /// `Store::retrieve` failed.
     #[error("store could not retrieve the input: {0}")]
     Retrieve(String),
@@ -66,7 +69,8 @@ pub enum JobError {
     },
 }
 
-/// `retrieve → process → check → save` for one job.
+/// `retrieve → process → check → save` for one job; first its target (exists: done,
+/// not run) and its `wait_for` condition (not met: reported, not run).
 pub(crate) fn run_job(
     store: &dyn Store,
     workers: &HashMap<String, Arc<dyn Worker>>,
@@ -87,6 +91,11 @@ pub(crate) fn run_job(
             let mut done = Data::new();
             done.insert(TARGET_DONE_KEY.into(), serde_json::Value::String(target));
             return Ok(done);
+        }
+    }
+    if let Some(wait) = &info.wait_for {
+        if let Some(not_yet) = crate::sensor::check(wait, &info.data)? {
+            return Ok(not_yet);
         }
     }
     let input = store
@@ -195,6 +204,7 @@ mod tests {
             parents: Default::default(),
             timeout_ms: None,
             target: None,
+            wait_for: None,
         }
     }
 
@@ -268,6 +278,30 @@ mod tests {
         assert_eq!(store.saved.lock().unwrap().len(), 1, "nothing saved");
         assert_eq!(done.len(), 1);
         assert_eq!(done[TARGET_DONE_KEY], json!(path.display().to_string()));
+    }
+
+    #[test]
+    fn a_wait_not_met_reports_not_yet_without_running_and_once_met_the_job_runs() {
+        use pypelinin_common::protocol::NOT_YET_KEY;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in-1");
+        let mut i = info("W");
+        i.wait_for = Some(pypelinin_common::sensor::WaitFor {
+            file: Some(format!("{}/in-{{x}}", dir.path().display())),
+            ..Default::default()
+        });
+        let store = Recording::default();
+        let not_yet = run_job(&store, &workers(echo), &i).unwrap();
+        assert_eq!(not_yet.len(), 1);
+        assert_eq!(
+            not_yet[NOT_YET_KEY],
+            json!(format!("file {}", path.display()))
+        );
+        assert!(store.saved.lock().unwrap().is_empty(), "nothing saved");
+        std::fs::write(&path, "here").unwrap();
+        let out = run_job(&store, &workers(echo), &i).unwrap();
+        assert_eq!(out.get("x"), Some(&json!(1)));
+        assert_eq!(store.saved.lock().unwrap().len(), 1);
     }
 
     #[test]

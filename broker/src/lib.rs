@@ -35,6 +35,7 @@ mod monitor;
 mod persistent;
 mod pipes;
 mod queue;
+mod sensor;
 pub mod slot;
 mod slots;
 mod table;

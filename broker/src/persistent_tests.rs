@@ -44,6 +44,7 @@ fn job(timeout_ms: Option<u64>) -> JobInfo {
         parents: Default::default(),
         timeout_ms,
         target: None,
+        wait_for: None,
     }
 }
 

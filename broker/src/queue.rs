@@ -16,7 +16,7 @@ use pypelinin_common::protocol::Assignment;
 #[derive(Debug)]
 pub(crate) enum Take {
     /// A job a lost child never started: it goes first.
-    Again(Assignment),
+    Again(Box<Assignment>),
     /// Nothing runs: wait for the broker's next job.
     Wait,
     /// A job runs: queue the broker's next one behind it, only if one is ready and
@@ -54,7 +54,7 @@ impl ChildQueue {
             return None;
         }
         Some(match self.again.pop_front() {
-            Some(a) => Take::Again(a),
+            Some(a) => Take::Again(Box::new(a)),
             None if self.sent.is_empty() => Take::Wait,
             None => Take::IfAllBusy,
         })
@@ -135,6 +135,7 @@ mod tests {
                 parents: Default::default(),
                 timeout_ms,
                 target: None,
+                wait_for: None,
             },
         }
     }
@@ -225,7 +226,7 @@ mod tests {
         q.lost();
         let order: Vec<u32> = std::iter::from_fn(|| match q.take() {
             Some(Take::Again(a)) => {
-                q.sent(a.clone(), Instant::now());
+                q.sent((*a).clone(), Instant::now());
                 Some(a.job.job)
             }
             _ => None,

@@ -285,7 +285,7 @@ fn process_slot(
     loop {
         while let Some(take) = q.take() {
             let next = match take {
-                Take::Again(a) => a,
+                Take::Again(a) => *a,
                 Take::Wait => match jobs.recv() {
                     Ok(a) => a,
                     Err(_) => return,

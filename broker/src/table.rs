@@ -161,6 +161,7 @@ mod tests {
                 parents: Default::default(),
                 timeout_ms: None,
                 target: None,
+                wait_for: None,
             },
         }
     }

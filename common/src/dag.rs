@@ -95,7 +95,7 @@ mod tests {
     use crate::PipelineSpec;
     use JobState::*;
 
-    const ALL: [JobState; 7] = [
+    const ALL: [JobState; 8] = [
         Queued,
         Running,
         Succeeded,
@@ -103,6 +103,7 @@ mod tests {
         Skipped,
         Cancelled,
         SkippedDone,
+        Waiting,
     ];
 
     #[test]
@@ -121,7 +122,7 @@ mod tests {
         for s in ALL {
             let want = match s {
                 Succeeded | SkippedDone => Readiness::Ready,
-                Queued | Running => Readiness::Waiting,
+                Queued | Running | Waiting => Readiness::Waiting,
                 Failed | Skipped | Cancelled => Readiness::Blocked { by: 0 },
             };
             assert_eq!(readiness([s]), want, "{s:?}");

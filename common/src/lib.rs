@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod protocol;
 pub mod render;
 pub mod schedule;
+pub mod sensor;
 pub mod shutdown;
 pub mod status;
 pub mod transport;

@@ -74,6 +74,10 @@ pub struct JobSpec {
     /// by the job's `data[name]` (e.g. `/data/{logical_date}.csv`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// A condition the job waits for before it runs (a sensor), checked every
+    /// `poke_interval_ms` up to its `timeout_ms`, without holding a worker slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<crate::sensor::WaitFor>,
 }
 
 impl PipelineSpec {
@@ -146,6 +150,14 @@ pub enum PipelineError {
         /// The missing name.
         parent: String,
     },
+    /// A job's `wait_for` is not usable.
+    #[error("job {job:?}: {problem}")]
+    BadWait {
+        /// The job concerned.
+        job: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Every job waits for another: nothing could ever start.
     #[error("no job can start: every job runs after another one")]
     NoStart,
@@ -198,6 +210,12 @@ impl Pipeline {
                     job: name.clone(),
                     problem: format!("more than {MAX_PARENTS} parents"),
                 });
+            }
+            if let Some(w) = &job.wait_for {
+                w.validate().map_err(|problem| PipelineError::BadWait {
+                    job: name.clone(),
+                    problem,
+                })?;
             }
             for parent in &job.after {
                 let p = *index

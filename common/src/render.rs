@@ -18,7 +18,7 @@ pub struct Progress {
     pub total: u32,
     /// Jobs in a final state (succeeded, failed, skipped or cancelled).
     pub done: u32,
-    /// Waiting for parents, a retry delay or a slot.
+    /// Waiting for parents, a retry delay or a slot, or `waiting` for a condition.
     pub queued: u32,
     /// Running on a broker.
     pub running: u32,
@@ -42,7 +42,7 @@ impl Progress {
                 p.done += 1;
             }
             match job.state {
-                JobState::Queued => p.queued += 1,
+                JobState::Queued | JobState::Waiting => p.queued += 1,
                 JobState::Running => p.running += 1,
                 JobState::Succeeded | JobState::SkippedDone => p.succeeded += 1,
                 JobState::Failed => p.failed += 1,

@@ -29,6 +29,9 @@ pub enum JobState {
     /// was done before, so it counts as succeeded for its children and its pipeline.
     #[serde(rename = "skipped_done")]
     SkippedDone,
+    /// Its parents are done but its `wait_for` condition does not hold yet: checked
+    /// again at each poke, holding no worker slot meanwhile (like `queued`, not final).
+    Waiting,
 }
 
 impl JobState {
@@ -42,6 +45,7 @@ impl JobState {
             JobState::Skipped => "skipped",
             JobState::Cancelled => "cancelled",
             JobState::SkippedDone => "skipped_done",
+            JobState::Waiting => "waiting",
         }
     }
 
@@ -73,6 +77,7 @@ impl JobState {
             JobState::Skipped => "#fde68a",
             JobState::Cancelled => "#d1d5db",
             JobState::SkippedDone => "#bbf7d0",
+            JobState::Waiting => "#c4b5fd",
         }
     }
 }
@@ -138,7 +143,8 @@ pub struct JobStatus {
     pub worker: String,
     /// Its state.
     pub state: JobState,
-    /// How many attempts have started.
+    /// How many attempts have started: the latest attempt's number, pokes of a
+    /// `wait_for` condition by a broker included (they are not kept in `history`).
     pub attempts: u32,
     /// The last error, for a failed job (or a skipped one: which parent failed).
     pub error: Option<String>,
@@ -151,9 +157,13 @@ pub struct JobStatus {
     /// Duration of the last finished attempt.
     #[serde(default)]
     pub duration_ms: Option<u64>,
-    /// Every attempt, oldest first.
+    /// Every attempt, oldest first (pokes of a `wait_for` condition left out).
     #[serde(default)]
     pub history: Vec<Attempt>,
+    /// While `waiting`: what for, how many checks so far and when the next is due
+    /// (`file /data/2026-12-01.csv (poke 3, next at 2026-12-01T12:04:07Z)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// The state of a pipeline and all its jobs.

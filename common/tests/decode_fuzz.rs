@@ -242,6 +242,12 @@ fn spec() -> PipelineSpec {
             retry_delay_ms: Some(10),
             timeout_ms: Some(5_000),
             target: Some("/archive/{document}.tar".into()),
+            wait_for: Some(pypelinin_common::sensor::WaitFor {
+                file: Some("/in/{document}".into()),
+                poke_interval_ms: Some(250),
+                timeout_ms: Some(60_000),
+                ..Default::default()
+            }),
         },
     );
     spec.ignore_targets = true;
@@ -275,6 +281,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                 finished_ms: Some(1_700_000_000_250),
                 error: None,
             }],
+            waiting_for: None,
         },
     );
     jobs.insert(
@@ -303,6 +310,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                     error: Some("worker panicked: index out of bounds".into()),
                 },
             ],
+            waiting_for: None,
         },
     );
     for (name, worker, state) in [
@@ -310,6 +318,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
         ("report", "Report", JobState::Skipped),
         ("archive", "Archiver", JobState::Queued),
         ("zip", "Zipper", JobState::Cancelled),
+        ("sense", "Sensor", JobState::Waiting),
     ] {
         jobs.insert(
             name.to_string(),
@@ -322,6 +331,8 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                 finished_ms: None,
                 duration_ms: None,
                 history: Vec::new(),
+                waiting_for: (state == JobState::Waiting)
+                    .then(|| "file /in/a.txt (poke 3, next at 2023-11-14T22:13:25Z)".into()),
             },
         );
     }
@@ -730,6 +741,10 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     parents,
                     timeout_ms: Some(60_000),
                     target: Some("/data/{logical_date}.csv".into()),
+                    wait_for: Some(pypelinin_common::sensor::WaitFor {
+                        command: Some(vec!["test".into(), "-e".into(), "/x".into()]),
+                        ..Default::default()
+                    }),
                 },
             }])),
         ),

@@ -7,7 +7,7 @@
 
 const FALLBACK_MS = 10000; // refresh period while the event stream is down
 const PIPELINE_STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
-const JOB_STATES = ["queued", "running", "succeeded", "failed", "skipped", "cancelled", "skipped_done"];
+const JOB_STATES = ["queued", "running", "succeeded", "failed", "skipped", "cancelled", "skipped_done", "waiting"];
 // The same colours as JobState::color and `pypelinin dot`.
 const COLORS = {
   queued: "#e5e7eb",
@@ -17,6 +17,7 @@ const COLORS = {
   skipped: "#fde68a",
   cancelled: "#d1d5db",
   skipped_done: "#bbf7d0",
+  waiting: "#c4b5fd",
 };
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const MAX_DRAWN_JOBS = 400;
@@ -569,7 +570,8 @@ function diagram(p, { columns, edges }) {
   const nodes = columns.flat().filter((item) => item.job).map(({ key, job: name }) => {
     const { x, y } = at[key];
     const j = p.jobs[name];
-    const tip = `${name} (${j.worker}): ${j.state}${j.error ? " — " + j.error : ""}`;
+    const why = j.error || (j.waiting_for ? "for " + j.waiting_for : "");
+    const tip = `${name} (${j.worker}): ${j.state}${why ? " — " + why : ""}`;
     return `<g class="node ${esc(j.state)}" data-job="${esc(name)}" transform="translate(${x},${y})">
       <title>${esc(tip)}</title>
       <rect width="${W}" height="${H}" rx="8" fill="${COLORS[j.state] || "#fff"}"/>
@@ -607,7 +609,7 @@ function jobRows(p, { order }, final) {
       <td>${clock(j.started_ms)}</td>
       <td class="num">${duration(took)}</td>
       <td class="num">${j.attempts}</td>
-      <td class="err">${esc(j.error || "")}</td>
+      <td class="err">${esc(j.error || (j.waiting_for ? "waiting for " + j.waiting_for : ""))}</td>
       <td>${retry}</td>
     </tr>`);
     if (history.length > 1) {

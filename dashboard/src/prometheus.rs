@@ -7,7 +7,7 @@ use pypelinin_common::protocol::{ClusterMetrics, Histogram};
 
 /// Every state, so that a series exists (at 0) before anything reaches it.
 const PIPELINE_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
-const JOB_STATES: [&str; 7] = [
+const JOB_STATES: [&str; 8] = [
     "queued",
     "running",
     "succeeded",
@@ -15,6 +15,7 @@ const JOB_STATES: [&str; 7] = [
     "skipped",
     "cancelled",
     "skipped_done",
+    "waiting",
 ];
 
 /// The metrics in Prometheus' text exposition format (version 0.0.4).

@@ -228,6 +228,7 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
             timeout_ms: None,
             target: None,
+            wait_for: None,
         }
     }
 

@@ -177,6 +177,7 @@ mod tests {
             finished_ms: times.1,
             duration_ms: None,
             history: Vec::new(),
+            waiting_for: None,
         }
     }
 

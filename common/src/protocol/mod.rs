@@ -103,6 +103,7 @@ pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// job as `skipped_done` with an empty output. A report's output travels through slot
 /// processes and the broker's ledger as any other, so this needs no second path.
 pub const TARGET_DONE_KEY: &str = "pypelinin.target_done";
+pub use crate::sensor::NOT_YET_KEY;
 
 /// An output refused for its size: larger than [`MAX_OUTPUT_BYTES`] once encoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -138,6 +138,10 @@ pub struct JobInfo {
     /// ignores targets): the broker checks it before running the job.
     #[serde(default)]
     pub target: Option<String>,
+    /// A condition the broker checks before running the job (a file or a command;
+    /// `None` once no check is needed): not met, it reports [`crate::sensor::NOT_YET_KEY`].
+    #[serde(default)]
+    pub wait_for: Option<crate::sensor::WaitFor>,
 }
 
 /// A pipeline and the state of each of its jobs.

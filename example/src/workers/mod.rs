@@ -178,6 +178,7 @@ mod testing {
             parents: BTreeMap::new(),
             timeout_ms: None,
             target: None,
+            wait_for: None,
         }
     }
 

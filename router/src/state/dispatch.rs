@@ -43,10 +43,12 @@ impl RouterState {
                     }
                 }
                 let Some((id, i)) = next else { break };
-                let runnable = self
-                    .pipelines
-                    .get(&id)
-                    .is_some_and(|p| p.jobs[i as usize].state == JobState::Queued);
+                let runnable = self.pipelines.get(&id).is_some_and(|p| {
+                    matches!(
+                        p.jobs[i as usize].state,
+                        JobState::Queued | JobState::Waiting
+                    )
+                });
                 if !runnable {
                     continue; // cancelled while it waited in the queue
                 }
@@ -152,6 +154,12 @@ impl RouterState {
                 } else {
                     p.dag.job(i).target.clone()
                 },
+                wait_for: p
+                    .dag
+                    .job(i)
+                    .wait_for
+                    .clone()
+                    .filter(|w| !w.checked_by_router()),
             },
         }))
     }

@@ -1,13 +1,17 @@
-//! Jobs and their attempts: submission, the job state machine (queued, running,
-//! succeeded, failed, skipped, cancelled), fencing reports by attempt number, retries
-//! with backoff, requeues, timeouts, cancel and retry of a whole pipeline.
+//! Jobs and their attempts: submission, the job state machine (queued, waiting,
+//! running, succeeded, failed, skipped, cancelled), fencing reports by attempt number,
+//! retries with backoff, sensors' waits (a poke not met puts the job `waiting` until its
+//! next poke through the delayed heap: no slot held, no failure counted, the poke left
+//! out of the history; a schedule condition is checked here, in `release`), requeues,
+//! timeouts, cancel and retry of a whole pipeline.
 
 use std::cmp::Reverse;
 
 use pypelinin_common::protocol::{
     check_output_size, Event, JobChange, JobRef, JobReport, PipelineId, ProtocolError, Reply,
-    TARGET_DONE_KEY,
+    NOT_YET_KEY, TARGET_DONE_KEY,
 };
+use pypelinin_common::sensor::Condition;
 use pypelinin_common::status::{JobState, PipelineState};
 use pypelinin_common::{Data, Pipeline, PipelineSpec};
 use tracing::{debug, info, info_span, warn};
@@ -127,12 +131,42 @@ impl RouterState {
         let name = p.dag.name(i).to_string();
         let _span =
             info_span!("job", pipeline = %id, job = %name, attempt = r.job.attempt).entered();
-        let retries = p.dag.retries(i);
-        let delay = p.dag.retry_delay_ms(i);
         let finished_ms = r.finished_ms.max(started_ms);
         let worker = p.dag.job(i).worker.clone();
-        self.record_attempt(worker, (finished_ms - started_ms) as f64 / 1000.0);
         let now = self.clock.wall_ms();
+        let mut result = r.result.and_then(|out| {
+            check_output_size(&out)
+                .map(|()| out)
+                .map_err(|e| e.to_string())
+        });
+        let not_yet = match &result {
+            Ok(out) if out.len() == 1 => out.get(NOT_YET_KEY).map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+            _ => None,
+        };
+        if let Some(what) = not_yet {
+            match self.keep_waiting(id, i, what, now) {
+                // A poke that found the condition not met: it leaves the history (its
+                // number stays taken), the job waits for its next poke, no slot held.
+                None => {
+                    if let Some(j) = self
+                        .pipelines
+                        .get_mut(&id)
+                        .and_then(|p| p.jobs.get_mut(i as usize))
+                    {
+                        j.history.pop();
+                        j.pokes += 1;
+                        self.store.put_job(id, i, j)?;
+                    }
+                    return Ok(());
+                }
+                Some(timed_out) => result = Err(timed_out),
+            }
+        } else {
+            self.record_attempt(worker, (finished_ms - started_ms) as f64 / 1000.0);
+        }
         let Some(j) = self
             .pipelines
             .get_mut(&id)
@@ -140,15 +174,13 @@ impl RouterState {
         else {
             return Ok(());
         };
+        j.waiting_since_ms = None;
+        j.waiting_for = None;
+        j.wait_checks = 0;
         let Some(last) = j.history.last_mut() else {
             return Ok(());
         };
         last.finished_ms = Some(finished_ms);
-        let result = r.result.and_then(|out| {
-            check_output_size(&out)
-                .map(|()| out)
-                .map_err(|e| e.to_string())
-        });
         match result {
             Ok(output) if output.len() == 1 && output.contains_key(TARGET_DONE_KEY) => {
                 info!(target = %output[TARGET_DONE_KEY], "target exists: not run");
@@ -163,25 +195,138 @@ impl RouterState {
             }
             Err(error) => {
                 last.error = Some(error.clone());
-                j.error = Some(error.clone());
-                j.failures += 1;
-                if j.failures <= retries {
-                    let backoff = delay.saturating_mul(1u64 << (j.failures - 1).min(20));
-                    j.state = JobState::Queued;
-                    j.not_before_ms = now + backoff;
-                    info!(%error, retry_in_ms = backoff, "attempt failed, will retry");
-                    let nb = j.not_before_ms;
-                    self.store
-                        .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
-                    self.schedule(id, i, nb);
-                    return Ok(());
-                }
-                warn!(%error, "job failed");
-                j.state = JobState::Failed;
+                return self.job_failed(id, i, error);
             }
         }
         let state = j.state;
         self.job_final(id, i, state)
+    }
+
+    /// Counts a failure of job `i`: queued again after its backoff while retries are
+    /// left, failed for good otherwise.
+    pub(super) fn job_failed(&mut self, id: PipelineId, i: u32, error: String) -> Result<()> {
+        let now = self.clock.wall_ms();
+        let Some(p) = self.pipelines.get_mut(&id) else {
+            return Ok(());
+        };
+        let retries = p.dag.retries(i);
+        let delay = p.dag.retry_delay_ms(i);
+        let Some(j) = p.jobs.get_mut(i as usize) else {
+            return Ok(());
+        };
+        j.error = Some(error.clone());
+        j.failures += 1;
+        if j.failures <= retries {
+            let backoff = delay.saturating_mul(1u64 << (j.failures - 1).min(20));
+            j.state = JobState::Queued;
+            j.not_before_ms = now + backoff;
+            info!(%error, retry_in_ms = backoff, "attempt failed, will retry");
+            let nb = j.not_before_ms;
+            self.store
+                .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+            self.schedule(id, i, nb);
+            return Ok(());
+        }
+        warn!(%error, "job failed");
+        j.state = JobState::Failed;
+        self.job_final(id, i, JobState::Failed)
+    }
+
+    /// Job `i`'s condition (`what`, as checked) did not hold at `now`: it waits for its
+    /// next poke, or, past its wait's timeout, the error to fail it with.
+    fn keep_waiting(&mut self, id: PipelineId, i: u32, what: String, now: u64) -> Option<String> {
+        let p = self.pipelines.get_mut(&id)?;
+        let (interval, timeout) = p
+            .dag
+            .job(i)
+            .wait_for
+            .as_ref()
+            .map_or((1, 0), |w| (w.poke_interval_ms(), w.timeout_ms()));
+        let j = p.jobs.get_mut(i as usize)?;
+        let since = *j.waiting_since_ms.get_or_insert(now);
+        let waited = now.saturating_sub(since);
+        if waited >= timeout {
+            warn!(pipeline = %id, job = i, %what, waited_ms = waited, "wait timed out");
+            j.waiting_since_ms = None;
+            j.waiting_for = None;
+            j.wait_checks = 0;
+            return Some(format!(
+                "waited {} for {what}: timed out",
+                pypelinin_common::render::duration(waited)
+            ));
+        }
+        j.state = JobState::Waiting;
+        j.not_before_ms = now.saturating_add(interval);
+        j.wait_checks += 1;
+        debug!(pipeline = %id, job = i, %what, checks = j.wait_checks, "condition not met yet");
+        j.waiting_for = Some(what);
+        self.dirty_jobs.insert((id, i));
+        self.delayed
+            .push(Reverse((now.saturating_add(interval), id, i)));
+        None
+    }
+
+    /// A job's delay is over (retry backoff, next poke, or a condition the router
+    /// checks): it goes to the run queue, unless it waits for a schedule's run, which
+    /// is checked here.
+    pub(super) fn release(&mut self, id: PipelineId, i: u32) -> Result<()> {
+        let Some(p) = self.pipelines.get(&id) else {
+            return Ok(());
+        };
+        let Some(j) = p.jobs.get(i as usize) else {
+            return Ok(());
+        };
+        if !matches!(j.state, JobState::Queued | JobState::Waiting) {
+            return Ok(()); // cancelled meanwhile
+        }
+        let upstream = match p.dag.job(i).wait_for.as_ref().map(|w| w.condition()) {
+            Some(Condition::Schedule(s)) => s.to_string(),
+            _ => {
+                self.push_queue(id, i);
+                return Ok(());
+            }
+        };
+        let _span = info_span!("job", pipeline = %id, job = %p.dag.name(i)).entered();
+        let met = match &p.rec.origin {
+            None => {
+                let error = format!(
+                    "waits for a run of schedule {upstream} for the same logical date, \
+                     but its pipeline is not a scheduled run"
+                );
+                return self.job_failed(id, i, error);
+            }
+            Some(o) => self.pipelines.values().any(|q| {
+                q.rec.state == PipelineState::Succeeded
+                    && q.rec.origin.as_ref().is_some_and(|qo| {
+                        qo.schedule == upstream && qo.logical_date == o.logical_date
+                    })
+            }),
+        };
+        if met {
+            if let Some(j) = self
+                .pipelines
+                .get_mut(&id)
+                .and_then(|p| p.jobs.get_mut(i as usize))
+            {
+                j.state = JobState::Queued;
+                j.waiting_since_ms = None;
+                j.waiting_for = None;
+                j.wait_checks = 0;
+                self.dirty_jobs.insert((id, i));
+            }
+            self.push_queue(id, i);
+            return Ok(());
+        }
+        let what = format!("a successful run of schedule {upstream} for the same logical date");
+        match self.keep_waiting(id, i, what, self.clock.wall_ms()) {
+            None => Ok(()),
+            Some(timed_out) => self.job_failed(id, i, timed_out),
+        }
+    }
+
+    fn push_queue(&mut self, id: PipelineId, i: u32) {
+        let worker = self.pipelines[&id].dag.job(i).worker.clone();
+        self.queues.entry(worker).or_default().push_back((id, i));
     }
 
     /// Records that job `i` reached a final state and tells its pipeliner.
@@ -217,12 +362,21 @@ impl RouterState {
         Ok(())
     }
 
+    /// Job `i` may run from `not_before_ms` on: to the run queue now, or to the delayed
+    /// heap. A job whose condition the router checks always goes through the heap, so
+    /// that the next tick checks it ([`RouterState::release`]).
     pub(super) fn schedule(&mut self, id: PipelineId, i: u32, not_before_ms: u64) {
-        if not_before_ms > self.clock.wall_ms() {
-            self.delayed.push(Reverse((not_before_ms, id, i)));
+        let now = self.clock.wall_ms();
+        let router_checks = self.pipelines[&id]
+            .dag
+            .job(i)
+            .wait_for
+            .as_ref()
+            .is_some_and(|w| w.checked_by_router());
+        if not_before_ms > now || router_checks {
+            self.delayed.push(Reverse((not_before_ms.max(now), id, i)));
         } else {
-            let worker = self.pipelines[&id].dag.job(i).worker.clone();
-            self.queues.entry(worker).or_default().push_back((id, i));
+            self.push_queue(id, i);
         }
     }
 
@@ -273,6 +427,9 @@ impl RouterState {
             j.failures = 0;
             j.not_before_ms = 0;
             j.error = None;
+            j.waiting_since_ms = None;
+            j.waiting_for = None;
+            j.wait_checks = 0;
             self.dirty_jobs.insert((id, i));
         }
         p.rec.state = PipelineState::Queued;

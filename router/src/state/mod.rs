@@ -112,6 +112,14 @@ impl PipelineEntry {
                     duration_ms: last
                         .and_then(|a| a.finished_ms.map(|f| f.saturating_sub(a.started_ms))),
                     history: j.history.clone(),
+                    waiting_for: (j.state == JobState::Waiting).then(|| {
+                        format!(
+                            "{} (poke {}, next at {})",
+                            j.waiting_for.as_deref().unwrap_or("its condition"),
+                            j.wait_checks,
+                            pypelinin_common::render::rfc3339_ms(j.not_before_ms)
+                        )
+                    }),
                 };
                 (name.clone(), status)
             })
@@ -247,6 +255,8 @@ impl RouterState {
                 for (i, state, enqueued, not_before_ms) in todo {
                     match state {
                         JobState::Queued if enqueued => s.schedule(id, i, not_before_ms),
+                        // Its next poke, as before the restart.
+                        JobState::Waiting => s.delayed.push(Reverse((not_before_ms, id, i))),
                         JobState::Running => {
                             // Its broker may still be running it: wait for it to say hello.
                             running += 1;
@@ -374,7 +384,7 @@ impl RouterState {
                 break;
             }
             self.delayed.pop();
-            self.schedule(id, i, 0);
+            self.release(id, i)?;
         }
         let expired: Vec<u64> = self
             .waiters

@@ -150,8 +150,23 @@ pub struct JobRecord {
     pub not_before_ms: u64,
     /// Last error.
     pub error: Option<String>,
-    /// Every attempt; the last one is the current one while running.
+    /// Every attempt; the last one is the current one while running. Pokes of a
+    /// `wait_for` condition by a broker are taken out of it once reported not met.
     pub history: Vec<Attempt>,
+    /// Attempts that were pokes of its `wait_for` condition (not in `history`): the
+    /// next attempt's number is `history.len() + pokes + 1`.
+    #[serde(default)]
+    pub pokes: u32,
+    /// While its condition has not held: when it was first found not met (the wait's
+    /// timeout counts from there), ms since the epoch.
+    #[serde(default)]
+    pub waiting_since_ms: Option<u64>,
+    /// While `waiting`: what it waits for, as last checked (placeholders filled).
+    #[serde(default)]
+    pub waiting_for: Option<String>,
+    /// While `waiting`: how many checks found the condition not met in this wait.
+    #[serde(default)]
+    pub wait_checks: u32,
 }
 
 impl JobRecord {
@@ -164,12 +179,16 @@ impl JobRecord {
             not_before_ms: 0,
             error: None,
             history: Vec::new(),
+            pokes: 0,
+            waiting_since_ms: None,
+            waiting_for: None,
+            wait_checks: 0,
         }
     }
 
-    /// Number of the latest attempt (0 before the first).
+    /// Number of the latest attempt (0 before the first), pokes included.
     pub fn attempt(&self) -> u32 {
-        self.history.len() as u32
+        self.history.len() as u32 + self.pokes
     }
 }
 

@@ -140,6 +140,7 @@ pub fn logs(
             "worker": job.worker,
             "state": job.state,
             "error": job.error,
+            "waiting_for": job.waiting_for,
             "attempts": attempts,
             "output": output,
             "log": crate::logs::page_json(&pm.logs(id, name, attempt, 0)?),
@@ -154,6 +155,9 @@ pub fn logs(
         job.attempts,
         if job.attempts == 1 { "" } else { "s" }
     );
+    if let Some(w) = &job.waiting_for {
+        println!("waiting for {w}");
+    }
     for a in &job.history {
         let took = a
             .finished_ms
@@ -175,6 +179,7 @@ pub fn logs(
     if job.history.is_empty() {
         match &job.error {
             Some(e) => println!("never ran: {e}"),
+            None if job.waiting_for.is_some() => {}
             None => println!("not run yet"),
         }
     }
@@ -190,6 +195,11 @@ pub fn print_status(s: &PipelineStatus, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(s)?);
     } else {
         print!("{}", render_table(s));
+        for (job, j) in &s.jobs {
+            if let Some(w) = &j.waiting_for {
+                println!("waiting: {job}: for {w}");
+            }
+        }
         if s.state == PipelineState::Failed {
             for (job, err) in s.failed_jobs() {
                 eprintln!("failed: {job}: {err}");

@@ -11,6 +11,7 @@ mod jobs;
 mod logs;
 mod recovery;
 mod schedules;
+mod sensors;
 mod targets;
 mod waiters;
 
