@@ -358,3 +358,52 @@ fn a_job_whose_target_file_exists_is_skipped_done_and_its_child_runs() {
     assert_eq!(code, 0);
     assert!(out.contains("succeeded"), "{out}");
 }
+
+#[test]
+fn without_catchup_a_router_down_across_ticks_makes_only_the_latest_missed_run() {
+    let mut c = Cluster::start(1, 4);
+    let file = write(&c, "tick.json", ONE_JOB);
+    let (code, out, err) = c.cli(&[
+        "schedule",
+        "add",
+        "tick",
+        "--cron",
+        "* * * * * *",
+        "--pipeline",
+        &file,
+        "--overrun",
+        "start_new",
+        "--max-running",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_for("a first run", Duration::from_secs(30), || {
+        !runs(&c, "tick").is_empty()
+    });
+    c.kill_router();
+    std::thread::sleep(Duration::from_secs(4));
+    c.restart_router();
+    wait_for(
+        "the runs after the restart",
+        Duration::from_secs(30),
+        || {
+            runs(&c, "tick")
+                .iter()
+                .filter(|x| x.2 == "succeeded")
+                .count()
+                >= 4
+        },
+    );
+    let dates: Vec<u64> = runs(&c, "tick").iter().map(|x| x.0).collect();
+    let gaps: Vec<u64> = dates.windows(2).map(|w| w[1] - w[0]).collect();
+    // Ticks a second apart before and after; one gap over the downtime, which
+    // no run fills: only the latest missed tick was made, at the restart.
+    let long: Vec<&u64> = gaps.iter().filter(|g| **g > 1_000).collect();
+    assert_eq!(long.len(), 1, "one gap, the downtime: {dates:?}");
+    assert!(
+        *long[0] >= 3_000,
+        "at least three ticks missed and not made: {dates:?}"
+    );
+    let unique: std::collections::BTreeSet<u64> = dates.iter().copied().collect();
+    assert_eq!(unique.len(), dates.len(), "no tick twice: {dates:?}");
+}
