@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::protocol::{PipelineId, ScheduleRequest};
+use pypelinin_common::schedule::ScheduleSpec;
 use pypelinin_common::{PipelineSpec, PipelineState};
 use pypelinin_tests::Proc;
 use serde_json::{json, Value};
@@ -646,6 +647,140 @@ fn event_stream_pushes_submissions_and_ends() {
         });
     }
     assert_eq!(pm.status(failing).unwrap().state, PipelineState::Failed);
+}
+
+// ---------------------------------------------------------------------------------
+// Schedules over HTTP
+// ---------------------------------------------------------------------------------
+
+/// Adds an every-second schedule of a pipeline whose `parse` fails on its first attempt
+/// (so every run fails, and a clear makes it succeed).
+fn add_flaky_schedule(c: &DashCluster, name: &str) {
+    let mut spec: ScheduleSpec = serde_json::from_value(json!({
+        "name": name,
+        "cron": "* * * * * *",
+        "pipeline": PipelineSpec::default()
+            .job("fetch", "Noop", &[])
+            .job("parse", "Flaky", &["fetch"])
+            .job("index", "Noop", &["parse"]),
+    }))
+    .unwrap();
+    spec.pipeline.jobs.get_mut("parse").unwrap().data =
+        json!({"fail_attempts": 1}).as_object().unwrap().clone();
+    c.client()
+        .schedules(ScheduleRequest::Add(spec))
+        .expect("schedule added");
+}
+
+/// The grid rows of a schedule, as the API sends them.
+fn grid_rows(c: &DashCluster, name: &str) -> Vec<Value> {
+    let (status, v) = get_json(&c.url(&format!("/api/schedules/{name}")));
+    assert_eq!(status, 200, "{v}");
+    v["grid"]["rows"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn schedules_list_grid_and_actions_over_http() {
+    let c = DashCluster::start();
+    add_flaky_schedule(&c, "nightly");
+
+    // It ticks: a failed run shows up in the grid with its logical date and job states.
+    let failed_row = eventually("a failed run in the grid", Duration::from_secs(60), || {
+        grid_rows(&c, "nightly")
+            .into_iter()
+            .find(|r| r["state"] == "failed")
+    });
+    assert!(
+        failed_row["logical_date"]
+            .as_str()
+            .is_some_and(|d| d.len() >= 19),
+        "{failed_row}"
+    );
+    assert_eq!(failed_row["kind"], "scheduled");
+    assert_eq!(
+        failed_row["jobs"],
+        json!({"fetch": "succeeded", "parse": "failed", "index": "skipped"})
+    );
+    let (_, one) = get_json(&c.url("/api/schedules/nightly?limit=1"));
+    assert_eq!(one["grid"]["columns"], json!(["fetch", "index", "parse"]));
+    assert_eq!(one["grid"]["rows"].as_array().unwrap().len(), 1, "{one}");
+    let failed: PipelineId = serde_json::from_value(failed_row["pipeline"].clone()).unwrap();
+
+    // The list: state, settings, next tick, last runs.
+    let (status, list) = get_json(&c.url("/api/schedules"));
+    assert_eq!(status, 200);
+    let s = &list["schedules"][0];
+    assert_eq!(s["name"], "nightly");
+    assert_eq!(s["state"], "active");
+    assert_eq!(s["cron"], "* * * * * *");
+    assert_eq!(s["timezone"], "UTC");
+    assert_eq!(s["overrun"], "skip");
+    assert_eq!(s["max_running"], 1);
+    assert!(s["next_tick"].as_str().is_some(), "{s}");
+    assert!(!s["last_runs"].as_array().unwrap().is_empty(), "{s}");
+
+    // Pause: the schedule says so, in its answer and in the list.
+    let (status, paused) = post_json(&c.url("/api/schedules/nightly/pause"), None);
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["state"], "paused");
+    let (_, list) = get_json(&c.url("/api/schedules"));
+    assert_eq!(list["schedules"][0]["state"], "paused");
+
+    // Trigger: a new run, in the grid as a manual one.
+    let (status, made) = post_json(&c.url("/api/schedules/nightly/trigger"), None);
+    assert_eq!(status, 200, "{made}");
+    let manual = made["pipeline"].as_str().expect("a run id").to_string();
+    eventually(
+        "the triggered run in the grid",
+        Duration::from_secs(30),
+        || {
+            grid_rows(&c, "nightly")
+                .into_iter()
+                .find(|r| r["pipeline"] == manual.as_str() && r["kind"] == "manual")
+        },
+    );
+
+    // Clear a failed date: its failed jobs run again, and the run succeeds.
+    let body = json!({ "pipeline": failed }).to_string();
+    let (status, cleared) = post_json(&c.url("/api/schedules/nightly/clear"), Some(&body));
+    assert_eq!(status, 200, "{cleared}");
+    let mut pm = c.client();
+    eventually(
+        "the cleared run to succeed",
+        Duration::from_secs(30),
+        || {
+            let s = pm.status(failed).ok()?;
+            (s.state == PipelineState::Succeeded).then_some(())
+        },
+    );
+    assert_eq!(pm.status(failed).unwrap().jobs["parse"].attempts, 2);
+    eventually("the grid to show it", Duration::from_secs(30), || {
+        grid_rows(&c, "nightly").into_iter().find(|r| {
+            r["pipeline"] == failed.to_string().as_str() && r["jobs"]["index"] == "succeeded"
+        })
+    });
+
+    // Resume.
+    let (status, resumed) = post_json(&c.url("/api/schedules/nightly/resume"), None);
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["state"], "active");
+
+    // Errors: an unknown schedule, a bad body, the wrong method.
+    let (status, v) = get_json(&c.url("/api/schedules/nope"));
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
+    for action in ["pause", "resume", "trigger"] {
+        let (status, v) = post_json(&c.url(&format!("/api/schedules/nope/{action}")), None);
+        assert_eq!(status, 404, "{action}: {v}");
+    }
+    let (status, v) = post_json(&c.url("/api/schedules/nope/clear"), Some(&body));
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = post_json(&c.url("/api/schedules/nightly/clear"), Some("{}"));
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = get_json(&c.url("/api/schedules/nightly/pause"));
+    assert_eq!(status, 405, "{v}");
+    let (status, v) = get_json(&c.url("/api/schedules/nightly?limit=many"));
+    assert_eq!(status, 400, "{v}");
 }
 
 // ---------------------------------------------------------------------------------
