@@ -48,7 +48,7 @@ function schedulesView() {
         <td>${esc(s.overrun)}</td>
         <td class="num">${s.running}/${s.max_running}</td>
         <td class="num">${s.pending}</td>
-        <td class="mono">${esc(s.next_tick || "–")}</td>
+        <td class="mono">${s.state === "active" ? esc(s.next_tick || "–") : "–"}</td>
         <td class="dots">${lastRuns(s.last_runs)}</td>
       </tr>`).join("");
       $("#schedules tbody").innerHTML = rows
@@ -142,9 +142,9 @@ function scheduleView(name) {
       <span>Running<b>${s.running}/${s.max_running}</b></span>
       <span>Pending<b>${s.pending}</b></span>
       <span>Catch-up<b>${s.catchup ? "yes" : "no"}</b></span>`;
-    $("#next-ticks").innerHTML = s.next_ticks.length
-      ? `Next ticks: <span class="mono">${s.next_ticks.map(esc).join(" · ")}</span>`
-      : s.paused ? "Paused: no tick until resumed." : "No tick left.";
+    $("#next-ticks").innerHTML = s.paused ? "Paused: no tick until resumed."
+      : s.next_ticks.length ? `Next ticks: <span class="mono">${s.next_ticks.map(esc).join(" · ")}</span>`
+        : "No tick left.";
     const { columns, rows } = s.grid;
     const head = `<tr><th>Logical date</th><th>Run</th>
       ${columns.map((c) => `<th class="job-col" title="${esc(c)}">${esc(truncate(c, 14))}</th>`).join("")}<th></th></tr>`;

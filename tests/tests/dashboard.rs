@@ -1159,6 +1159,97 @@ fn dashboard_in_headless_chromium() {
     assert_eq!(points, 300, "one point per second over five minutes");
     browser.screenshot(&shots.join("dashboard-brokers.png"));
 
+    // Schedules: the list, one schedule's grid, pause, a cell opening the pipeline page
+    // on its job, clear and trigger at a click.
+    add_flaky_schedule(&c, "hourly-report");
+    eventually("a failed scheduled run", Duration::from_secs(60), || {
+        grid_rows(&c, "hourly-report")
+            .into_iter()
+            .find(|r| r["state"] == "failed")
+    });
+    browser.goto(&c.url("/#/schedules"));
+    browser.wait_text(
+        &["hourly-report", "active", "* * * * * *"],
+        Duration::from_secs(15),
+    );
+    // The page redraws as runs come and go (every second here): what is clicked while
+    // the schedule ticks is clicked in one step, once it is there.
+    let click_now = |css: &str| {
+        let js = format!(
+            "const e = document.querySelector({}); if (e) e.click(); return !!e;",
+            json!(css)
+        );
+        eventually(css, Duration::from_secs(15), || {
+            (browser.script(&js) == json!(true)).then_some(())
+        });
+    };
+    click_now("tr[data-name='hourly-report'] a");
+    browser.wait_text(
+        &["Logical date", "Next ticks", "Trigger"],
+        Duration::from_secs(15),
+    );
+    click_now("#pause-resume");
+    eventually(
+        "the schedule to show paused",
+        Duration::from_secs(15),
+        || {
+            let shown = browser.script(
+                "return [document.getElementById('schedule-state').innerText, \
+             document.getElementById('pause-resume').innerText];",
+            );
+            (shown == json!(["paused", "Resume"])).then_some(())
+        },
+    );
+    // The newest failed run, shown in the grid.
+    let run = grid_rows(&c, "hourly-report")
+        .into_iter()
+        .find(|r| r["state"] == "failed")
+        .expect("a failed run")["pipeline"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let colours = format!(
+        "return ['fetch', 'parse', 'index'].map(j => document.querySelector(\
+         \"#schedule-grid tr[data-pipeline='{run}'] a.cell[data-job='\" + j + \"']\"))\
+         .map(e => e && getComputedStyle(e).backgroundColor);"
+    );
+    eventually("the run's cells", Duration::from_secs(15), || {
+        let shown = browser.script(&colours);
+        (shown
+            == json!([
+                "rgb(134, 239, 172)",
+                "rgb(252, 165, 165)",
+                "rgb(253, 230, 138)"
+            ]))
+        .then_some(())
+    });
+    browser.screenshot(&shots.join("dashboard-schedule.png"));
+    click_now(&format!(
+        "#schedule-grid tr[data-pipeline='{run}'] a.cell[data-job='parse']"
+    ));
+    browser.wait_text(
+        &["of parse", "flaky worker starting", &run],
+        Duration::from_secs(15),
+    );
+    let focused = browser.script(
+        "return [location.hash, document.querySelector('#jobs tr.job.focus').dataset.job];",
+    );
+    assert_eq!(
+        focused,
+        json!([format!("#/pipeline/{run}/job/parse"), "parse"])
+    );
+    browser.goto(&c.url("/#/schedules/hourly-report"));
+    click_now(&format!("button.clear[data-pipeline='{run}']"));
+    browser.wait_text(&["Cleared: run"], Duration::from_secs(15));
+    let run_id: PipelineId = run.parse().unwrap();
+    eventually(
+        "the cleared run to succeed",
+        Duration::from_secs(30),
+        || (pm.status(run_id).ok()?.state == PipelineState::Succeeded).then_some(()),
+    );
+    click_now("#trigger");
+    browser.wait_text(&["Triggered: run"], Duration::from_secs(15));
+
     eprintln!(
         "browser test took {:.1?}; screenshots in {}",
         started.elapsed(),
