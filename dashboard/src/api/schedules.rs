@@ -241,3 +241,51 @@ pub(super) async fn clear(
     app.hub.wake();
     answer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(paused: bool, next_ticks: Vec<u64>) -> ScheduleStatus {
+        let spec = serde_json::from_value(json!({
+            "name": "nightly",
+            "cron": "0 0 * * *",
+            "timezone": "Europe/Paris",
+            "pipeline": {"jobs": {"a": {"worker": "Noop"}}},
+        }))
+        .unwrap();
+        ScheduleStatus {
+            spec,
+            paused,
+            created_ms: 0,
+            next_ticks,
+            running: Vec::new(),
+            pending: vec![1],
+            recent: vec![TickRecord {
+                logical_date: 0,
+                pipeline: None,
+                state: None,
+                note: Some("skipped".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn schedules_show_their_state_and_times_in_their_zone() {
+        assert_eq!(schedule_state(&status(false, vec![0])), "active");
+        assert_eq!(schedule_state(&status(true, vec![0])), "paused");
+        assert_eq!(schedule_state(&status(false, Vec::new())), "ended");
+        let v = schedule_json(&status(false, vec![0]));
+        assert_eq!(v["next_tick"], "1970-01-01T01:00:00+01:00");
+        assert_eq!(v["timezone"], "Europe/Paris");
+        assert_eq!(v["overrun"], "skip");
+        assert_eq!(v["max_running"], 1);
+        assert_eq!(v["pending"], 1);
+        assert_eq!(v["jobs"], json!(["a"]));
+        assert_eq!(v["last_runs"][0]["note"], "skipped");
+        assert_eq!(
+            v["last_runs"][0]["logical_date"],
+            "1970-01-01T01:00:00+01:00"
+        );
+    }
+}
