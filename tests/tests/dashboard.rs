@@ -777,6 +777,28 @@ fn schedules_list_grid_and_actions_over_http() {
     assert_eq!(status, 404, "{v}");
     let (status, v) = post_json(&c.url("/api/schedules/nightly/clear"), Some("{}"));
     assert_eq!(status, 400, "{v}");
+    // Clearing names a run of that schedule; clearing a succeeded run changes nothing.
+    let stranger = c
+        .client()
+        .start(&PipelineSpec::default().job("only", "Noop", &[]))
+        .unwrap();
+    let other = json!({ "pipeline": stranger }).to_string();
+    let (status, v) = post_json(&c.url("/api/schedules/nightly/clear"), Some(&other));
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = post_json(&c.url("/api/schedules/nightly/clear"), Some(&body));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["state"], "succeeded",
+        "a succeeded run has nothing to clear: {v}"
+    );
+    assert_eq!(v["jobs"]["parse"]["attempts"], 2, "{v}");
+    // Another site's page may not pause it.
+    let response = agent()
+        .post(&c.url("/api/schedules/nightly/pause"))
+        .header("Origin", "http://evil.example")
+        .send_empty()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
     let (status, v) = get_json(&c.url("/api/schedules/nightly/pause"));
     assert_eq!(status, 405, "{v}");
     let (status, v) = get_json(&c.url("/api/schedules/nightly?limit=many"));

@@ -25,6 +25,9 @@ pub const DEFAULT_GRID_ROWS: u32 = 25;
 pub const MAX_GRID_ROWS: u32 = 100;
 /// Latest ticks listed per schedule in `last_runs`.
 pub const LAST_RUNS: usize = 5;
+/// How far back (in runs of the schedule, newest first) a clear looks for the run it
+/// names: further back, `pypelinin retry ID` still works.
+pub const CLEAR_WINDOW: u32 = 1000;
 
 /// `t_ms` as RFC 3339 in the schedule's zone (UTC when it names none or a bad one).
 fn time_in(status: &ScheduleStatus, t_ms: u64) -> String {
@@ -214,7 +217,8 @@ pub(super) async fn trigger(State(app): State<Arc<App>>, Path(name): Path<String
 }
 
 /// `POST /api/schedules/{name}/clear` with `{"pipeline": id}`: runs again the jobs of
-/// that run that did not succeed (Airflow's "clear"); the run's status after.
+/// that run that did not succeed (Airflow's "clear"); the run's status after. A
+/// pipeline that is not among the schedule's latest [`CLEAR_WINDOW`] runs is a 404.
 pub(super) async fn clear(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -234,6 +238,11 @@ pub(super) async fn clear(
         app.links
             .run(move |l| {
                 show(l, &name)?;
+                if !l.runs_of(&name, CLEAR_WINDOW)?.iter().any(|r| r.id == id) {
+                    return Err(LinkError::Transport(TransportError::Refused(
+                        ProtocolError::UnknownPipeline(id),
+                    )));
+                }
                 l.retry(id, &[])
             })
             .await,
