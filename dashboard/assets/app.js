@@ -2,7 +2,9 @@
 // dashboard's event stream (/api/events, Server-Sent Events): each pushed change redraws
 // what it concerns, and nothing polls while the stream is up (a slow refresh runs only
 // while it is down). Nothing is loaded from elsewhere.
-// Routes: #/ (pipelines), #/pipeline/ID (one pipeline), #/brokers (brokers, metrics).
+// Routes: #/ (pipelines), #/pipeline/ID (one pipeline; #/pipeline/ID/job/NAME focuses a
+// job), #/schedules (schedules), #/schedules/NAME (one schedule and its grid), #/brokers
+// (brokers, metrics). The schedule views live in schedules.js.
 "use strict";
 
 const FALLBACK_MS = 10000; // refresh period while the event stream is down
@@ -180,10 +182,18 @@ function connect() {
 function route() {
   generation += 1;
   const hash = location.hash || "#/";
-  const match = hash.match(/^#\/pipeline\/([0-9a-fA-F-]{36})$/);
+  const match = hash.match(/^#\/pipeline\/([0-9a-fA-F-]{36})(?:\/job\/(.+))?$/);
+  const scheduleMatch = hash.match(/^#\/schedules\/(.+)$/);
   let tab = "pipelines";
   if (match) {
-    current = pipelineView(match[1].toLowerCase());
+    const job = match[2] ? decodeURIComponent(match[2]) : null;
+    current = pipelineView(match[1].toLowerCase(), job);
+  } else if (hash === "#/schedules") {
+    current = schedulesView();
+    tab = "schedules";
+  } else if (scheduleMatch) {
+    current = scheduleView(decodeURIComponent(scheduleMatch[1]));
+    tab = "schedules";
   } else if (hash === "#/brokers") {
     current = brokersView();
     tab = "brokers";
@@ -261,7 +271,7 @@ function pipelinesView() {
 // #/pipeline/ID — one pipeline: facts, DAG, jobs, outputs, cancel and retry
 // ---------------------------------------------------------------------------------
 
-function pipelineView(id) {
+function pipelineView(id, job = null) {
   const legend = JOB_STATES.map((s) => `<span style="--c:${COLORS[s]}">${s}</span>`).join("");
   view.innerHTML = `<section>
     <p class="crumbs"><a href="#/">Pipelines</a> / pipeline</p>
@@ -295,7 +305,7 @@ function pipelineView(id) {
   let drawn = "";        // what the diagram shows, to redraw only on change
   let tabled = "";       // same for the job table
   let outputsOf = "";    // which succeeded jobs the outputs section shows
-  let focused = null;
+  let focused = job;       // a job named in the route is focused once the pipeline is drawn
   let final = false;     // whether the pipeline shown has ended (then only its own change matters)
 
   function message(text, isError = false) {
@@ -441,6 +451,12 @@ function pipelineView(id) {
       $("#jobs tbody").innerHTML = jobRows(p, levels, final);
     }
     if (focused) focus(focused);
+    if (job) {
+      // Opened on one job (from a schedule's grid): bring its row into view once.
+      const row = $(`#jobs tr.job[data-job="${CSS.escape(job)}"]`);
+      if (row) row.scrollIntoView({ block: "center" });
+      job = null;
+    }
 
     const succeeded = Object.keys(p.jobs).filter((n) => p.jobs[n].state === "succeeded").join("\n");
     if (succeeded !== outputsOf) {

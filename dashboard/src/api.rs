@@ -6,7 +6,9 @@
 //! pages, logs each request in an `http` span and marks every response uncacheable.
 //! The rest lives in submodules, re-exported here: `answer` (the [`Answer`] type and
 //! the status of each error), `pipelines` (the `/api/pipelines` handlers and
-//! [`ListQuery`]) and `pages` (the page, its assets and [`escape_html`]).
+//! [`ListQuery`]), `schedules` (the `/api/schedules` handlers: list, one schedule with
+//! its grid, pause, resume, trigger, clear) and `pages` (the page, its assets and
+//! [`escape_html`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,14 +30,17 @@ use crate::prometheus::prometheus;
 mod answer;
 mod pages;
 mod pipelines;
+mod schedules;
 
 pub use crate::shapes::{pipeline_json, summary_json};
 pub use answer::{error_status, Answer};
 pub use pages::escape_html;
 pub use pipelines::{log_page_json, query_pairs, ListQuery};
+pub use schedules::{schedule_json, schedule_state, DEFAULT_GRID_ROWS, MAX_GRID_ROWS};
 
-use pages::{app_css, app_js, index};
+use pages::{app_css, app_js, index, schedules_js};
 use pipelines::{cancel, dot, list, logs, outputs, parse_id, pipeline, retry};
+use schedules::{clear, list_schedules, pause, resume, schedule, trigger};
 
 /// `GET /api/events`: the hub's stream (see [`events::stream`]).
 async fn event_stream(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -85,6 +90,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(index).fallback(only_get))
         .route("/index.html", get(index).fallback(only_get))
         .route("/assets/app.js", get(app_js).fallback(no_page))
+        .route("/assets/schedules.js", get(schedules_js).fallback(no_page))
         .route("/assets/app.css", get(app_css).fallback(no_page))
         .route("/metrics", get(prometheus_text).fallback(only_get))
         .route("/api/pipelines", get(list).fallback(only_get))
@@ -114,6 +120,24 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/api/pipelines/{id}/retry",
             post(retry).fallback(pipeline_only_post),
+        )
+        .route("/api/schedules", get(list_schedules).fallback(only_get))
+        .route("/api/schedules/{name}", get(schedule).fallback(only_get))
+        .route(
+            "/api/schedules/{name}/pause",
+            post(pause).fallback(only_post),
+        )
+        .route(
+            "/api/schedules/{name}/resume",
+            post(resume).fallback(only_post),
+        )
+        .route(
+            "/api/schedules/{name}/trigger",
+            post(trigger).fallback(only_post),
+        )
+        .route(
+            "/api/schedules/{name}/clear",
+            post(clear).fallback(only_post),
         )
         .fallback(no_page)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -160,6 +184,10 @@ fn header(headers: &HeaderMap, name: axum::http::HeaderName) -> Option<&str> {
 
 async fn only_get() -> Answer {
     Answer::method_not_allowed("GET")
+}
+
+async fn only_post() -> Answer {
+    Answer::method_not_allowed("POST")
 }
 
 /// A pipeline path asked with the wrong method: a bad id is still told first.

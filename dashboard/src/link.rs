@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use pypelinin_common::protocol::{
     BrokerStatus, ClusterMetrics, LogPage, PipelineId, PipelineSummary, Reply, Request,
+    ScheduleRequest,
 };
+use pypelinin_common::schedule::ScheduleStatus;
 use pypelinin_common::transport::{Requester, TransportError};
 use pypelinin_common::{Data, PipelineSpec, PipelineState, PipelineStatus};
 use tokio::sync::Semaphore;
@@ -82,6 +84,34 @@ impl Link {
             })?,
             Reply::List
         )
+    }
+
+    /// The newest runs of the schedule `name`, newest first.
+    pub fn runs_of(&mut self, name: &str, limit: u32) -> Result<Vec<PipelineSummary>, LinkError> {
+        expect_reply!(
+            self.ask(&Request::List {
+                limit,
+                state: None,
+                schedule: Some(name.to_string()),
+            })?,
+            Reply::List
+        )
+    }
+
+    /// Lists, shows, pauses or resumes schedules: the schedules concerned.
+    pub fn schedules(&mut self, req: ScheduleRequest) -> Result<Vec<ScheduleStatus>, LinkError> {
+        expect_reply!(self.ask(&Request::Schedule(req))?, Reply::Schedules)
+    }
+
+    /// Makes a run of the schedule `name` now; its pipeline id.
+    pub fn trigger(&mut self, name: &str) -> Result<PipelineId, LinkError> {
+        let req = Request::Schedule(ScheduleRequest::Trigger {
+            name: name.to_string(),
+        });
+        match self.ask(&req)? {
+            Reply::Submitted { id } => Ok(id),
+            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     /// A pipeline's status.

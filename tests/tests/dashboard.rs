@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::protocol::{PipelineId, ScheduleRequest};
+use pypelinin_common::schedule::ScheduleSpec;
 use pypelinin_common::{PipelineSpec, PipelineState};
 use pypelinin_tests::Proc;
 use serde_json::{json, Value};
@@ -649,6 +650,162 @@ fn event_stream_pushes_submissions_and_ends() {
 }
 
 // ---------------------------------------------------------------------------------
+// Schedules over HTTP
+// ---------------------------------------------------------------------------------
+
+/// Adds an every-second schedule of a pipeline whose `parse` fails on its first attempt
+/// (so every run fails, and a clear makes it succeed).
+fn add_flaky_schedule(c: &DashCluster, name: &str) {
+    let mut spec: ScheduleSpec = serde_json::from_value(json!({
+        "name": name,
+        "cron": "* * * * * *",
+        "pipeline": PipelineSpec::default()
+            .job("fetch", "Noop", &[])
+            .job("parse", "Flaky", &["fetch"])
+            .job("index", "Noop", &["parse"]),
+    }))
+    .unwrap();
+    spec.pipeline.jobs.get_mut("parse").unwrap().data =
+        json!({"fail_attempts": 1}).as_object().unwrap().clone();
+    c.client()
+        .schedules(ScheduleRequest::Add(spec))
+        .expect("schedule added");
+}
+
+/// The grid rows of a schedule, as the API sends them.
+fn grid_rows(c: &DashCluster, name: &str) -> Vec<Value> {
+    let (status, v) = get_json(&c.url(&format!("/api/schedules/{name}")));
+    assert_eq!(status, 200, "{v}");
+    v["grid"]["rows"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn schedules_list_grid_and_actions_over_http() {
+    let c = DashCluster::start();
+    add_flaky_schedule(&c, "nightly");
+
+    // It ticks: a failed run shows up in the grid with its logical date and job states.
+    let failed_row = eventually("a failed run in the grid", Duration::from_secs(60), || {
+        grid_rows(&c, "nightly")
+            .into_iter()
+            .find(|r| r["state"] == "failed")
+    });
+    assert!(
+        failed_row["logical_date"]
+            .as_str()
+            .is_some_and(|d| d.len() >= 19),
+        "{failed_row}"
+    );
+    assert_eq!(failed_row["kind"], "scheduled");
+    assert_eq!(
+        failed_row["jobs"],
+        json!({"fetch": "succeeded", "parse": "failed", "index": "skipped"})
+    );
+    let (_, one) = get_json(&c.url("/api/schedules/nightly?limit=1"));
+    assert_eq!(one["grid"]["columns"], json!(["fetch", "index", "parse"]));
+    assert_eq!(one["grid"]["rows"].as_array().unwrap().len(), 1, "{one}");
+    let failed: PipelineId = serde_json::from_value(failed_row["pipeline"].clone()).unwrap();
+
+    // The list: state, settings, next tick, last runs.
+    let (status, list) = get_json(&c.url("/api/schedules"));
+    assert_eq!(status, 200);
+    let s = &list["schedules"][0];
+    assert_eq!(s["name"], "nightly");
+    assert_eq!(s["state"], "active");
+    assert_eq!(s["cron"], "* * * * * *");
+    assert_eq!(s["timezone"], "UTC");
+    assert_eq!(s["overrun"], "skip");
+    assert_eq!(s["max_running"], 1);
+    assert!(s["next_tick"].as_str().is_some(), "{s}");
+    assert!(!s["last_runs"].as_array().unwrap().is_empty(), "{s}");
+
+    // Pause: the schedule says so, in its answer and in the list.
+    let (status, paused) = post_json(&c.url("/api/schedules/nightly/pause"), None);
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["state"], "paused");
+    let (_, list) = get_json(&c.url("/api/schedules"));
+    assert_eq!(list["schedules"][0]["state"], "paused");
+
+    // Trigger: a new run, in the grid as a manual one.
+    let (status, made) = post_json(&c.url("/api/schedules/nightly/trigger"), None);
+    assert_eq!(status, 200, "{made}");
+    let manual = made["pipeline"].as_str().expect("a run id").to_string();
+    eventually(
+        "the triggered run in the grid",
+        Duration::from_secs(30),
+        || {
+            grid_rows(&c, "nightly")
+                .into_iter()
+                .find(|r| r["pipeline"] == manual.as_str() && r["kind"] == "manual")
+        },
+    );
+
+    // Clear a failed date: its failed jobs run again, and the run succeeds.
+    let body = json!({ "pipeline": failed }).to_string();
+    let (status, cleared) = post_json(&c.url("/api/schedules/nightly/clear"), Some(&body));
+    assert_eq!(status, 200, "{cleared}");
+    let mut pm = c.client();
+    eventually(
+        "the cleared run to succeed",
+        Duration::from_secs(30),
+        || {
+            let s = pm.status(failed).ok()?;
+            (s.state == PipelineState::Succeeded).then_some(())
+        },
+    );
+    assert_eq!(pm.status(failed).unwrap().jobs["parse"].attempts, 2);
+    eventually("the grid to show it", Duration::from_secs(30), || {
+        grid_rows(&c, "nightly").into_iter().find(|r| {
+            r["pipeline"] == failed.to_string().as_str() && r["jobs"]["index"] == "succeeded"
+        })
+    });
+
+    // Resume.
+    let (status, resumed) = post_json(&c.url("/api/schedules/nightly/resume"), None);
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["state"], "active");
+
+    // Errors: an unknown schedule, a bad body, the wrong method.
+    let (status, v) = get_json(&c.url("/api/schedules/nope"));
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
+    for action in ["pause", "resume", "trigger"] {
+        let (status, v) = post_json(&c.url(&format!("/api/schedules/nope/{action}")), None);
+        assert_eq!(status, 404, "{action}: {v}");
+    }
+    let (status, v) = post_json(&c.url("/api/schedules/nope/clear"), Some(&body));
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = post_json(&c.url("/api/schedules/nightly/clear"), Some("{}"));
+    assert_eq!(status, 400, "{v}");
+    // Clearing names a run of that schedule; clearing a succeeded run changes nothing.
+    let stranger = c
+        .client()
+        .start(&PipelineSpec::default().job("only", "Noop", &[]))
+        .unwrap();
+    let other = json!({ "pipeline": stranger }).to_string();
+    let (status, v) = post_json(&c.url("/api/schedules/nightly/clear"), Some(&other));
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = post_json(&c.url("/api/schedules/nightly/clear"), Some(&body));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["state"], "succeeded",
+        "a succeeded run has nothing to clear: {v}"
+    );
+    assert_eq!(v["jobs"]["parse"]["attempts"], 2, "{v}");
+    // Another site's page may not pause it.
+    let response = agent()
+        .post(&c.url("/api/schedules/nightly/pause"))
+        .header("Origin", "http://evil.example")
+        .send_empty()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let (status, v) = get_json(&c.url("/api/schedules/nightly/pause"));
+    assert_eq!(status, 405, "{v}");
+    let (status, v) = get_json(&c.url("/api/schedules/nightly?limit=many"));
+    assert_eq!(status, 400, "{v}");
+}
+
+// ---------------------------------------------------------------------------------
 // Headless Chromium through chromedriver (W3C WebDriver over HTTP)
 // ---------------------------------------------------------------------------------
 
@@ -1023,6 +1180,97 @@ fn dashboard_in_headless_chromium() {
     );
     assert_eq!(points, 300, "one point per second over five minutes");
     browser.screenshot(&shots.join("dashboard-brokers.png"));
+
+    // Schedules: the list, one schedule's grid, pause, a cell opening the pipeline page
+    // on its job, clear and trigger at a click.
+    add_flaky_schedule(&c, "hourly-report");
+    eventually("a failed scheduled run", Duration::from_secs(60), || {
+        grid_rows(&c, "hourly-report")
+            .into_iter()
+            .find(|r| r["state"] == "failed")
+    });
+    browser.goto(&c.url("/#/schedules"));
+    browser.wait_text(
+        &["hourly-report", "active", "* * * * * *"],
+        Duration::from_secs(15),
+    );
+    // The page redraws as runs come and go (every second here): what is clicked while
+    // the schedule ticks is clicked in one step, once it is there.
+    let click_now = |css: &str| {
+        let js = format!(
+            "const e = document.querySelector({}); if (e) e.click(); return !!e;",
+            json!(css)
+        );
+        eventually(css, Duration::from_secs(15), || {
+            (browser.script(&js) == json!(true)).then_some(())
+        });
+    };
+    click_now("tr[data-name='hourly-report'] a");
+    browser.wait_text(
+        &["Logical date", "Next ticks", "Trigger"],
+        Duration::from_secs(15),
+    );
+    click_now("#pause-resume");
+    eventually(
+        "the schedule to show paused",
+        Duration::from_secs(15),
+        || {
+            let shown = browser.script(
+                "return [document.getElementById('schedule-state').innerText, \
+             document.getElementById('pause-resume').innerText];",
+            );
+            (shown == json!(["paused", "Resume"])).then_some(())
+        },
+    );
+    // The newest failed run, shown in the grid.
+    let run = grid_rows(&c, "hourly-report")
+        .into_iter()
+        .find(|r| r["state"] == "failed")
+        .expect("a failed run")["pipeline"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let colours = format!(
+        "return ['fetch', 'parse', 'index'].map(j => document.querySelector(\
+         \"#schedule-grid tr[data-pipeline='{run}'] a.cell[data-job='\" + j + \"']\"))\
+         .map(e => e && getComputedStyle(e).backgroundColor);"
+    );
+    eventually("the run's cells", Duration::from_secs(15), || {
+        let shown = browser.script(&colours);
+        (shown
+            == json!([
+                "rgb(134, 239, 172)",
+                "rgb(252, 165, 165)",
+                "rgb(253, 230, 138)"
+            ]))
+        .then_some(())
+    });
+    browser.screenshot(&shots.join("dashboard-schedule.png"));
+    click_now(&format!(
+        "#schedule-grid tr[data-pipeline='{run}'] a.cell[data-job='parse']"
+    ));
+    browser.wait_text(
+        &["of parse", "flaky worker starting", &run],
+        Duration::from_secs(15),
+    );
+    let focused = browser.script(
+        "return [location.hash, document.querySelector('#jobs tr.job.focus').dataset.job];",
+    );
+    assert_eq!(
+        focused,
+        json!([format!("#/pipeline/{run}/job/parse"), "parse"])
+    );
+    browser.goto(&c.url("/#/schedules/hourly-report"));
+    click_now(&format!("button.clear[data-pipeline='{run}']"));
+    browser.wait_text(&["Cleared: run"], Duration::from_secs(15));
+    let run_id: PipelineId = run.parse().unwrap();
+    eventually(
+        "the cleared run to succeed",
+        Duration::from_secs(30),
+        || (pm.status(run_id).ok()?.state == PipelineState::Succeeded).then_some(()),
+    );
+    click_now("#trigger");
+    browser.wait_text(&["Triggered: run"], Duration::from_secs(15));
 
     eprintln!(
         "browser test took {:.1?}; screenshots in {}",

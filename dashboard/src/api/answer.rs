@@ -97,9 +97,11 @@ impl From<LinkError> for Answer {
 pub fn error_status(e: &LinkError) -> u16 {
     match e {
         LinkError::Transport(TransportError::Refused(p)) => match p {
-            ProtocolError::UnknownPipeline(_) | ProtocolError::UnknownJob { .. } => 404,
+            ProtocolError::UnknownPipeline(_)
+            | ProtocolError::UnknownJob { .. }
+            | ProtocolError::UnknownSchedule(_) => 404,
             ProtocolError::Refused(_) | ProtocolError::Conflict(_) => 409,
-            ProtocolError::InvalidPipeline(_) => 400,
+            ProtocolError::InvalidPipeline(_) | ProtocolError::InvalidSchedule(_) => 400,
             _ => 502,
         },
         LinkError::Transport(TransportError::Unreachable { .. }) | LinkError::Abandoned(_) => 503,

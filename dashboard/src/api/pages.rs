@@ -14,10 +14,15 @@ use crate::link::LinkError;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
+const SCHEDULES_JS: &str = include_str!("../../assets/schedules.js");
 const APP_CSS: &str = include_str!("../../assets/app.css");
 
 pub(super) async fn app_js() -> Answer {
     Answer::text("text/javascript; charset=utf-8", APP_JS)
+}
+
+pub(super) async fn schedules_js() -> Answer {
+    Answer::text("text/javascript; charset=utf-8", SCHEDULES_JS)
 }
 
 pub(super) async fn app_css() -> Answer {
