@@ -48,8 +48,13 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
+        Rig::at(1_000_000)
+    }
+
+    /// A rig whose clock starts at `start_ms` since the epoch.
+    fn at(start_ms: u64) -> Self {
         let store = MemoryStore::new();
-        let clock = ManualClock::new(1_000_000);
+        let clock = ManualClock::new(start_ms);
         let state = RouterState::load_with_clock(
             Box::new(store.clone()),
             ClusterConfig::default(),

@@ -413,3 +413,55 @@ fn bad_schedules_are_refused_with_the_reason() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_daily_schedule_in_paris_runs_once_a_day_across_both_dst_changes() {
+    use pypelinin_common::schedule::{parse_time, Tz};
+    let utc = |t: &str| parse_time(t, Tz::UTC).unwrap();
+    for (start, want) in [
+        // Spring forward on 2026-03-29: 02:30 does not exist; the run is at 03:00 CEST.
+        (
+            "2026-03-27T12:00:00Z",
+            [
+                "2026-03-28T01:30:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:30:00Z",
+            ],
+        ),
+        // Fall back on 2026-10-25: 02:30 happens twice; one run, at the first.
+        (
+            "2026-10-23T12:00:00Z",
+            [
+                "2026-10-24T00:30:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-26T01:30:00Z",
+            ],
+        ),
+    ] {
+        let mut r = Rig::at(utc(start));
+        let mut s = spec("paris", OverrunPolicy::StartNew, 10);
+        s.cron = "30 2 * * *".into();
+        s.timezone = Some("Europe/Paris".into());
+        r.add_schedule(s);
+        // Three days, an hour at a time.
+        for _ in 0..72 {
+            r.clock.advance(Duration::from_secs(3600));
+            r.turn();
+        }
+        let dates = logical_dates(&r.runs("paris"));
+        let want: Vec<u64> = want.iter().map(|t| utc(t)).collect();
+        assert_eq!(dates, want, "from {start}");
+        let run = r.runs("paris")[1].1;
+        let spec = match r.send(CLIENT, Request::Spec { id: run }) {
+            Reply::Spec(s) => s,
+            other => panic!("{other:?}"),
+        };
+        // The run's dates are written in the zone, with the offset of the day.
+        let date = spec.data["logical_date"].as_str().unwrap();
+        assert!(
+            date.ends_with("+02:00") || date.ends_with("+01:00"),
+            "{date}"
+        );
+        assert_eq!(parse_time(date, Tz::UTC).unwrap(), want[1]);
+    }
+}
