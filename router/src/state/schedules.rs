@@ -124,6 +124,7 @@ impl RouterState {
                 entry.last = outcome(state);
             }
         }
+        self.recompute_schedules_due();
         Ok(())
     }
 
@@ -178,6 +179,7 @@ impl RouterState {
                 }
             }
         };
+        self.recompute_schedules_due();
         Ok(reply)
     }
 
@@ -294,6 +296,9 @@ impl RouterState {
     /// Makes the runs of every due tick; called from the timer tick.
     pub(super) fn tick_schedules(&mut self) -> Result<()> {
         let now = self.clock.wall_ms();
+        if self.schedules_due.is_none_or(|t| t > now) {
+            return Ok(());
+        }
         let due: Vec<String> = self
             .schedules
             .iter()
@@ -303,16 +308,24 @@ impl RouterState {
         for name in due {
             self.fire(&name, now)?;
         }
+        self.recompute_schedules_due();
         Ok(())
     }
 
     /// When the next schedule is due (ms since the epoch), to bound the poll.
     pub(super) fn next_schedule_due(&self) -> Option<u64> {
-        self.schedules
+        self.schedules_due
+    }
+
+    /// Reads the earliest due tick again; after anything that adds, removes, pauses,
+    /// resumes or fires a schedule.
+    fn recompute_schedules_due(&mut self) {
+        self.schedules_due = self
+            .schedules
             .values()
             .filter(|e| !e.rec.paused)
             .filter_map(|e| e.next_due)
-            .min()
+            .min();
     }
 
     fn fire(&mut self, name: &str, now: u64) -> Result<()> {
