@@ -38,7 +38,8 @@ pub use events::{JobEvent, EVENTS_POLL};
 enum Command {
     /// Send a request; answer with its reply after at most `attempts` of `timeout` each.
     Call {
-        req: Request,
+        /// Boxed: a submit carries a whole pipeline spec, far larger than the rest.
+        req: Box<Request>,
         timeout: Duration,
         attempts: u32,
         reply: oneshot::Sender<Result<Reply, TransportError>>,
@@ -147,7 +148,7 @@ impl AsyncPipelineManager {
     async fn call(&self, req: Request, timeout: Duration) -> Result<Reply, ClientError> {
         let (reply, answer) = oneshot::channel();
         self.link.send(Command::Call {
-            req,
+            req: Box::new(req),
             timeout,
             attempts: self.attempts,
             reply,

@@ -19,7 +19,7 @@ pub mod status;
 pub mod transport;
 
 pub use ids::{JobRef, PipelineId};
-pub use pipeline::{Data, JobSpec, Pipeline, PipelineError, PipelineSpec};
+pub use pipeline::{Data, JobSpec, Pipeline, PipelineError, PipelineSpec, TriggerRule, WeightRule};
 pub use shutdown::Shutdown;
 pub use status::{JobState, JobStatus, PipelineState, PipelineStatus};
 

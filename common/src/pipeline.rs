@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +22,15 @@ pub const MAX_JOBS: usize = 100_000;
 pub const MAX_NAME_LEN: usize = 256;
 /// Most parents one job may list.
 pub const MAX_PARENTS: usize = 10_000;
+/// Largest pipeline `priority` (either sign) and job `priority_weight`: sums of them
+/// stay far from `i64`'s bounds, and so do the dispatch keys built from those sums.
+pub const MAX_PRIORITY: i64 = 1_000_000_000;
+/// Longest pool name, in bytes.
+pub const MAX_POOL_NAME_LEN: usize = 128;
+/// Pipelines with more jobs than this get their `downstream` and `upstream` weights by
+/// summing along the DAG's edges (exact for trees, an over-count where paths rejoin)
+/// instead of counting each related job once, which costs jobs × edges.
+pub const EXACT_WEIGHT_MAX_JOBS: usize = 10_000;
 
 /// A pipeline as users write it: shared `data` plus named jobs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +54,91 @@ pub struct PipelineSpec {
     /// `--reprocess all`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_targets: bool,
+    /// How urgent the whole pipeline is (default 0; negative is less urgent). It is
+    /// added to each job's weight to give the job's effective priority: jobs waiting
+    /// for a slot start highest effective priority first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i64,
+    /// Most of this pipeline's jobs that may run at once (unset: no limit of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active: Option<u32>,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// How a job's `priority_weight` becomes its effective weight (Airflow's weight rules).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightRule {
+    /// Its own weight plus that of every job after it (each counted once): jobs that
+    /// unblock the most work go first (Pinball's and Airflow's default).
+    #[default]
+    Downstream,
+    /// Its own weight plus that of every job before it: a pipeline near its end goes
+    /// before a new one.
+    Upstream,
+    /// Its own weight only.
+    Absolute,
+}
+
+impl WeightRule {
+    /// Whether this is the default (left out of the JSON form).
+    pub fn is_default(&self) -> bool {
+        *self == WeightRule::default()
+    }
+
+    /// The name used in the pipeline file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightRule::Downstream => "downstream",
+            WeightRule::Upstream => "upstream",
+            WeightRule::Absolute => "absolute",
+        }
+    }
+}
+
+/// When a job may start, given how its parents ended (Airflow's trigger rules). The one
+/// place that applies it is [`crate::dag`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerRule {
+    /// Every parent succeeded (or its target existed): the default.
+    #[default]
+    AllSuccess,
+    /// Every parent is done, however it ended.
+    AllDone,
+    /// Every parent failed.
+    AllFailed,
+    /// At least one parent failed (it starts without waiting for the others).
+    OneFailed,
+    /// At least one parent succeeded (it starts without waiting for the others).
+    OneSuccess,
+    /// Every parent is done and none failed (succeeded or skipped).
+    NoneFailed,
+    /// Whatever happens to its parents, once they are done (a cleanup job).
+    Always,
+}
+
+impl TriggerRule {
+    /// Whether this is the default (left out of the JSON form).
+    pub fn is_default(&self) -> bool {
+        *self == TriggerRule::default()
+    }
+
+    /// The name used in the pipeline file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerRule::AllSuccess => "all_success",
+            TriggerRule::AllDone => "all_done",
+            TriggerRule::AllFailed => "all_failed",
+            TriggerRule::OneFailed => "one_failed",
+            TriggerRule::OneSuccess => "one_success",
+            TriggerRule::NoneFailed => "none_failed",
+            TriggerRule::Always => "always",
+        }
+    }
 }
 
 /// One job of a pipeline.
@@ -78,6 +171,27 @@ pub struct JobSpec {
     /// `poke_interval_ms` up to its `timeout_ms`, without holding a worker slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<crate::sensor::WaitFor>,
+    /// This job's own weight in the priority order (default 1, never negative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_weight: Option<i64>,
+    /// How `priority_weight` adds up along the DAG (default `downstream`).
+    #[serde(default, skip_serializing_if = "WeightRule::is_default")]
+    pub weight_rule: WeightRule,
+    /// The cluster-wide pool whose slots this job holds while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// How many of its pool's slots the job holds (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_slots: Option<u32>,
+    /// When the job may start, given how its parents ended (default `all_success`).
+    #[serde(default, skip_serializing_if = "TriggerRule::is_default")]
+    pub trigger_rule: TriggerRule,
+    /// Its failure does not fail the pipeline (its children still see it failed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_failure: bool,
+    /// An attempt running longer than this is reported `late` (it keeps running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_after_ms: Option<u64>,
 }
 
 impl PipelineSpec {
@@ -158,6 +272,14 @@ pub enum PipelineError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A priority, pool or limit setting is out of range.
+    #[error("{at}: {problem}")]
+    BadSetting {
+        /// `job "name"`, or `pipeline` for the pipeline's own settings.
+        at: String,
+        /// What is wrong, and what is allowed.
+        problem: String,
+    },
     /// Every job waits for another: nothing could ever start.
     #[error("no job can start: every job runs after another one")]
     NoStart,
@@ -180,6 +302,8 @@ pub struct Pipeline {
     index: HashMap<String, u32>,
     parents: Vec<Vec<u32>>,
     children: Vec<Vec<u32>>,
+    /// Each job's effective weight, worked out the first time one is asked for.
+    weights: std::sync::OnceLock<Vec<i64>>,
 }
 
 impl Pipeline {
@@ -233,12 +357,14 @@ impl Pipeline {
         if parents.iter().all(|p| !p.is_empty()) {
             return Err(PipelineError::NoStart);
         }
+        check_settings(&spec)?;
         let pipeline = Pipeline {
             spec,
             names,
             index,
             parents,
             children,
+            weights: std::sync::OnceLock::new(),
         };
         if let Some(cycle) = pipeline.find_cycle() {
             return Err(PipelineError::Cycle { cycle });
@@ -318,6 +444,99 @@ impl Pipeline {
         self.job(i).timeout_ms.or(self.spec.timeout_ms)
     }
 
+    /// Job `i`'s own `priority_weight` (default 1).
+    pub fn priority_weight(&self, i: u32) -> i64 {
+        self.job(i).priority_weight.unwrap_or(1)
+    }
+
+    /// Job `i`'s weight after its `weight_rule`: its own, plus every descendant's
+    /// (`downstream`) or every ancestor's (`upstream`), each job counted once (see
+    /// [`EXACT_WEIGHT_MAX_JOBS`] for very large pipelines). Capped at [`MAX_PRIORITY`].
+    pub fn effective_weight(&self, i: u32) -> i64 {
+        self.weights.get_or_init(|| self.compute_weights())[i as usize]
+    }
+
+    /// What orders job `i` against every other waiting job: the pipeline's `priority`
+    /// plus the job's [`Pipeline::effective_weight`]. Higher starts first.
+    pub fn effective_priority(&self, i: u32) -> i64 {
+        self.spec.priority + self.effective_weight(i)
+    }
+
+    /// All jobs from which `i` can be reached through parents (not `i` itself).
+    pub fn ancestors(&self, i: u32) -> Vec<u32> {
+        self.reach(i, &self.parents)
+    }
+
+    fn compute_weights(&self) -> Vec<i64> {
+        let n = self.len();
+        let own: Vec<i64> = (0..n as u32).map(|i| self.priority_weight(i)).collect();
+        let rules: Vec<WeightRule> = (0..n as u32).map(|i| self.job(i).weight_rule).collect();
+        let cap = |w: i64| w.min(MAX_PRIORITY);
+        let mut out = own.clone();
+        for rule in [WeightRule::Downstream, WeightRule::Upstream] {
+            if !rules.contains(&rule) {
+                continue;
+            }
+            let edges = if rule == WeightRule::Downstream {
+                &self.children
+            } else {
+                &self.parents
+            };
+            if n <= EXACT_WEIGHT_MAX_JOBS {
+                for i in 0..n {
+                    if rules[i] == rule {
+                        let sum = self
+                            .reach(i as u32, edges)
+                            .iter()
+                            .fold(own[i], |acc, &j| acc.saturating_add(own[j as usize]));
+                        out[i] = cap(sum);
+                    }
+                }
+            } else {
+                // Sum along edges in an order where each job comes after those it
+                // sums over: a job reached by two paths is counted twice.
+                let order = self.topo_order();
+                let mut acc = own.clone();
+                let walk: Box<dyn Iterator<Item = &u32>> = if rule == WeightRule::Downstream {
+                    Box::new(order.iter().rev())
+                } else {
+                    Box::new(order.iter())
+                };
+                for &i in walk {
+                    let i = i as usize;
+                    let sum = edges[i]
+                        .iter()
+                        .fold(own[i], |s, &j| s.saturating_add(acc[j as usize]));
+                    acc[i] = cap(sum);
+                    if rules[i] == rule {
+                        out[i] = acc[i];
+                    }
+                }
+            }
+        }
+        out.into_iter().map(cap).collect()
+    }
+
+    /// Jobs in an order where every job comes after its parents (Kahn's algorithm;
+    /// `Pipeline::new` refused cycles).
+    fn topo_order(&self) -> Vec<u32> {
+        let mut missing: Vec<usize> = self.parents.iter().map(Vec::len).collect();
+        let mut ready: Vec<u32> = (0..self.len() as u32)
+            .filter(|&i| missing[i as usize] == 0)
+            .collect();
+        let mut out = Vec::with_capacity(self.len());
+        while let Some(i) = ready.pop() {
+            out.push(i);
+            for &c in &self.children[i as usize] {
+                missing[c as usize] -= 1;
+                if missing[c as usize] == 0 {
+                    ready.push(c);
+                }
+            }
+        }
+        out
+    }
+
     /// The DAG as a petgraph graph; node `i` is job `i`.
     pub fn graph(&self) -> DiGraph<u32, ()> {
         let mut g = DiGraph::with_capacity(self.len(), self.len());
@@ -334,39 +553,63 @@ impl Pipeline {
 
     /// All jobs reachable from `i` through children (not `i` itself).
     pub fn descendants(&self, i: u32) -> Vec<u32> {
+        self.reach(i, &self.children)
+    }
+
+    /// Every job reachable from `i` along `edges` (children or parents), once each.
+    fn reach(&self, i: u32, edges: &[Vec<u32>]) -> Vec<u32> {
         let mut seen = vec![false; self.len()];
-        let mut stack = self.children(i).to_vec();
+        let mut stack = edges[i as usize].clone();
         let mut out = Vec::new();
         while let Some(j) = stack.pop() {
             if !std::mem::replace(&mut seen[j as usize], true) {
                 out.push(j);
-                stack.extend_from_slice(self.children(j));
+                stack.extend_from_slice(&edges[j as usize]);
             }
         }
         out
     }
 
+    /// A cycle, if the jobs have one, named in order with its first job repeated.
+    ///
+    /// Iterative on purpose: a recursive search (petgraph's `tarjan_scc` in 0.6) runs
+    /// out of stack on a chain of some ten thousand jobs, well within [`MAX_JOBS`].
     fn find_cycle(&self) -> Option<Vec<String>> {
-        let g = self.graph();
-        let scc = tarjan_scc(&g)
-            .into_iter()
-            .find(|c| c.len() > 1 || g.contains_edge(c[0], c[0]))?;
-        // Walk inside the strongly connected set until a job repeats: that walk is a cycle.
-        let inside: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
-        let mut here = scc[0];
-        let mut path = vec![here];
+        let order = self.topo_order();
+        if order.len() == self.len() {
+            return None;
+        }
+        // Jobs left out of the order each have a parent left out too: following those
+        // parents must come back to a job already met, and the walk since is a cycle.
+        let mut placed = vec![false; self.len()];
+        for &i in &order {
+            placed[i as usize] = true;
+        }
+        let start = (0..self.len()).find(|&i| !placed[i])? as u32;
+        let mut pos_of = vec![usize::MAX; self.len()];
+        let mut path = vec![start];
+        pos_of[start as usize] = 0;
         loop {
-            let next = g.neighbors(here).find(|n| inside.contains(n))?;
-            if let Some(pos) = path.iter().position(|&n| n == next) {
-                let mut cycle: Vec<String> = path[pos..]
+            let here = *path.last()?;
+            let next = *self.parents[here as usize]
+                .iter()
+                .find(|&&p| !placed[p as usize])?;
+            if pos_of[next as usize] != usize::MAX {
+                // path[pos..] walks parents: reversed, it follows the edges.
+                let mut cycle: Vec<String> = path[pos_of[next as usize]..]
                     .iter()
-                    .map(|n| self.names[n.index()].clone())
+                    .rev()
+                    .map(|&n| self.names[n as usize].clone())
                     .collect();
-                cycle.push(self.names[next.index()].clone());
+                cycle.insert(0, self.names[next as usize].clone());
+                cycle.dedup();
+                if cycle.first() != cycle.last() || cycle.len() == 1 {
+                    cycle.push(cycle[0].clone());
+                }
                 return Some(cycle);
             }
+            pos_of[next as usize] = path.len();
             path.push(next);
-            here = next;
         }
     }
 
@@ -410,6 +653,46 @@ fn check_name(job: &str, name: &str, what: &str) -> Result<(), PipelineError> {
             job: job.to_string(),
             problem: format!("{what} must have 1 to {MAX_NAME_LEN} bytes"),
         });
+    }
+    Ok(())
+}
+
+/// Refuses settings out of range, naming the job and the bound.
+fn check_settings(spec: &PipelineSpec) -> Result<(), PipelineError> {
+    let bad = |at: String, problem: String| Err(PipelineError::BadSetting { at, problem });
+    if spec.priority.abs() > MAX_PRIORITY {
+        return bad(
+            "pipeline".into(),
+            format!("priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}"),
+        );
+    }
+    if spec.max_active == Some(0) {
+        return bad("pipeline".into(), "max_active must be at least 1".into());
+    }
+    for (name, job) in &spec.jobs {
+        let at = || format!("job {name:?}");
+        if let Some(w) = job.priority_weight {
+            if !(0..=MAX_PRIORITY).contains(&w) {
+                return bad(
+                    at(),
+                    format!("priority_weight must be between 0 and {MAX_PRIORITY}, not {w}"),
+                );
+            }
+        }
+        match (&job.pool, job.pool_slots) {
+            (None, Some(_)) => return bad(at(), "pool_slots given without a pool".into()),
+            (Some(p), _) if p.is_empty() || p.len() > MAX_POOL_NAME_LEN => {
+                return bad(
+                    at(),
+                    format!("a pool name must have 1 to {MAX_POOL_NAME_LEN} bytes"),
+                )
+            }
+            (_, Some(0)) => return bad(at(), "pool_slots must be at least 1".into()),
+            _ => {}
+        }
+        if job.warn_after_ms == Some(0) {
+            return bad(at(), "warn_after_ms must be at least 1".into());
+        }
     }
     Ok(())
 }
@@ -511,5 +794,126 @@ mod tests {
         let dot = p.to_dot(Some(&[JobState::Succeeded, JobState::Failed]));
         assert!(dot.contains("\"a\" -> \"b\";"), "{dot}");
         assert!(dot.contains("succeeded") && dot.contains("failed"), "{dot}");
+    }
+
+    #[test]
+    fn weight_rules_count_each_related_job_once() {
+        // a -> b -> d, a -> c -> d: d is reached from a by two paths.
+        let mut s = spec(&[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])]);
+        s.jobs.get_mut("b").unwrap().priority_weight = Some(10);
+        let p = Pipeline::new(s.clone()).unwrap();
+        assert_eq!(p.effective_weight(0), 1 + 10 + 1 + 1, "d counted once");
+        assert_eq!(p.effective_weight(1), 10 + 1);
+        assert_eq!(p.effective_weight(3), 1);
+        for (job, rule) in [("d", WeightRule::Upstream), ("b", WeightRule::Absolute)] {
+            s.jobs.get_mut(job).unwrap().weight_rule = rule;
+        }
+        s.priority = -5;
+        let p = Pipeline::new(s).unwrap();
+        assert_eq!(
+            p.effective_weight(3),
+            1 + 10 + 1 + 1,
+            "upstream: a, b, c and itself"
+        );
+        assert_eq!(p.effective_weight(1), 10, "absolute: its own");
+        assert_eq!(
+            p.effective_priority(1),
+            5,
+            "the pipeline's priority is added"
+        );
+        let mut a = p.ancestors(3);
+        a.sort();
+        assert_eq!(a, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_chain_of_the_most_jobs_allowed_is_checked_without_deep_recursion() {
+        // The test thread's stack is 2 MiB: a recursive cycle search overflowed it.
+        let n = MAX_JOBS;
+        let mut s = PipelineSpec::default();
+        for k in 0..n {
+            let name = format!("j{k:06}");
+            let after = if k == 0 {
+                vec![]
+            } else {
+                vec![format!("j{:06}", k - 1)]
+            };
+            s.jobs.insert(
+                name,
+                JobSpec {
+                    worker: "W".into(),
+                    after,
+                    ..JobSpec::default()
+                },
+            );
+        }
+        let p = Pipeline::new(s.clone()).unwrap();
+        assert!(n > EXACT_WEIGHT_MAX_JOBS);
+        // A chain is a tree: summing along edges is still exact.
+        assert_eq!(p.effective_weight(0), n as i64);
+        assert_eq!(p.effective_weight(n as u32 - 1), 1);
+        // j000001 after the last job too: a cycle of every job but the first.
+        let back = format!("j{:06}", n - 1);
+        s.jobs.get_mut("j000001").unwrap().after.push(back);
+        match Pipeline::new(s).unwrap_err() {
+            PipelineError::Cycle { cycle } => assert_eq!(cycle.len(), n),
+            other => panic!("expected a cycle, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_settings_out_of_range_naming_the_job() {
+        let set = |f: &dyn Fn(&mut JobSpec)| {
+            let mut s = spec(&[("a", &[])]);
+            f(s.jobs.get_mut("a").unwrap());
+            Pipeline::new(s).unwrap_err().to_string()
+        };
+        let e = set(&|j| j.priority_weight = Some(-1));
+        assert!(
+            e.contains("job \"a\"") && e.contains("priority_weight"),
+            "{e}"
+        );
+        assert!(set(&|j| j.pool_slots = Some(2)).contains("without a pool"));
+        let e = set(&|j| {
+            j.pool = Some("db".into());
+            j.pool_slots = Some(0)
+        });
+        assert!(e.contains("pool_slots must be at least 1"), "{e}");
+        assert!(set(&|j| j.pool = Some(String::new())).contains("pool name"));
+        assert!(set(&|j| j.warn_after_ms = Some(0)).contains("warn_after_ms"));
+        let mut s = spec(&[("a", &[])]);
+        s.priority = MAX_PRIORITY + 1;
+        assert!(Pipeline::new(s.clone())
+            .unwrap_err()
+            .to_string()
+            .contains("priority"));
+        s.priority = 0;
+        s.max_active = Some(0);
+        assert!(Pipeline::new(s)
+            .unwrap_err()
+            .to_string()
+            .contains("max_active"));
+        let e = PipelineSpec::from_json(
+            r#"{"jobs": {"a": {"worker": "W", "trigger_rule": "sometimes"}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sometimes") && e.contains("one_failed"), "{e}");
+    }
+
+    #[test]
+    fn new_settings_round_trip_through_json_and_stay_out_when_default() {
+        let text = r#"{"priority": 3, "max_active": 2, "jobs": {"a": {"worker": "W",
+            "priority_weight": 4, "weight_rule": "absolute", "pool": "db", "pool_slots": 2,
+            "trigger_rule": "all_done", "allow_failure": true, "warn_after_ms": 100}}}"#;
+        let s = PipelineSpec::from_json(text).unwrap();
+        let a = &s.jobs["a"];
+        assert_eq!(a.trigger_rule, TriggerRule::AllDone);
+        assert_eq!(a.weight_rule, WeightRule::Absolute);
+        assert_eq!(a.pool.as_deref(), Some("db"));
+        let back = PipelineSpec::from_json(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let plain = serde_json::to_string(&spec(&[("a", &[])])).unwrap();
+        assert_eq!(plain, r#"{"data":{},"jobs":{"a":{"worker":"W"}}}"#);
     }
 }

@@ -248,9 +248,18 @@ fn spec() -> PipelineSpec {
                 timeout_ms: Some(60_000),
                 ..Default::default()
             }),
+            priority_weight: Some(7),
+            weight_rule: pypelinin_common::WeightRule::Upstream,
+            pool: Some("db".into()),
+            pool_slots: Some(2),
+            trigger_rule: pypelinin_common::TriggerRule::OneFailed,
+            allow_failure: true,
+            warn_after_ms: Some(30_000),
         },
     );
     spec.ignore_targets = true;
+    spec.priority = -3;
+    spec.max_active = Some(4);
     spec
 }
 
