@@ -176,6 +176,56 @@ pub fn broker_table(brokers: &[BrokerStatus]) -> String {
     out
 }
 
+/// Each broker's slots, one line each: the job a busy slot runs (worker, pipeline/job,
+/// attempt, for how long) or `idle`, then the jobs it holds queued beyond its slots. The
+/// router assigns jobs in order, so the oldest `slots` of them are the ones running.
+pub fn broker_slots(brokers: &[BrokerStatus], now_ms: u64) -> String {
+    let mut out = String::new();
+    for b in brokers {
+        let running = b.assigned.len().min(b.slots as usize);
+        let _ = writeln!(
+            out,
+            "{}: {running}/{} slots busy{}{}",
+            b.name,
+            b.slots,
+            match b.assigned.len() - running {
+                0 => String::new(),
+                n => format!(", {n} queued at the broker"),
+            },
+            if b.draining { " (draining)" } else { "" }
+        );
+        for k in 0..b.slots.max(b.assigned.len() as u32) as usize {
+            let label = if k < b.slots as usize {
+                format!("slot {}", k + 1)
+            } else {
+                "queued".to_string()
+            };
+            match b.assigned.get(k) {
+                Some(j) => {
+                    let _ = writeln!(
+                        out,
+                        "  {label:<8} {:<16} {}/{}  attempt {}  {} {}",
+                        j.worker,
+                        j.job.pipeline,
+                        j.name,
+                        j.job.attempt,
+                        if k < b.slots as usize {
+                            "for"
+                        } else {
+                            "waiting"
+                        },
+                        duration(now_ms.saturating_sub(j.started_ms))
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  {label:<8} idle");
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The pipeline as Graphviz DOT, each job coloured by its state in `status`.
 pub fn dot(spec: &PipelineSpec, status: &PipelineStatus) -> Result<String, PipelineError> {
     let pipeline = Pipeline::new(spec.clone())?;

@@ -192,6 +192,9 @@ pub struct ScheduleStatus {
     pub running: Vec<PipelineId>,
     /// Ticks waiting for room (`delay` policies, catch-up beyond `max_running`).
     pub pending: Vec<u64>,
+    /// Why the pending ticks have not started (`schedule max_running 1 reached`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// The latest ticks and what became of them, newest first.
     pub recent: Vec<TickRecord>,
 }

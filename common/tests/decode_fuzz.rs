@@ -642,6 +642,12 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     draining: false,
                     last_seen_ms_ago: 120,
                     monitor: Some(monitoring()),
+                    assigned: vec![SlotJob {
+                        job: job_ref(7, 2, 1),
+                        name: "words".into(),
+                        worker: "Reader".into(),
+                        started_ms: 1_700_000_000_000,
+                    }],
                 },
                 BrokerStatus {
                     name: "host-b-99-q1".into(),
@@ -652,6 +658,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     draining: true,
                     last_seen_ms_ago: 2_900,
                     monitor: None,
+                    assigned: Vec::new(),
                 },
             ])),
         ),
@@ -682,6 +689,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                 next_ticks: vec![1_700_000_001_000, 1_700_000_002_000],
                 running: vec![pid(4)],
                 pending: vec![1_700_000_000_500],
+                waiting_for: Some("schedule max_running 1 reached".into()),
                 recent: vec![
                     TickRecord {
                         logical_date: 1_699_999_999_000,

@@ -31,6 +31,17 @@ const view = $("#view");
 // Formatting
 // ---------------------------------------------------------------------------------
 
+// What holds a job back, or what went wrong: a job waiting on a condition says what
+// for; a queued one says why it is not running (its parents, a retry delay, the
+// brokers, a pool, the queue), ahead of the error of its last attempt.
+function whyText(j) {
+  if (j.state === "waiting" && j.waiting_for) return "waiting for " + j.waiting_for;
+  if (j.state === "queued" && j.waiting_for) {
+    return j.error ? `${j.waiting_for} (last error: ${j.error})` : j.waiting_for;
+  }
+  return j.error || "";
+}
+
 function esc(value) {
   return String(value ?? "").replace(/[&<>"']/g, (c) => ({
     "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
@@ -586,7 +597,7 @@ function diagram(p, { columns, edges }) {
   const nodes = columns.flat().filter((item) => item.job).map(({ key, job: name }) => {
     const { x, y } = at[key];
     const j = p.jobs[name];
-    const why = j.error || (j.waiting_for ? "for " + j.waiting_for : "");
+    const why = whyText(j);
     const tip = `${name} (${j.worker}): ${j.state}${why ? " — " + why : ""}`;
     return `<g class="node ${esc(j.state)}" data-job="${esc(name)}" transform="translate(${x},${y})">
       <title>${esc(tip)}</title>
@@ -625,7 +636,7 @@ function jobRows(p, { order }, final) {
       <td>${clock(j.started_ms)}</td>
       <td class="num">${duration(took)}</td>
       <td class="num">${j.attempts}</td>
-      <td class="err">${esc(j.error || (j.waiting_for ? "waiting for " + j.waiting_for : ""))}</td>
+      <td class="err">${esc(whyText(j))}</td>
       <td>${retry}</td>
     </tr>`);
     if (history.length > 1) {

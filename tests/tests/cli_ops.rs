@@ -470,3 +470,66 @@ fn errors_name_the_address_tried_and_the_line_of_the_problem() {
         "{err}"
     );
 }
+
+/// `status` says why each queued job is not running (`waiting_for` with `--json`), and
+/// `brokers` shows what each slot runs.
+#[test]
+fn queued_jobs_say_why_and_brokers_show_their_slots() {
+    let c = Cluster::start(1, 1);
+    let file = write(
+        &c,
+        "why.json",
+        r#"{"jobs": {"long": {"worker": "Sleep", "data": {"ms": 60000}},
+            "next": {"worker": "Noop", "after": ["long"]},
+            "lost": {"worker": "Nobody"}}}"#,
+    );
+    let id = submit(&c, &file);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = cli_json(&c, &["status", &id, "--json"], 0);
+        if s["jobs"]["long"]["state"] == "running" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "long never ran: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["jobs"]["next"]["state"], "queued");
+    assert_eq!(
+        status["jobs"]["next"]["waiting_for"],
+        "parents running: long"
+    );
+    assert_eq!(
+        status["jobs"]["lost"]["waiting_for"],
+        "no connected broker offers worker Nobody"
+    );
+    assert!(
+        status["jobs"]["long"].get("waiting_for").is_none(),
+        "{status}"
+    );
+    let (code, out, err) = cli(&c, &["status", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("queued: lost: no connected broker offers worker Nobody"),
+        "{out}"
+    );
+
+    let brokers = cli_json(&c, &["brokers", "--json"], 0);
+    let held = brokers[0]["assigned"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{brokers}");
+    assert_eq!(held[0]["name"], "long");
+    assert_eq!(held[0]["worker"], "Sleep");
+    let (code, out, err) = cli(&c, &["brokers"]);
+    assert_eq!(code, 0, "{err}");
+    let slot = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("slot 1"))
+        .unwrap_or_else(|| panic!("no slot line: {out}"));
+    assert!(
+        slot.contains("Sleep") && slot.contains(&format!("{id}/long")),
+        "{out}"
+    );
+    assert!(out.contains("1/1 slots busy"), "{out}");
+
+    let (code, _, err) = cli(&c, &["cancel", &id]);
+    assert_eq!(code, 0, "{err}");
+}

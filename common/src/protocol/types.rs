@@ -218,6 +218,12 @@ pub struct BrokerStatus {
     pub last_seen_ms_ago: u64,
     /// Its last monitoring report.
     pub monitor: Option<MonitoringReport>,
+    /// The attempts the router has given it and not yet heard back about, oldest
+    /// first: the first `slots` of them fill its slots, the rest wait in its queue
+    /// (prefetch). The router's live view, where `monitor` is the broker's own, sent
+    /// every monitoring interval.
+    #[serde(default)]
+    pub assigned: Vec<SlotJob>,
 }
 
 /// A histogram with fixed upper bounds, Prometheus style (cumulative on output).

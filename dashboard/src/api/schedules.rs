@@ -270,6 +270,7 @@ mod tests {
             next_ticks,
             running: Vec::new(),
             pending: vec![1],
+            waiting_for: None,
             recent: vec![TickRecord {
                 logical_date: 0,
                 pipeline: None,

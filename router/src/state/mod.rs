@@ -11,7 +11,8 @@
 //! same struct: `peers` (peers and leases), `jobs` (the job state machine and its
 //! attempts), `advance` (what the pipeliner decides and what a success starts or
 //! closes), `dispatch` (jobs to brokers, pipelines to pipeliners), `waiters`
-//! (waits and read-only replies), `logs` (captured logs), `metrics`, and `clock`.
+//! (waits and read-only replies), `why` (why a queued job is not running), `logs`
+//! (captured logs), `metrics`, and `clock`.
 
 mod advance;
 mod backfills;
@@ -23,6 +24,7 @@ mod metrics;
 mod peers;
 mod schedules;
 mod waiters;
+mod why;
 
 #[cfg(test)]
 mod tests;
@@ -292,8 +294,8 @@ impl RouterState {
         }
         let reply = match req {
             Request::Submit { id, pipeline } => self.submit(id, pipeline)?,
-            Request::Status { id } => match self.pipelines.get(&id) {
-                Some(p) => Reply::Status(p.status()),
+            Request::Status { id } => match self.pipeline_status(id) {
+                Some(s) => Reply::Status(s),
                 None => Reply::Error(ProtocolError::UnknownPipeline(id)),
             },
             Request::Wait { ids, timeout_ms } => {

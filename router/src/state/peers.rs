@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use pypelinin_common::protocol::{
     BrokerHello, BrokerStatus, JobRef, JobReport, MonitoringReport, PipelineId, ProtocolError,
-    Reply,
+    Reply, SlotJob,
 };
 use tracing::info;
 use uuid::Uuid;
@@ -236,11 +236,32 @@ impl RouterState {
                     draining: b.draining,
                     last_seen_ms_ago: now.duration_since(p.last_seen).as_millis() as u64,
                     monitor: b.monitor.clone(),
+                    assigned: self.assigned_to(b),
                 }),
                 _ => None,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// What broker `b` holds, oldest attempt first, as the router knows it.
+    fn assigned_to(&self, b: &BrokerPeer) -> Vec<SlotJob> {
+        let mut out: Vec<SlotJob> = b
+            .running
+            .iter()
+            .filter_map(|r| {
+                let p = self.pipelines.get(&r.pipeline)?;
+                let started_ms = p.jobs.get(r.job as usize)?.history.last()?.started_ms;
+                Some(SlotJob {
+                    job: *r,
+                    name: p.dag.name(r.job).to_string(),
+                    worker: p.dag.job(r.job).worker.clone(),
+                    started_ms,
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| (s.started_ms, s.job.pipeline, s.job.job));
         out
     }
 }

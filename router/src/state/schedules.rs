@@ -289,6 +289,21 @@ impl RouterState {
             next_ticks,
             running: e.open.iter().map(|(_, id)| *id).collect(),
             pending: e.rec.pending.iter().copied().collect(),
+            waiting_for: (!e.rec.pending.is_empty()).then(|| {
+                // The conditions of `serve_pending`, in its order.
+                let max = e.rec.spec.max_running.max(1);
+                if e.open.len() as u32 >= max {
+                    format!("schedule max_running {max} reached")
+                } else if e.rec.spec.overrun
+                    == pypelinin_common::schedule::OverrunPolicy::DelayUntilSuccess
+                    && e.last == LastOutcome::Unsuccessful
+                {
+                    "delay_until_success: held until a run succeeds (retry the failed one)"
+                        .to_string()
+                } else {
+                    "starting at the next turn".to_string()
+                }
+            }),
             recent,
         }
     }

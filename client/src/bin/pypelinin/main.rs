@@ -157,7 +157,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Lists the brokers: host, busy/total slots, last heartbeat, CPU, memory, workers.
+    /// Lists the brokers: host, busy/total slots, last heartbeat, CPU, memory, workers,
+    /// then each slot: the job it runs and for how long, or idle.
     Brokers {
         /// Prints JSON instead of a table.
         #[arg(long)]
@@ -296,6 +297,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&brokers)?);
             } else {
                 print!("{}", render::broker_table(&brokers));
+                print!(
+                    "{}",
+                    render::broker_slots(&brokers, pypelinin_common::now_ms())
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -225,7 +225,14 @@ fn details(s: &ScheduleStatus) -> String {
         let first = s.pending.first().map(|x| t(*x)).unwrap_or_default();
         line(
             "waiting",
-            format!("{} tick(s), oldest {first}", s.pending.len()),
+            format!(
+                "{} tick(s), oldest {first}{}",
+                s.pending.len(),
+                s.waiting_for
+                    .as_ref()
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default()
+            ),
         );
     }
     out.push_str("next ticks\n");

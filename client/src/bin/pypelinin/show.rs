@@ -196,8 +196,10 @@ pub fn print_status(s: &PipelineStatus, json: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", render_table(s));
         for (job, j) in &s.jobs {
-            if let Some(w) = &j.waiting_for {
-                println!("waiting: {job}: for {w}");
+            match (&j.waiting_for, j.state) {
+                (Some(w), JobState::Waiting) => println!("waiting: {job}: for {w}"),
+                (Some(w), _) => println!("queued: {job}: {w}"),
+                (None, _) => {}
             }
         }
         if s.state == PipelineState::Failed {

@@ -14,6 +14,7 @@ mod schedules;
 mod sensors;
 mod targets;
 mod waiters;
+mod why;
 
 use std::time::Duration;
 

@@ -170,6 +170,10 @@ fn start_new_runs_side_by_side_up_to_max_running_then_waits() {
     r.seconds(3);
     assert_eq!(logical_dates(&r.runs("s")), vec![1_001_000, 1_002_000]);
     assert_eq!(r.show("s").pending, vec![1_003_000]);
+    assert_eq!(
+        r.show("s").waiting_for.as_deref(),
+        Some("schedule max_running 2 reached")
+    );
     let first = r.runs("s")[0].1;
     r.cancel_run(first);
     assert_eq!(
@@ -206,6 +210,8 @@ fn delay_until_success_holds_after_a_failure_until_a_retry_succeeds() {
     r.seconds(2);
     assert_eq!(r.runs("s").len(), 1, "held although nothing runs");
     assert_eq!(r.show("s").pending, vec![1_002_000, 1_003_000]);
+    let why = r.show("s").waiting_for.unwrap();
+    assert!(why.starts_with("delay_until_success: held"), "{why}");
     // The user retries the failed run; once it succeeds, the held ticks go.
     match r.send(
         CLIENT,
