@@ -34,6 +34,22 @@ const view = $("#view");
 // What holds a job back, or what went wrong: a job waiting on a condition says what
 // for; a queued one says why it is not running (its parents, a retry delay, the
 // brokers, a pool, the queue), ahead of the error of its last attempt.
+// A job's dispatch settings in a few words: its effective priority, its trigger rule
+// when not the default, its pool, and whether its failure is allowed; `long` spells
+// out the weight and its rule too (for tooltips).
+function settingsText(j, long) {
+  const parts = [];
+  if (j.priority !== undefined) {
+    parts.push(long
+      ? `priority ${j.priority} (weight ${j.priority_weight}, ${j.weight_rule})`
+      : `p ${j.priority}`);
+  }
+  if (j.trigger_rule && (long || j.trigger_rule !== "all_success")) parts.push(j.trigger_rule);
+  if (j.pool) parts.push(`pool ${j.pool}${j.pool_slots > 1 ? " ×" + j.pool_slots : ""}`);
+  if (j.allow_failure) parts.push("allow_failure");
+  return parts.join(" · ");
+}
+
 function whyText(j) {
   if (j.state === "waiting" && j.waiting_for) return "waiting for " + j.waiting_for;
   if (j.state === "queued" && j.waiting_for) {
@@ -568,7 +584,7 @@ function diagram(p, { columns, edges }) {
   if (total > MAX_DRAWN_JOBS) {
     return `<p class="muted">${total} jobs: too many to draw here; the table below lists them.</p>`;
   }
-  const W = 172, H = 46, GAP_X = 64, GAP_Y = 14, PAD = 12;
+  const W = 172, H = 56, GAP_X = 64, GAP_Y = 14, PAD = 12;
   const tallest = Math.max(...columns.map((c) => c.length));
   const width = PAD * 2 + columns.length * W + (columns.length - 1) * GAP_X;
   const height = PAD * 2 + tallest * H + (tallest - 1) * GAP_Y;
@@ -598,12 +614,14 @@ function diagram(p, { columns, edges }) {
     const { x, y } = at[key];
     const j = p.jobs[name];
     const why = whyText(j);
-    const tip = `${name} (${j.worker}): ${j.state}${why ? " — " + why : ""}`;
-    return `<g class="node ${esc(j.state)}" data-job="${esc(name)}" transform="translate(${x},${y})">
+    const tip = `${name} (${j.worker}): ${j.state}${why ? " — " + why : ""}\n${settingsText(j, true)}`;
+    const ruled = j.trigger_rule && j.trigger_rule !== "all_success";
+    return `<g class="node ${esc(j.state)}${ruled ? " ruled" : ""}" data-job="${esc(name)}" transform="translate(${x},${y})">
       <title>${esc(tip)}</title>
       <rect width="${W}" height="${H}" rx="8" fill="${COLORS[j.state] || "#fff"}"/>
-      <text x="10" y="19" font-weight="600">${esc(truncate(name, 22))}</text>
-      <text class="sub" x="10" y="35">${esc(truncate(`${j.worker} · ${j.state}`, 26))}</text>
+      <text x="10" y="17" font-weight="600">${esc(truncate(name, 22))}</text>
+      <text class="sub" x="10" y="32">${esc(truncate(`${j.worker} · ${j.state}`, 26))}</text>
+      <text class="rule" x="10" y="47">${esc(truncate(settingsText(j, false), 30))}</text>
     </g>`;
   });
   return `<svg id="dag-svg" xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}"
@@ -629,7 +647,7 @@ function jobRows(p, { order }, final) {
            title="run ${esc(name)} and the jobs after it again">Retry</button>`
       : "";
     rows.push(`<tr class="job" data-job="${esc(name)}">
-      <td><b>${esc(name)}</b></td>
+      <td><b>${esc(name)}</b><br><small class="muted">${esc(settingsText(j, false))}</small></td>
       <td>${esc(j.worker)}</td>
       <td>${badge(j.state)}</td>
       <td class="mono">${last ? esc(last.broker) : "–"}</td>

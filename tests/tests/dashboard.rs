@@ -266,6 +266,16 @@ fn json_api_and_prometheus_metrics() {
     assert_eq!(v["jobs"]["parse"]["error"], "flaky failure on attempt 1");
     assert!(v["jobs"]["parse"]["history"][0]["broker"].is_string());
     assert_eq!(v["jobs"]["publish"]["after"], json!(["index", "stats"]));
+    // Dispatch settings for the DAG view: downstream weights by default.
+    assert_eq!(v["priority"], 0);
+    assert_eq!(
+        v["jobs"]["fetch"]["priority"], 5,
+        "its own weight and its four descendants'"
+    );
+    assert_eq!(v["jobs"]["publish"]["priority"], 1);
+    assert_eq!(v["jobs"]["fetch"]["trigger_rule"], "all_success");
+    assert_eq!(v["jobs"]["fetch"]["weight_rule"], "downstream");
+    assert!(v["jobs"]["fetch"].get("pool").is_none(), "{v}");
     let mut edges: Vec<Value> = v["edges"].as_array().unwrap().clone();
     edges.sort_by_key(|e| e.to_string());
     assert_eq!(
@@ -1123,6 +1133,23 @@ fn dashboard_in_headless_chromium() {
     );
     let edges = browser.script("return document.querySelectorAll('#dag-svg path.edge').length;");
     assert_eq!(edges, 5);
+    // Each node's settings line: its effective priority (downstream weights).
+    let rules = browser.script(
+        "return Array.from(document.querySelectorAll('#dag-svg .node')).map(n => \
+         [n.dataset.job, n.querySelector('text.rule').textContent]);",
+    );
+    let mut rules: Vec<(String, String)> = serde_json::from_value(rules).unwrap();
+    rules.sort();
+    assert_eq!(
+        rules[0],
+        ("fetch".to_string(), "p 5".to_string()),
+        "{rules:?}"
+    );
+    assert_eq!(
+        rules[3],
+        ("publish".to_string(), "p 1".to_string()),
+        "{rules:?}"
+    );
     let buttons = browser.script(
         "return [document.getElementById('retry').disabled, document.getElementById('cancel').disabled];",
     );
