@@ -105,9 +105,15 @@ const load = (fraction) => (fraction > 0.9 ? "bad" : fraction > 0.7 ? "warn" : "
 // ---------------------------------------------------------------------------------
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  // A change made with a session echoes the session's CSRF value (the cookie is readable
+  // by this page only; see the dashboard's auth module).
+  const csrf = document.cookie.split("; ").find((c) => c.startsWith("pypelinin_csrf="));
+  if (csrf && (options.method || "GET") !== "GET") headers["X-CSRF-Token"] = csrf.split("=")[1];
+  const response = await fetch(path, { ...options, headers });
   let body = null;
   try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (response.status === 401 && path !== "/api/session") showSignIn();
   if (!response.ok) {
     const error = new Error((body && body.error) || `${response.status} ${response.statusText}`);
     error.status = response.status;
@@ -794,5 +800,45 @@ function chart(m) {
   svg.innerHTML = parts.join("");
 }
 
-route();
-connect();
+// The token form, when the dashboard needs one and this browser has no session: on
+// success the page loads again, with its data and its event stream.
+function showSignIn() {
+  if ($("#signin")) return;
+  current = { refresh() {}, fail() {} };
+  setLive(false, "signed out");
+  $("#view").innerHTML = `<section class="signin">
+    <h1>Sign in</h1>
+    <p class="muted">This dashboard needs its token (the router's --http-token).</p>
+    <form id="signin">
+      <input id="token" type="password" autocomplete="current-password" placeholder="token" required>
+      <button type="submit">Sign in</button>
+    </form>
+    <p id="signin-error" class="message error" hidden></p>
+  </section>`;
+  $("#signin").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("/api/session", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ token: $("#token").value }),
+      });
+      location.reload();
+    } catch (error) {
+      const el = $("#signin-error");
+      el.hidden = false;
+      el.textContent = error.status === 401 ? "Wrong token." : error.message;
+    }
+  });
+}
+
+(async () => {
+  let session = { required: false, signed_in: true };
+  try { session = await api("/api/session"); } catch (_) { /* an older router: no token */ }
+  if (session.required && !session.signed_in) {
+    showSignIn();
+    return;
+  }
+  route();
+  connect();
+})();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::header::{CACHE_CONTROL, HOST, ORIGIN};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST, ORIGIN};
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use axum::Router;
 use pypelinin_common::now_ms;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::auth::{Auth, Proof, CSRF_HEADER};
 use crate::events::{self, Hub};
 use crate::link::Links;
 use crate::prometheus::prometheus;
@@ -31,6 +32,7 @@ mod answer;
 mod pages;
 mod pipelines;
 mod schedules;
+mod session;
 
 pub use crate::shapes::{pipeline_json, summary_json};
 pub use answer::{error_status, Answer};
@@ -41,6 +43,7 @@ pub use schedules::{schedule_json, schedule_state, DEFAULT_GRID_ROWS, MAX_GRID_R
 use pages::{app_css, app_js, index, schedules_js};
 use pipelines::{cancel, dot, list, logs, outputs, parse_id, pipeline, retry};
 use schedules::{clear, list_schedules, pause, resume, schedule, trigger};
+use session::{session_state, sign_in, sign_out};
 
 /// `GET /api/events`: the hub's stream (see [`events::stream`]).
 async fn event_stream(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -54,13 +57,20 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// Most pipelines one list request returns.
 pub const MAX_LIMIT: u32 = 1000;
 
-/// What every handler shares: the links to the router and the event hub.
+/// What every handler shares: the links to the router, the event hub and the token.
 pub struct App {
     /// Requests to the router.
     pub links: Links,
     /// Live changes, for `/api/events`.
     pub hub: Arc<Hub>,
+    /// The token every API request must prove, if one is configured.
+    pub auth: Option<Arc<Auth>>,
 }
+
+/// Put on each request by the guard when a token is configured: whether the request
+/// proved it (the page is served either way, with its data only when it did).
+#[derive(Clone, Copy, Debug)]
+pub struct Signed(pub bool);
 
 /// The same request with one trailing slash taken off its path (`/api/pipelines/` is
 /// `/api/pipelines`); `/` stays. Applied before routing.
@@ -97,6 +107,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/brokers", get(brokers).fallback(only_get))
         .route("/api/metrics", get(metrics).fallback(only_get))
         .route("/api/events", get(event_stream).fallback(only_get))
+        .route(
+            "/api/session",
+            get(session_state).post(sign_in).fallback(no_method),
+        )
+        .route("/api/session/end", post(sign_out).fallback(only_post))
         .route(
             "/api/pipelines/{id}",
             get(pipeline).fallback(pipeline_only_get),
@@ -141,24 +156,69 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .fallback(no_page)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(guard))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            guard,
+        ))
         .with_state(app)
 }
 
-/// Around every request: the same-origin check on POSTs, an `http` span, the outcome
-/// logged, and headers that keep browsers from caching or sniffing answers.
-async fn guard(request: Request, next: Next) -> Response {
+/// Paths served without the token: the page and its assets hold no data, and the
+/// session path is how the token is given.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/" | "/index.html" | "/api/session") || path.starts_with("/assets/")
+}
+
+/// Why a request is refused by the origin and token checks, if it is; on the way,
+/// marks it [`Signed`] when a token is configured.
+fn refusal(app: &App, request: &mut Request) -> Option<Answer> {
+    let headers = request.headers();
+    let post = request.method() == Method::POST;
+    if post && !same_origin(header(headers, ORIGIN), header(headers, HOST)) {
+        return Some(Answer::error(
+            403,
+            "cross-origin requests may not change pipelines",
+        ));
+    }
+    let auth = app.auth.as_ref()?;
+    let proof = auth.check(header(headers, AUTHORIZATION), header(headers, COOKIE));
+    let public = is_public(request.uri().path());
+    match &proof {
+        None if !public => {
+            return Some(Answer::error(
+                401,
+                "this dashboard needs its token: sign in on its page, or send \
+                 `Authorization: Bearer TOKEN`",
+            ))
+        }
+        Some(Proof::Session { csrf })
+            if post && !public && header(headers, CSRF_HEADER) != Some(csrf.as_str()) =>
+        {
+            return Some(Answer::error(
+                403,
+                "a change made from a dashboard session must carry its X-CSRF-Token header",
+            ))
+        }
+        _ => {}
+    }
+    request.extensions_mut().insert(Signed(proof.is_some()));
+    None
+}
+
+/// Around every request: the same-origin check on POSTs, the token (when one is
+/// configured), an `http` span, the outcome logged, and headers that keep browsers from
+/// caching or sniffing answers.
+async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let span = info_span!("http", %method, path = %request.uri());
     async move {
-        let headers = request.headers();
-        let mut response = if method == Method::POST
-            && !same_origin(header(headers, ORIGIN), header(headers, HOST))
-        {
-            Answer::error(403, "cross-origin requests may not change pipelines").into_response()
-        } else {
-            next.run(request).await
+        let mut response = match refusal(&app, &mut request) {
+            Some(answer) => {
+                debug!(status = answer.status, "refused");
+                answer.into_response()
+            }
+            None => next.run(request).await,
         };
         let status = response.status().as_u16();
         if status >= 500 {
@@ -178,7 +238,7 @@ async fn guard(request: Request, next: Next) -> Response {
     .await
 }
 
-fn header(headers: &HeaderMap, name: axum::http::HeaderName) -> Option<&str> {
+fn header<K: axum::http::header::AsHeaderName>(headers: &HeaderMap, name: K) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -188,6 +248,10 @@ async fn only_get() -> Answer {
 
 async fn only_post() -> Answer {
     Answer::method_not_allowed("POST")
+}
+
+async fn no_method() -> Answer {
+    Answer::method_not_allowed("GET, POST")
 }
 
 /// A pipeline path asked with the wrong method: a bad id is still told first.

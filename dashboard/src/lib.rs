@@ -21,9 +21,13 @@
 //! | GET | `/api/metrics` | cluster metrics (JSON) |
 //! | GET | `/api/events` | live changes, as Server-Sent Events (below) |
 //! | GET | `/metrics` | the same metrics in Prometheus text format |
+//! | GET | `/api/session` | `{"required", "signed_in"}`: whether a token is needed and given |
+//! | POST | `/api/session` | `{"token"}` opens a browser session (see [`auth`]) |
+//! | POST | `/api/session/end` | closes it |
 //!
-//! Errors are `{"error": "..."}` with 400 (bad request), 403 (a POST from another
-//! site's page), 404 (unknown pipeline or path), 405 (wrong method), 409 (refused now,
+//! Errors are `{"error": "..."}` with 400 (bad request), 401 (the token is needed and
+//! was not proved), 403 (a POST from another site's page, or from a session without its
+//! CSRF value), 404 (unknown pipeline or path), 405 (wrong method), 409 (refused now,
 //! e.g. retrying a running pipeline) or 503 (the router did not answer).
 //!
 //! # The event stream
@@ -60,6 +64,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod events;
 pub mod link;
 pub mod prometheus;
@@ -105,6 +110,19 @@ pub enum DashboardError {
         /// The error.
         message: String,
     },
+    /// Asked to listen beyond loopback without a token.
+    #[error(
+        "the dashboard would listen on {addr}, which is not a loopback address, without a token: \
+         anyone who reaches that port could read every pipeline and cancel or retry them. \
+         Give it one with --http-token or --http-token-file, or bind 127.0.0.1"
+    )]
+    TokenRequired {
+        /// The address asked for.
+        addr: String,
+    },
+    /// The token given is not usable.
+    #[error("{0}")]
+    Token(#[from] auth::TokenError),
     /// The runtime or a thread could not be started.
     #[error("starting the dashboard: {0}")]
     Start(std::io::Error),
@@ -126,7 +144,24 @@ impl Dashboard {
     /// Requests to the router wait in its API socket until it runs, so the dashboard
     /// may start just after the router binds, before it runs.
     pub fn start(addr: &str, api: &str, broadcast: &str) -> Result<Dashboard, DashboardError> {
+        Dashboard::start_with_token(addr, api, broadcast, None)
+    }
+
+    /// [`Dashboard::start`], every API request needing `token` when one is given (see
+    /// [`auth`]). Refuses a non-loopback `addr` without a token, before binding it.
+    pub fn start_with_token(
+        addr: &str,
+        api: &str,
+        broadcast: &str,
+        token: Option<&str>,
+    ) -> Result<Dashboard, DashboardError> {
         let target = socket_addr(addr)?;
+        let auth = token.map(auth::Auth::new).transpose()?.map(Arc::new);
+        if auth.is_none() && !target.ip().is_loopback() {
+            return Err(DashboardError::TokenRequired {
+                addr: target.to_string(),
+            });
+        }
         let bind_error = |e: std::io::Error| DashboardError::Bind {
             addr: target.to_string(),
             message: e.to_string(),
@@ -152,6 +187,7 @@ impl Dashboard {
         let app = Arc::new(api::App {
             links: links.clone(),
             hub: Arc::clone(&hub),
+            auth,
         });
         runtime.spawn(events::refresh(Arc::clone(&hub), links));
         let mut until = stopped;
@@ -260,5 +296,19 @@ mod tests {
             "0.0.0.0:9000".parse().unwrap()
         );
         assert!(socket_addr("nonsense").is_err());
+    }
+
+    #[test]
+    fn refuses_to_listen_beyond_loopback_without_a_token() {
+        // Refused before anything is bound: no port is opened by this test.
+        let err = Dashboard::start("0.0.0.0:0", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+            .err()
+            .expect("refused");
+        assert!(matches!(err, DashboardError::TokenRequired { .. }), "{err}");
+        assert!(err.to_string().contains("--http-token"), "{err}");
+        let err = Dashboard::start_with_token("127.0.0.1:0", "", "", Some("short"))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("at least 16"), "{err}");
     }
 }

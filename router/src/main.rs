@@ -33,6 +33,25 @@ struct Args {
     /// (HOST:PORT; a bare PORT binds 127.0.0.1; port 0 picks a free port). Off by default.
     #[arg(long, env = "PYPELININ_HTTP", value_name = "ADDR")]
     http: Option<String>,
+    /// A token (16 characters or more) every dashboard API request must prove, as
+    /// `Authorization: Bearer TOKEN` or through a session opened on the page. Required
+    /// to serve the dashboard on anything but loopback. Prefer --http-token-file: a
+    /// flag shows in the process list.
+    #[arg(
+        long,
+        env = "PYPELININ_HTTP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    http_token: Option<String>,
+    /// A file whose first line is the dashboard token (see --http-token).
+    #[arg(
+        long,
+        env = "PYPELININ_HTTP_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "http_token"
+    )]
+    http_token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -67,10 +86,23 @@ fn main() -> anyhow::Result<()> {
     let router = BoundRouter::bind(config)?;
     // The dashboard is a client of the router's API socket, bound just above: its
     // requests wait in the socket until the router runs.
+    let token = match &args.http_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the dashboard token {}", path.display()))?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        None => args.http_token.clone(),
+    };
     let dashboard = match &args.http {
         Some(addr) => Some(
-            Dashboard::start(addr, &router.api_endpoint, &router.broadcast_endpoint)
-                .context("starting the dashboard")?,
+            Dashboard::start_with_token(
+                addr,
+                &router.api_endpoint,
+                &router.broadcast_endpoint,
+                token.as_deref(),
+            )
+            .context("starting the dashboard")?,
         ),
         None => None,
     };

@@ -38,6 +38,11 @@ struct DashCluster {
 
 impl DashCluster {
     fn start() -> DashCluster {
+        DashCluster::start_with(&[])
+    }
+
+    /// A cluster whose router also gets `router_args`.
+    fn start_with(router_args: &[&str]) -> DashCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("cluster.json");
         std::fs::write(&config, r#"{"monitoring_interval_ms": 300}"#).unwrap();
@@ -55,7 +60,10 @@ impl DashCluster {
                 config.to_str().unwrap(),
                 "--http",
                 "127.0.0.1:0",
-            ],
+            ]
+            .into_iter()
+            .chain(router_args.iter().copied())
+            .collect::<Vec<_>>(),
             &dir.path().join("router.log"),
         );
         // Line 1: `router listening api=… broadcast=…`; line 2: `http listening on …`.
@@ -1007,14 +1015,236 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
+// ---------------------------------------------------------------------------------
+// The token
+// ---------------------------------------------------------------------------------
+
+const TOKEN: &str = "a-token-for-tests-0123456789";
+
+/// A request with extra headers; status and body.
+fn request_with(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<String>) {
+    let a = agent();
+    let mut response = if method == "GET" {
+        let mut r = a.get(url);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.call()
+    } else {
+        let mut r = a.post(url);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send_empty()
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let cookies = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+        cookies,
+    )
+}
+
+/// A pipeline whose one job sleeps a minute, running.
+fn start_long(c: &DashCluster) -> PipelineId {
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default().job("nap", "Sleep", &[]);
+    spec.jobs.get_mut("nap").unwrap().data = json!({"ms": 60_000}).as_object().unwrap().clone();
+    let id = pm.start(&spec).unwrap();
+    eventually("the long job to run", Duration::from_secs(20), || {
+        let s = pm.status(id).ok()?;
+        (s.jobs["nap"].state == pypelinin_common::JobState::Running).then_some(())
+    });
+    id
+}
+
+#[test]
+fn a_token_guards_the_api_and_its_actions() {
+    let c = DashCluster::start_with(&["--http-token", TOKEN]);
+    let id = start_long(&c);
+    let list = c.url("/api/pipelines");
+
+    // Without the token: nothing but the empty page, its assets and the session path.
+    let (code, body, _) = request_with("GET", &list, &[]);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("needs its token"), "{body}");
+    assert_eq!(request_with("GET", &c.url("/metrics"), &[]).0, 401);
+    let cancel = c.url(&format!("/api/pipelines/{id}/cancel"));
+    assert_eq!(
+        request_with("POST", &cancel, &[]).0,
+        401,
+        "a refused action"
+    );
+    let (code, page, _) = request_with("GET", &c.url("/"), &[]);
+    assert_eq!(code, 200);
+    assert!(
+        !page.contains(&id.to_string()),
+        "the page holds no data without the token"
+    );
+    assert_eq!(request_with("GET", &c.url("/assets/app.js"), &[]).0, 200);
+    let (_, state) = get_json(&c.url("/api/session"));
+    assert_eq!(state, json!({"required": true, "signed_in": false}));
+
+    // The token as a bearer header (scripts, Prometheus).
+    let bearer = format!("Bearer {TOKEN}");
+    let (code, body, _) = request_with("GET", &list, &[("Authorization", &bearer)]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&id.to_string()), "{body}");
+    let wrong = format!("Bearer {TOKEN}x");
+    assert_eq!(
+        request_with("GET", &list, &[("Authorization", &wrong)]).0,
+        401
+    );
+
+    // A session from the page: a wrong token is refused, the right one opens it.
+    let session = c.url("/api/session");
+    let (code, _) = post_json(&session, Some(r#"{"token": "not-the-token-at-all"}"#));
+    assert_eq!(code, 401);
+    let mut response = agent()
+        .post(&session)
+        .content_type("application/json")
+        .send(format!(r#"{{"token": "{TOKEN}"}}"#))
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let cookies: Vec<String> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let _ = response.body_mut().read_to_string();
+    let value = |name: &str| {
+        cookies
+            .iter()
+            .find_map(|c| c.strip_prefix(&format!("{name}=")))
+            .map(|rest| rest.split(';').next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {name} cookie in {cookies:?}"))
+    };
+    let (sid, csrf) = (value("pypelinin_session"), value("pypelinin_csrf"));
+    assert!(
+        cookies.iter().any(|c| c.starts_with("pypelinin_session=")
+            && c.contains("HttpOnly")
+            && c.contains("SameSite=Strict")),
+        "{cookies:?}"
+    );
+    let cookie = format!("pypelinin_session={sid}; pypelinin_csrf={csrf}");
+    let (code, page, _) = request_with("GET", &c.url("/"), &[("Cookie", &cookie)]);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(&id.to_string()),
+        "signed in, the page lists it"
+    );
+
+    // A change made with the session must echo its CSRF value, from the same origin.
+    let (code, body, _) = request_with("POST", &cancel, &[("Cookie", &cookie)]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("X-CSRF-Token"), "{body}");
+    let (code, _, _) = request_with(
+        "POST",
+        &cancel,
+        &[
+            ("Cookie", &cookie),
+            ("X-CSRF-Token", &csrf),
+            ("Origin", "http://evil.example"),
+        ],
+    );
+    assert_eq!(code, 403, "another site's page");
+    let (code, body, _) = request_with(
+        "POST",
+        &cancel,
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("cancelled"), "{body}");
+
+    // Signing out ends the session.
+    let end = c.url("/api/session/end");
+    assert_eq!(
+        request_with("POST", &end, &[("Cookie", &cookie)]).0,
+        403,
+        "no CSRF"
+    );
+    let (code, _, cleared) = request_with(
+        "POST",
+        &end,
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+    );
+    assert_eq!(code, 200);
+    assert!(
+        cleared.iter().any(|c| c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    assert_eq!(request_with("GET", &list, &[("Cookie", &cookie)]).0, 401);
+}
+
+#[test]
+fn a_router_refuses_a_dashboard_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("router.log");
+    let db = dir.path().join("db");
+    // Refused before the HTTP port is bound: nothing listens beyond loopback.
+    let mut router = Proc::spawn(
+        "pypelinin-router",
+        &[
+            "--api",
+            "tcp://127.0.0.1:0",
+            "--broadcast",
+            "tcp://127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+            "--http",
+            "0.0.0.0:0",
+        ],
+        &log,
+    );
+    let status = router
+        .wait_exit(Duration::from_secs(30))
+        .expect("the router exits");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("not a loopback address") && text.contains("--http-token"),
+        "{text}"
+    );
+    // A token too short is refused with the bound.
+    let mut router = Proc::spawn(
+        "pypelinin-router",
+        &[
+            "--api",
+            "tcp://127.0.0.1:0",
+            "--broadcast",
+            "tcp://127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--http-token",
+            "tiny",
+        ],
+        &log,
+    );
+    let status = router.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("at least 16"), "{text}");
+}
+
 #[test]
 fn base64_decodes_what_webdriver_sends() {
     assert_eq!(base64_decode("aGVsbG8gd29ybGQ="), b"hello world");
     assert_eq!(base64_decode("iVBORw0KGgo"), b"\x89PNG\r\n\x1a\n");
 }
 
-#[test]
-fn dashboard_in_headless_chromium() {
+/// chromedriver's path; `None` (the test is skipped) when Chromium or chromedriver is
+/// missing and `CI` is not set. Under CI their absence fails the test.
+fn chromedriver_for(test: &str) -> Option<PathBuf> {
     let chromedriver = find_in_path("chromedriver");
     if !Path::new(CHROMIUM).exists() || chromedriver.is_none() {
         let why = format!(
@@ -1025,9 +1255,54 @@ fn dashboard_in_headless_chromium() {
         if std::env::var_os("CI").is_some() {
             panic!("{why}");
         }
-        eprintln!("SKIPPED dashboard_in_headless_chromium: {why}");
-        return;
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
     }
+    chromedriver
+}
+
+#[test]
+fn dashboard_signs_in_with_its_token_in_headless_chromium() {
+    let Some(chromedriver) =
+        chromedriver_for("dashboard_signs_in_with_its_token_in_headless_chromium")
+    else {
+        return;
+    };
+    let c = DashCluster::start_with(&["--http-token", TOKEN]);
+    let id = start_long(&c);
+    let browser = Browser::start(&chromedriver, c.dir.path());
+    browser.goto(&c.url("/"));
+    let text = browser.wait_text(&["Sign in", "needs its token"], Duration::from_secs(15));
+    assert!(!text.contains(&id.to_string()), "{text}");
+    // An action without the token, from the page itself: refused.
+    let refused = browser.script(&format!(
+        "return fetch('/api/pipelines/{id}/cancel', {{method: 'POST'}}).then(r => r.status);"
+    ));
+    assert_eq!(refused, 401);
+    browser.type_into("#token", "not-the-token-at-all");
+    browser.click("#signin button");
+    browser.wait_text(&["Wrong token."], Duration::from_secs(15));
+    browser.clear("#token");
+    browser.type_into("#token", TOKEN);
+    browser.click("#signin button");
+    // Signed in, the page loads again with the list, and acts with its session.
+    browser.wait_text(&[&id.to_string()], Duration::from_secs(15));
+    browser.goto(&c.url(&format!("/#/pipeline/{id}")));
+    browser.wait_text(&["nap", "Cancel"], Duration::from_secs(15));
+    browser.click("#cancel");
+    browser.wait_text(
+        &["Cancelled: the pipeline is cancelled."],
+        Duration::from_secs(15),
+    );
+    let mut pm = c.client();
+    assert_eq!(pm.status(id).unwrap().state, PipelineState::Cancelled);
+}
+
+#[test]
+fn dashboard_in_headless_chromium() {
+    let Some(chromedriver) = chromedriver_for("dashboard_in_headless_chromium") else {
+        return;
+    };
     let started = Instant::now();
     let c = DashCluster::start();
     let shots = if std::env::var("SAVE_SCREENSHOTS").is_ok_and(|v| v == "1") {
@@ -1055,7 +1330,7 @@ fn dashboard_in_headless_chromium() {
         (s.jobs["transform"].state == pypelinin_common::JobState::Running).then_some(())
     });
 
-    let browser = Browser::start(&chromedriver.unwrap(), c.dir.path());
+    let browser = Browser::start(&chromedriver, c.dir.path());
 
     // The list: every pipeline with its state, live.
     browser.goto(&c.url("/"));

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::Extension;
 use pypelinin_common::now_ms;
 use pypelinin_common::protocol::PipelineSummary;
 use pypelinin_common::render;
 
-use super::{Answer, App, DEFAULT_LIMIT};
+use super::{Answer, App, Signed, DEFAULT_LIMIT};
 use crate::link::LinkError;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
@@ -29,12 +30,22 @@ pub(super) async fn app_css() -> Answer {
     Answer::text("text/css; charset=utf-8", APP_CSS)
 }
 
-/// The page, with the pipeline list rendered in (the script takes over and keeps it live).
-pub(super) async fn index(State(app): State<Arc<App>>) -> Answer {
-    let list = app.links.run(|l| l.list(DEFAULT_LIMIT, None)).await;
+/// The page, with the pipeline list rendered in (the script takes over and keeps it
+/// live); without the token, when one is needed, the page comes empty and asks for it.
+pub(super) async fn index(
+    State(app): State<Arc<App>>,
+    signed: Option<Extension<Signed>>,
+) -> Answer {
+    let rows = match signed {
+        Some(Extension(Signed(false))) => String::new(),
+        _ => index_rows(
+            app.links.run(|l| l.list(DEFAULT_LIMIT, None)).await,
+            now_ms(),
+        ),
+    };
     Answer::text(
         "text/html; charset=utf-8",
-        INDEX_HTML.replace("{{rows}}", &index_rows(list, now_ms())),
+        INDEX_HTML.replace("{{rows}}", &rows),
     )
 }
 
