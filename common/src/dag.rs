@@ -501,4 +501,66 @@ mod tests {
             );
         }
     }
+
+    /// Runs a pipeline to its end by the rule alone: each ready job ends as `fails`
+    /// says (failed if named, succeeded otherwise), each blocked one is skipped.
+    fn run_to_end(dag: &Pipeline, fails: &[&str]) -> Vec<JobState> {
+        let mut states = vec![Queued; dag.len()];
+        loop {
+            let mut moved = false;
+            for i in 0..dag.len() as u32 {
+                if states[i as usize] != Queued {
+                    continue;
+                }
+                states[i as usize] = match job_readiness(dag, &states, i) {
+                    Readiness::Waiting => continue,
+                    Readiness::Blocked { .. } => Skipped,
+                    Readiness::Ready if fails.contains(&dag.name(i)) => Failed,
+                    Readiness::Ready => Succeeded,
+                };
+                moved = true;
+            }
+            if !moved {
+                return states;
+            }
+        }
+    }
+
+    /// The README's example of a cleanup and a compensation job, as it tells it.
+    #[test]
+    fn the_readme_example_ends_as_the_readme_says() {
+        let text = r#"{ "jobs": {
+            "extract": {"worker": "Extract"},
+            "load":    {"worker": "Load",    "after": ["extract"]},
+            "undo":    {"worker": "Unload",  "after": ["load"], "trigger_rule": "one_failed"},
+            "publish": {"worker": "Publish", "after": ["load"]},
+            "clean":   {"worker": "Cleanup", "after": ["publish", "undo"], "trigger_rule": "all_done"} } }"#;
+        let spec = PipelineSpec::from_json(text).unwrap();
+        // Jobs in name order: clean extract load publish undo.
+        let dag = Pipeline::new(spec.clone()).unwrap();
+        let states = run_to_end(&dag, &["load"]);
+        assert_eq!(states, [Succeeded, Succeeded, Failed, Skipped, Succeeded]);
+        assert_eq!(pipeline_outcome(&dag, states), Some(PipelineState::Failed));
+        let mut allowed = spec;
+        allowed.jobs.get_mut("load").unwrap().allow_failure = true;
+        let allowed = Pipeline::new(allowed).unwrap();
+        let states = run_to_end(&allowed, &["load"]);
+        assert_eq!(
+            pipeline_outcome(&allowed, states),
+            Some(PipelineState::Succeeded)
+        );
+        let states = run_to_end(&dag, &[]);
+        assert_eq!(
+            states,
+            [Succeeded, Succeeded, Succeeded, Succeeded, Skipped]
+        );
+        assert_eq!(
+            pipeline_outcome(&dag, states),
+            Some(PipelineState::Succeeded)
+        );
+        // extract fails: load is skipped, which is no failure for undo; clean still runs.
+        let states = run_to_end(&dag, &["extract"]);
+        assert_eq!(states, [Succeeded, Failed, Skipped, Skipped, Skipped]);
+        assert_eq!(pipeline_outcome(&dag, states), Some(PipelineState::Failed));
+    }
 }
