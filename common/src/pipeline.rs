@@ -613,18 +613,23 @@ impl Pipeline {
         }
     }
 
-    /// The DAG in Graphviz DOT; with `states`, each job is coloured by its state.
+    /// The DAG in Graphviz DOT; with `states`, each job is coloured by its state. A job
+    /// whose trigger rule is not the default shows it on a line of its own, so that a
+    /// cleanup job reads as one.
     pub fn to_dot(&self, states: Option<&[JobState]>) -> String {
         let mut out = String::from("digraph pipeline {\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fillcolor=white];\n");
         for (i, name) in self.names.iter().enumerate() {
             let job = &self.spec.jobs[name];
-            let (label, color) = match states.and_then(|s| s.get(i)) {
+            let (mut label, color) = match states.and_then(|s| s.get(i)) {
                 Some(st) => (
                     format!("{name}\\n{} · {}", job.worker, st.as_str()),
                     st.color(),
                 ),
                 None => (format!("{name}\\n{}", job.worker), "white"),
             };
+            if !job.trigger_rule.is_default() {
+                let _ = write!(label, "\\n{}", job.trigger_rule.as_str());
+            }
             let _ = writeln!(
                 out,
                 "  \"{}\" [label=\"{}\", fillcolor=\"{color}\"];",
@@ -794,6 +799,16 @@ mod tests {
         let dot = p.to_dot(Some(&[JobState::Succeeded, JobState::Failed]));
         assert!(dot.contains("\"a\" -> \"b\";"), "{dot}");
         assert!(dot.contains("succeeded") && dot.contains("failed"), "{dot}");
+    }
+
+    #[test]
+    fn dot_export_shows_a_trigger_rule_that_is_not_the_default() {
+        let mut s = spec(&[("a", &[]), ("b", &["a"]), ("clean", &["a"])]);
+        s.jobs.get_mut("clean").unwrap().trigger_rule = TriggerRule::AllDone;
+        let dot = Pipeline::new(s).unwrap().to_dot(None);
+        assert!(dot.contains("label=\"clean\\nW\\nall_done\""), "{dot}");
+        assert!(dot.contains("label=\"b\\nW\""), "{dot}");
+        assert!(!dot.contains("all_success"), "{dot}");
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub enum JobState {
     Succeeded,
     /// Every attempt failed.
     Failed,
-    /// Not run because a job it depends on failed.
+    /// Not run: its trigger rule can never hold (by default, because a job it depends on
+    /// failed or was skipped).
     Skipped,
     /// Stopped or never started because its pipeline was cancelled.
     Cancelled,
@@ -90,9 +91,11 @@ pub enum PipelineState {
     Queued,
     /// A pipeliner is walking it.
     Running,
-    /// Every job succeeded.
+    /// Every job ended, none failed (but those with `allow_failure`) nor was cancelled;
+    /// skipped jobs do not count (`dag::pipeline_outcome` decides).
     Succeeded,
-    /// At least one job failed; its descendants were skipped.
+    /// A job failed without `allow_failure` (or was left cancelled by a retry of some
+    /// jobs): the jobs its failure ruled out were skipped, cleanup jobs ran.
     Failed,
     /// Cancelled by a user: running jobs were stopped, no new ones started.
     Cancelled,

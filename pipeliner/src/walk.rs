@@ -13,7 +13,7 @@ pub struct Walk {
     order: Vec<u32>,
     states: Vec<JobState>,
     requested: Vec<bool>,
-    /// Jobs the router was asked to start once their parents succeed (`after`).
+    /// Jobs the router was asked to start once their trigger rule holds (`after`).
     armed: Vec<bool>,
     /// The router was asked to close the pipeline itself if every job succeeds.
     close_asked: bool,
@@ -79,7 +79,9 @@ impl Walk {
     }
 
     /// Asks to close the pipeline once every job is final, unless the router closes it
-    /// itself (every job succeeded, and it was asked to).
+    /// itself (every job succeeded, and it was asked to). Any other end (a failure,
+    /// allowed or not, a skip) is closed by this `finish`, and the router decides the
+    /// pipeline's state with `dag::pipeline_outcome`.
     fn finish_into(&self, a: &mut Advance) {
         let all_succeeded = || self.states.iter().all(|s| s.is_success());
         a.finish |= self.is_done() && !(self.close_asked && all_succeeded());
@@ -108,29 +110,31 @@ impl Walk {
         self.states[job as usize] = state;
     }
 
-    /// What job `from` reaching a final state leads to: every descendant it blocks for
-    /// good is skipped; otherwise (a success) its children are considered again.
+    /// What job `from` reaching a final state leads to, whatever that state: the
+    /// descendants it leaves blocked for good under their own trigger rules are
+    /// skipped, and the children of `from` and of each skipped job are considered
+    /// again (a cleanup job may be ready now, a compensation job still waiting).
     fn cascade(&mut self, from: u32, a: &mut Advance) {
-        if dag::blocks(self.states[from as usize]) {
-            for c in dag::skipped_by(&self.dag, &self.states, from) {
-                self.set(c, JobState::Skipped);
-                a.skip.push(c);
-            }
-            return;
+        let skipped = dag::skipped_by(&self.dag, &self.states, from);
+        for &c in &skipped {
+            self.set(c, JobState::Skipped);
+            a.skip.push(c);
         }
-        for k in 0..self.dag.children(from).len() {
-            let c = self.dag.children(from)[k];
-            // A child another parent blocks was skipped with that parent; should it
-            // still be open here, its own descendants go with it.
-            if self.consider(c, a) == Some(JobState::Skipped) {
-                self.cascade(c, a);
+        for f in std::iter::once(from).chain(skipped) {
+            for k in 0..self.dag.children(f).len() {
+                let c = self.dag.children(f)[k];
+                // skipped_by has skipped every job blocked by now, so this enqueues
+                // or arms; were one still blocked, its descendants would go with it.
+                if self.consider(c, a) == Some(JobState::Skipped) {
+                    self.cascade(c, a);
+                }
             }
         }
     }
 
     /// Enqueues job `i` if ready, skips it if it never can run; says which. Any other
-    /// job is armed (once): the router starts it when its parents have succeeded, and
-    /// the walk is left with skipping and finishing.
+    /// job is armed (once): the router starts it when its trigger rule holds, and the
+    /// walk is left with skipping and finishing.
     fn consider(&mut self, i: u32, a: &mut Advance) -> Option<JobState> {
         let k = i as usize;
         if self.states[k] != JobState::Queued || self.requested[k] {
@@ -151,8 +155,8 @@ impl Walk {
                 Some(JobState::Queued)
             }
             Readiness::Waiting => {
-                // No parent blocks it: they are all on their way. Ask now that the
-                // router start it when they have all succeeded.
+                // Its rule is not decided yet: some parents are on their way. Ask now
+                // that the router start it in the turn its rule comes to hold.
                 if !self.armed[k] {
                     self.armed[k] = true;
                     a.after.push(i);
@@ -166,7 +170,7 @@ impl Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pypelinin_common::PipelineSpec;
+    use pypelinin_common::{PipelineSpec, TriggerRule};
 
     fn diamond_with_tail() -> PipelineSpec {
         PipelineSpec::default()
@@ -260,7 +264,7 @@ mod tests {
     }
 
     /// The pipeliner skips, enqueues or arms a job exactly as the common rule says,
-    /// for every combination of its two parents' states.
+    /// under every trigger rule, for every combination of its two parents' states.
     #[test]
     fn every_decision_follows_the_common_rule() {
         use pypelinin_common::dag::{readiness, Readiness};
@@ -272,31 +276,177 @@ mod tests {
             JobState::Skipped,
             JobState::Cancelled,
         ];
-        for p in ALL {
-            for q in ALL {
-                let mut w = Walk::new(PipelineSnapshot {
-                    id: PipelineId::new(),
-                    spec: PipelineSpec::default()
+        for rule in RULES {
+            for p in ALL {
+                for q in ALL {
+                    let mut spec = PipelineSpec::default()
                         .job("p", "W", &[])
                         .job("q", "W", &[])
-                        .job("x", "W", &["p", "q"]),
-                    states: vec![p, q, JobState::Queued],
-                })
-                .unwrap();
-                let a = w.plan_all();
-                let decided = (
-                    a.skip.contains(&2),
-                    a.enqueue.contains(&2),
-                    a.after.contains(&2),
-                );
-                let want = match readiness([p, q]) {
-                    Readiness::Blocked { .. } => (true, false, false),
-                    Readiness::Ready => (false, true, false),
-                    Readiness::Waiting => (false, false, true),
-                };
-                assert_eq!(decided, want, "parents {p:?} {q:?}");
+                        .job("x", "W", &["p", "q"]);
+                    spec.jobs.get_mut("x").unwrap().trigger_rule = rule;
+                    let mut w = Walk::new(PipelineSnapshot {
+                        id: PipelineId::new(),
+                        spec,
+                        states: vec![p, q, JobState::Queued],
+                    })
+                    .unwrap();
+                    let a = w.plan_all();
+                    let decided = (
+                        a.skip.contains(&2),
+                        a.enqueue.contains(&2),
+                        a.after.contains(&2),
+                    );
+                    let want = match readiness(rule, [p, q]) {
+                        Readiness::Blocked { .. } => (true, false, false),
+                        Readiness::Ready => (false, true, false),
+                        Readiness::Waiting => (false, false, true),
+                    };
+                    assert_eq!(decided, want, "{} parents {p:?} {q:?}", rule.as_str());
+                }
             }
         }
+    }
+
+    const RULES: [TriggerRule; 7] = [
+        TriggerRule::AllSuccess,
+        TriggerRule::AllDone,
+        TriggerRule::AllFailed,
+        TriggerRule::OneFailed,
+        TriggerRule::OneSuccess,
+        TriggerRule::NoneFailed,
+        TriggerRule::Always,
+    ];
+
+    /// `a`; `b` after `a` (all_success); `clean` after `a` with `rule`; `tail` after
+    /// `b` and `clean` (all_done). Indices: a0 b1 clean2 tail3.
+    fn with_cleanup(rule: TriggerRule, states: Vec<JobState>, allow_a: bool) -> Walk {
+        let mut spec = PipelineSpec::default()
+            .job("a", "W", &[])
+            .job("b", "W", &["a"])
+            .job("clean", "W", &["a"])
+            .job("tail", "W", &["b", "clean"]);
+        spec.jobs.get_mut("clean").unwrap().trigger_rule = rule;
+        spec.jobs.get_mut("tail").unwrap().trigger_rule = TriggerRule::AllDone;
+        spec.jobs.get_mut("a").unwrap().allow_failure = allow_a;
+        Walk::new(PipelineSnapshot {
+            id: PipelineId::new(),
+            spec,
+            states,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failure_skips_only_what_its_rule_rules_out_and_the_cleanup_job_is_left_to_run() {
+        let mut w = with_cleanup(TriggerRule::AllDone, vec![], false);
+        let mut a = w.plan_all();
+        a.after.sort();
+        assert_eq!((a.enqueue, a.after), (vec![0], vec![1, 2, 3]));
+        let mut a = Advance::default();
+        w.on_change(0, JobState::Failed, &mut a);
+        assert_eq!(a.skip, vec![1], "b skipped; clean and tail are not");
+        assert!(
+            a.enqueue.is_empty(),
+            "clean was armed: the router starts it in the turn a fails"
+        );
+        assert!(!a.finish);
+        let mut a = Advance::default();
+        w.on_change(1, JobState::Skipped, &mut a); // our own skip, echoed back
+        w.on_change(2, JobState::Running, &mut a);
+        w.on_change(2, JobState::Succeeded, &mut a);
+        assert!(a.skip.is_empty() && a.enqueue.is_empty() && !a.finish);
+        w.on_change(3, JobState::Succeeded, &mut a);
+        assert!(
+            a.finish,
+            "not every job succeeded: the pipeliner closes it, the router decides how"
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_walk_enqueues_the_cleanup_job_a_failure_made_ready() {
+        let q = JobState::Queued;
+        let mut w = with_cleanup(TriggerRule::AllDone, vec![JobState::Failed, q, q, q], false);
+        let a = w.plan_all();
+        assert_eq!(a.skip, vec![1]);
+        let mut enqueued = a.enqueue.clone();
+        enqueued.sort();
+        assert_eq!(enqueued, vec![2], "clean is ready; tail waits for it");
+        assert_eq!(a.after, vec![3]);
+    }
+
+    #[test]
+    fn a_skip_that_makes_a_job_ready_enqueues_it_with_the_skip() {
+        // tail (all_done) under b: once b is skipped and clean is done, tail is ready.
+        let q = JobState::Queued;
+        let mut w = with_cleanup(
+            TriggerRule::AllDone,
+            vec![JobState::Running, q, JobState::Succeeded, q],
+            false,
+        );
+        let mut a = w.plan_all();
+        a.after.sort();
+        assert_eq!(a.after, vec![1, 3]);
+        let mut w = with_cleanup(
+            TriggerRule::AllDone,
+            vec![JobState::Running, q, JobState::Succeeded, q],
+            false,
+        );
+        let mut a = Advance::default();
+        w.on_change(0, JobState::Failed, &mut a);
+        assert_eq!(a.skip, vec![1]);
+        assert_eq!(a.enqueue, vec![3], "not armed in this walk: asked for now");
+    }
+
+    #[test]
+    fn a_compensation_job_is_skipped_when_nothing_failed() {
+        let mut w = with_cleanup(TriggerRule::OneFailed, vec![], false);
+        w.plan_all();
+        let mut a = Advance::default();
+        w.on_change(0, JobState::Succeeded, &mut a);
+        assert_eq!(a.skip, vec![2], "a succeeded: clean can never run");
+        assert!(a.enqueue.is_empty(), "b armed, tail still waits for b");
+        let mut a = Advance::default();
+        w.on_change(1, JobState::Succeeded, &mut a);
+        w.on_change(3, JobState::Succeeded, &mut a);
+        assert!(a.finish, "a skip: the router will not close it on its own");
+    }
+
+    #[test]
+    fn a_compensation_job_starts_while_a_sibling_still_runs() {
+        // p and q roots, x one_failed after both: p fails while q runs.
+        let mut spec = PipelineSpec::default()
+            .job("p", "W", &[])
+            .job("q", "W", &[])
+            .job("x", "W", &["p", "q"]);
+        spec.jobs.get_mut("x").unwrap().trigger_rule = TriggerRule::OneFailed;
+        let snap = |states| PipelineSnapshot {
+            id: PipelineId::new(),
+            spec: spec.clone(),
+            states,
+        };
+        let mut w = Walk::new(snap(vec![JobState::Running, JobState::Running])).unwrap();
+        assert_eq!(w.plan_all().after, vec![2]);
+        let mut a = Advance::default();
+        w.on_change(0, JobState::Failed, &mut a);
+        assert!(
+            a.skip.is_empty() && a.enqueue.is_empty(),
+            "armed: the router starts it"
+        );
+        let mut w = Walk::new(snap(vec![JobState::Failed, JobState::Running])).unwrap();
+        assert_eq!(w.plan_all().enqueue, vec![2]);
+    }
+
+    #[test]
+    fn an_allowed_failure_still_skips_its_all_success_children_and_is_finished_by_the_pipeliner() {
+        let mut w = with_cleanup(TriggerRule::AllDone, vec![], true);
+        w.plan_all();
+        let mut a = Advance::default();
+        w.on_change(0, JobState::Failed, &mut a);
+        assert_eq!(a.skip, vec![1]);
+        for j in [2, 3] {
+            w.on_change(j, JobState::Succeeded, &mut a);
+        }
+        assert!(w.is_done() && a.finish);
     }
 
     #[test]

@@ -70,12 +70,13 @@ pub enum Request {
         schedule: Option<String>,
     },
     /// Run again the failed, skipped and cancelled jobs of a finished pipeline, or the
-    /// named jobs and all their descendants, keeping what already succeeded. Replies
-    /// with its status.
+    /// named jobs, and in both cases all their descendants (a cleanup job that ran after
+    /// a failure runs again), keeping what else succeeded. Replies with its status.
     Retry {
         /// The pipeline.
         id: PipelineId,
-        /// Jobs to run again with their descendants; empty: every job that did not succeed.
+        /// Jobs to run again with their descendants; empty: every job that did not
+        /// succeed, with its descendants.
         #[serde(default)]
         jobs: Vec<String>,
     },

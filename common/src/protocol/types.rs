@@ -54,16 +54,18 @@ pub struct JobReport {
 pub struct Advance {
     /// The pipeline.
     pub pipeline: PipelineId,
-    /// Jobs whose parents all succeeded: run them.
+    /// Jobs whose trigger rule holds (by default: every parent succeeded): run them.
     pub enqueue: Vec<u32>,
-    /// Jobs that can never run because an ancestor failed.
+    /// Jobs that can never run: their trigger rule can never hold (by default because an
+    /// ancestor failed). Applied before `enqueue`, since a skip may make a job ready.
     pub skip: Vec<u32>,
     /// Every job is final: close the pipeline.
     pub finish: bool,
-    /// Jobs to run as soon as their parents have all succeeded (at once if they have):
-    /// the decision made ahead, so that the router starts a child in the very turn its
-    /// last parent's result arrives, instead of after a round trip to the pipeliner.
-    /// A failure among the parents still leaves the child to the pipeliner, to skip.
+    /// Jobs to run as soon as their trigger rule holds (at once if it does): the
+    /// decision made ahead, so that the router starts a child in the very turn the
+    /// parent's end that makes it hold arrives, whatever that end, instead of after a
+    /// round trip to the pipeliner. A child whose rule can never hold is still left to
+    /// the pipeliner, to skip.
     #[serde(default)]
     pub after: Vec<u32>,
     /// Close the pipeline as succeeded as soon as every job has succeeded, without

@@ -1,5 +1,6 @@
-//! Advancing pipelines: the pipeliner's decisions (enqueue, arm, skip, finish), what a
-//! success starts on its own (armed children), and closing a pipeline.
+//! Advancing pipelines: the pipeliner's decisions (skip, enqueue, arm, finish), what a
+//! job's end starts on its own (armed children whose trigger rule now holds), and
+//! closing a pipeline.
 
 use pypelinin_common::dag::{self, Readiness};
 use pypelinin_common::protocol::{Advance, Event, PipelineId, ProtocolError, Reply};
@@ -42,6 +43,45 @@ impl RouterState {
     pub(super) fn apply_advance(&mut self, a: Advance) -> Result<()> {
         let id = a.pipeline;
         let _span = info_span!("pipeline", pipeline = %id).entered();
+        // Skips first: a job they make ready (a cleanup job under a skipped parent) may
+        // be among the enqueues below.
+        for i in a.skip {
+            let Some(p) = self.pipelines.get(&id) else {
+                return Ok(());
+            };
+            let Some(j) = p.jobs.get(i as usize) else {
+                continue;
+            };
+            let parents = p.dag.parents(i);
+            let rule = p.dag.job(i).trigger_rule;
+            let blocked_by =
+                match dag::readiness(rule, parents.iter().map(|&q| p.jobs[q as usize].state)) {
+                    Readiness::Blocked { by } => Some(parents[by]),
+                    Readiness::Ready | Readiness::Waiting => None,
+                };
+            let (Some(q), false) = (blocked_by, j.enqueued || j.state != JobState::Queued) else {
+                debug!(job = i, "skip ignored: job can still run");
+                continue;
+            };
+            let mut reason = format!(
+                "not run: {} {}",
+                p.dag.name(q),
+                p.jobs[q as usize].state.as_str()
+            );
+            if !rule.is_default() {
+                reason = format!("{reason} (trigger_rule {})", rule.as_str());
+            }
+            let Some(j) = self
+                .pipelines
+                .get_mut(&id)
+                .and_then(|p| p.jobs.get_mut(i as usize))
+            else {
+                return Ok(());
+            };
+            j.state = JobState::Skipped;
+            j.error = Some(reason);
+            self.job_final(id, i, JobState::Skipped)?;
+        }
         for i in a.enqueue {
             if !self.enqueue_if_ready(id, i) {
                 debug!(job = i, "enqueue ignored: not ready or already queued");
@@ -65,59 +105,21 @@ impl RouterState {
             p.close_on_success = true;
             self.close_if_all_succeeded(id)?;
         }
-        for i in a.skip {
-            let Some(p) = self.pipelines.get(&id) else {
-                return Ok(());
-            };
-            let Some(j) = p.jobs.get(i as usize) else {
-                continue;
-            };
-            let parents = p.dag.parents(i);
-            let blocked_by = match dag::readiness(parents.iter().map(|&q| p.jobs[q as usize].state))
-            {
-                Readiness::Blocked { by } => Some(parents[by]),
-                Readiness::Ready | Readiness::Waiting => None,
-            };
-            let (Some(q), false) = (blocked_by, j.enqueued || j.state != JobState::Queued) else {
-                debug!(job = i, "skip ignored: job can still run");
-                continue;
-            };
-            let reason = format!(
-                "not run: {} {}",
-                p.dag.name(q),
-                p.jobs[q as usize].state.as_str()
-            );
-            let Some(j) = self
-                .pipelines
-                .get_mut(&id)
-                .and_then(|p| p.jobs.get_mut(i as usize))
-            else {
-                return Ok(());
-            };
-            j.state = JobState::Skipped;
-            j.error = Some(reason);
-            self.job_final(id, i, JobState::Skipped)?;
-        }
         if a.finish {
             let Some(p) = self.pipelines.get(&id) else {
                 return Ok(());
             };
-            if p.done as usize != p.jobs.len() || p.rec.state.is_final() {
-                debug!("finish ignored: jobs still open");
+            let outcome = dag::pipeline_outcome(&p.dag, p.jobs.iter().map(|j| j.state));
+            let (Some(state), false) = (outcome, p.rec.state.is_final()) else {
+                debug!("finish ignored: jobs still open, or the pipeline closed");
                 return Ok(());
-            }
-            let failed = p.jobs.iter().any(|j| !j.state.is_success());
-            let state = if failed {
-                PipelineState::Failed
-            } else {
-                PipelineState::Succeeded
             };
             self.close_pipeline(id, state)?;
         }
         Ok(())
     }
 
-    /// Puts job `i` in the run queue if it waits and its parents have all succeeded.
+    /// Puts job `i` in the run queue if it waits and its trigger rule holds.
     pub(super) fn enqueue_if_ready(&mut self, id: PipelineId, i: u32) -> bool {
         let Some(p) = self.pipelines.get(&id) else {
             return false;
@@ -125,8 +127,10 @@ impl RouterState {
         let ready = p.jobs.get(i as usize).is_some_and(|j| {
             j.state == JobState::Queued
                 && !j.enqueued
-                && dag::readiness(p.dag.parents(i).iter().map(|&q| p.jobs[q as usize].state))
-                    == Readiness::Ready
+                && dag::readiness(
+                    p.dag.job(i).trigger_rule,
+                    p.dag.parents(i).iter().map(|&q| p.jobs[q as usize].state),
+                ) == Readiness::Ready
         });
         if let (true, Some(j)) = (
             ready,
@@ -141,7 +145,10 @@ impl RouterState {
         ready
     }
 
-    /// Closes the pipeline if its pipeliner asked for that and every job succeeded.
+    /// Closes the pipeline if its pipeliner asked for that and every job succeeded: the
+    /// one end the router decides alone, in the turn of the last success, since the
+    /// pipeliner then sends no `finish`. Any other end (a failure, allowed or not, a
+    /// skip) waits for the pipeliner's `finish`, and `dag::pipeline_outcome` decides it.
     pub(super) fn close_if_all_succeeded(&mut self, id: PipelineId) -> Result<()> {
         let p = &self.pipelines[&id];
         let close = p.close_on_success
@@ -149,6 +156,10 @@ impl RouterState {
             && p.done as usize == p.jobs.len()
             && p.jobs.iter().all(|j| j.state.is_success());
         if close {
+            debug_assert_eq!(
+                dag::pipeline_outcome(&p.dag, p.jobs.iter().map(|j| j.state)),
+                Some(PipelineState::Succeeded)
+            );
             self.close_pipeline(id, PipelineState::Succeeded)?;
         }
         Ok(())

@@ -343,20 +343,25 @@ impl RouterState {
                 state,
             });
         }
+        // A cancelled job comes only from a cancel, which starts nothing new.
+        if state == JobState::Cancelled {
+            return Ok(());
+        }
+        // What the pipeliner asked ahead happens in this very turn: armed children whose
+        // trigger rule this end makes hold start (after any end: a cleanup job runs after
+        // a failure), and the pipeline closes if every job has succeeded.
+        let p = &self.pipelines[&id];
+        let armed: Vec<u32> = p
+            .dag
+            .children(i)
+            .iter()
+            .copied()
+            .filter(|&c| p.armed[c as usize])
+            .collect();
+        for c in armed {
+            self.enqueue_if_ready(id, c);
+        }
         if state.is_success() {
-            // What the pipeliner asked ahead happens in this very turn: armed children
-            // start, and the pipeline closes if every job has succeeded.
-            let p = &self.pipelines[&id];
-            let armed: Vec<u32> = p
-                .dag
-                .children(i)
-                .iter()
-                .copied()
-                .filter(|&c| p.armed[c as usize])
-                .collect();
-            for c in armed {
-                self.enqueue_if_ready(id, c);
-            }
             self.close_if_all_succeeded(id)?;
         }
         Ok(())
@@ -381,7 +386,7 @@ impl RouterState {
     }
 
     /// Runs again the jobs of a finished pipeline that did not succeed, or the named
-    /// ones and their descendants; what succeeded otherwise is kept.
+    /// ones, and in either case their descendants; what succeeded otherwise is kept.
     pub(super) fn retry(&mut self, id: PipelineId, names: Vec<String>) -> Result<Reply> {
         let Some(p) = self.pipelines.get(&id) else {
             return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
@@ -394,9 +399,21 @@ impl RouterState {
         }
         let mut targets: Vec<u32> = Vec::new();
         if names.is_empty() {
-            targets.extend(
-                (0..p.jobs.len() as u32).filter(|&i| !p.jobs[i as usize].state.is_success()),
-            );
+            // With trigger rules a job may have run after one that did not succeed (a
+            // cleanup job after a failure): it runs again after the new attempt, like
+            // the descendants of a job retried by name.
+            // One walk from all of them at once: a long chain under an early failure
+            // is walked once, not once per skipped job.
+            let mut seen = vec![false; p.jobs.len()];
+            let mut stack: Vec<u32> = (0..p.jobs.len() as u32)
+                .filter(|&i| !p.jobs[i as usize].state.is_success())
+                .collect();
+            while let Some(i) = stack.pop() {
+                if !std::mem::replace(&mut seen[i as usize], true) {
+                    targets.push(i);
+                    stack.extend_from_slice(p.dag.children(i));
+                }
+            }
         } else {
             for n in &names {
                 let Some(i) = p.dag.index_of(n) else {

@@ -3,6 +3,7 @@
 //! module; this is the router's, over every combination of two parents' states.
 
 use pypelinin_common::dag::{readiness, Readiness};
+use pypelinin_common::TriggerRule;
 
 use super::*;
 
@@ -19,7 +20,7 @@ const STATES: [JobState; 6] = [
 /// What the common rule says: the job is blocked for good, so the pipeliner skips it.
 fn pipeliner_skips(parents: &[JobState]) -> bool {
     matches!(
-        readiness(parents.iter().copied()),
+        readiness(TriggerRule::AllSuccess, parents.iter().copied()),
         Readiness::Blocked { .. }
     )
 }

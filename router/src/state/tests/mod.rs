@@ -13,6 +13,7 @@ mod recovery;
 mod schedules;
 mod sensors;
 mod targets;
+mod trigger_rules;
 mod waiters;
 mod why;
 
