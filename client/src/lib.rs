@@ -75,7 +75,8 @@ pub struct JobFailure {
 pub enum Outcome {
     /// Every job succeeded.
     Succeeded(PipelineStatus),
-    /// At least one job failed; its descendants were skipped.
+    /// At least one job failed without `allow_failure` (or was cancelled); jobs its
+    /// failure ruled out by their trigger rules were skipped.
     Failed {
         /// Each failed job with its error.
         failures: Vec<JobFailure>,
@@ -323,8 +324,9 @@ impl PipelineManager {
         }
     }
 
-    /// Runs again a finished pipeline's jobs that did not succeed, or the named jobs
-    /// and their descendants, reusing what already succeeded.
+    /// Runs again a finished pipeline's jobs that did not succeed (with the jobs after
+    /// them, such as cleanup jobs), or the named jobs and their descendants, reusing
+    /// every other job's result.
     pub fn retry(
         &mut self,
         id: PipelineId,

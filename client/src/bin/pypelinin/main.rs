@@ -110,8 +110,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Runs a finished pipeline's failed jobs again (or the named jobs and their
-    /// descendants), reusing what already succeeded.
+    /// Runs a finished pipeline's jobs that did not succeed again, with the jobs after
+    /// them (or the named jobs and their descendants), reusing every other result.
     Retry {
         /// The pipeline id.
         id: PipelineId,
