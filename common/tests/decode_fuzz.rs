@@ -735,6 +735,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
             FromRouter::Reply(Reply::Welcome(ClusterConfig {
                 store: json!({"kind": "s3", "bucket": "b", "retries": 3, "opts": [1, {"x": null}]}),
                 monitoring_interval_ms: 5_000,
+                ..ClusterConfig::default()
             })),
         ),
         (
