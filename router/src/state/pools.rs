@@ -427,7 +427,7 @@ impl RouterState {
         Some(if ahead == 0 {
             format!("next for worker {}: no broker has a free slot", job.worker)
         } else {
-            format!("behind {ahead} jobs of higher priority")
+            format!("behind {ahead} job(s) ahead in the queue (higher priority or queued earlier)")
         })
     }
 }
