@@ -264,7 +264,22 @@ impl RouterState {
         if let Some(name) = &job.pool {
             let slots = job.pool_slots.unwrap_or(1);
             let pool = self.limits.pools.entry(name.clone()).or_default();
-            let better_waits = pool.parked.peek().is_some_and(|h| *h > t);
+            // The best job parked in the pool goes first, unless it ended meanwhile
+            // (cancelled) or can never fit (the pool shrank below its slots).
+            let mut better_waits = false;
+            while let Some(h) = pool.parked.peek().copied() {
+                let Some(hp) = self.pipelines.get(&h.id) else {
+                    pool.parked.pop();
+                    continue;
+                };
+                if !waits(hp.jobs[h.job as usize].state) {
+                    pool.parked.pop();
+                    continue;
+                }
+                let need = hp.dag.job(h.job).pool_slots.unwrap_or(1);
+                better_waits = h > t && need <= pool.capacity.unwrap_or(0);
+                break;
+            }
             if better_waits || pool.open() < slots {
                 pool.parked.push(t);
                 return false;
@@ -324,6 +339,17 @@ impl RouterState {
         }
     }
 
+    /// Jobs parked for a pool or a `max_active` (cancelled ones may still be among
+    /// them until their pool frees a slot).
+    pub(super) fn parked(&self) -> usize {
+        self.limits
+            .pools
+            .values()
+            .map(|p| p.parked.len())
+            .sum::<usize>()
+            + self.limits.capped.values().map(|q| q.len()).sum::<usize>()
+    }
+
     /// Forgets the jobs of pipeline `id` parked for its `max_active` (it was
     /// cancelled).
     pub(super) fn forget_capped(&mut self, id: PipelineId) {
@@ -337,6 +363,10 @@ impl RouterState {
             return;
         };
         let mut open = pool.open();
+        let capacity = pool.capacity.unwrap_or(0);
+        // Jobs needing more slots than the pool now has stay parked without holding
+        // up those behind them.
+        let mut too_big = Vec::new();
         while let Some(t) = pool.parked.peek().copied() {
             let Some(p) = self.pipelines.get(&t.id) else {
                 pool.parked.pop();
@@ -348,6 +378,10 @@ impl RouterState {
             }
             let job = p.dag.job(t.job);
             let need = job.pool_slots.unwrap_or(1);
+            if need > capacity {
+                too_big.extend(pool.parked.pop());
+                continue;
+            }
             if need > open {
                 break;
             }
@@ -355,6 +389,7 @@ impl RouterState {
             pool.parked.pop();
             self.queues.entry(job.worker.clone()).or_default().push(t);
         }
+        pool.parked.extend(too_big);
     }
 
     /// Puts back in the run queue as many of pipeline `id`'s parked jobs as its

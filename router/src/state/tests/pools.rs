@@ -564,3 +564,46 @@ fn prio_spec(p: i64) -> PipelineSpec {
     s.priority = p;
     s
 }
+
+#[test]
+fn a_parked_job_that_was_cancelled_or_can_no_longer_fit_does_not_hold_up_its_pool() {
+    let mut r = rig(10);
+    set_pool(&mut r, "db", 3);
+    let small = r.submit_planned(in_pool("db", 2));
+    let running = r.assigned().remove(0);
+    assert_eq!(running.job.pipeline, small);
+    let mut big = in_pool("db", 3);
+    big.priority = 10;
+    let big = r.submit_planned(big);
+    assert!(r.assigned().is_empty());
+    // The big job is cancelled while parked: a small one may take the free slot.
+    r.send(CLIENT, Request::Cancel { id: big });
+    r.submit_planned(in_pool("db", 1));
+    assert_eq!(r.assigned().len(), 1);
+    // A big job parked, then the pool shrinks below its slots: it waits for the pool to
+    // grow, and smaller jobs of the pool go on meanwhile.
+    let mut big = in_pool("db", 3);
+    big.priority = 10;
+    let big = r.submit_planned(big);
+    set_pool(&mut r, "db", 2);
+    r.succeed(running.job);
+    let after = r.submit_planned(in_pool("db", 1));
+    let a = r.assigned();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].job.pipeline, after);
+    assert_eq!(
+        r.state.queued_reason(big, 0).as_deref(),
+        Some("pool db: needs 3 slots, the pool has 2")
+    );
+    // One more waits behind the big one for a free slot, and gets it when one frees.
+    let waiting = r.submit_planned(in_pool("db", 1));
+    assert!(r.assigned().is_empty(), "the pool is full");
+    r.succeed(a[0].job);
+    let a = r.assigned();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].job.pipeline, waiting);
+    set_pool(&mut r, "db", 5);
+    let a = r.assigned();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].job.pipeline, big);
+}
