@@ -235,3 +235,52 @@ fn the_pool_command_line_sets_lists_and_removes() {
     assert_eq!(code, 2);
     assert!(err.contains("at least 1 slot"), "{err}");
 }
+
+#[test]
+fn pools_of_the_config_file_are_applied_at_start_and_a_bad_one_stops_the_router() {
+    let mut c = Cluster::start(1, 2);
+    let mut pm = c.client();
+    set_pool(&mut pm, "db", 1);
+    let config = c.dir.path().join("cluster.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    cfg["pools"] = json!({"db": 3, "api": 2});
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    c.kill_and_restart_router();
+    let mut pm = c.client();
+    let caps: Vec<(String, u32)> = pm
+        .pools(PoolRequest::List)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name, p.capacity))
+        .collect();
+    assert_eq!(caps, [("api".into(), 2), ("db".into(), 3)], "the file wins");
+
+    // A pool of no slots in the file: the router refuses to start, naming it.
+    let bad = c.dir.path().join("bad.json");
+    std::fs::write(&bad, json!({"pools": {"db": 0}}).to_string()).unwrap();
+    let db = c.dir.path().join("other-db");
+    let log = c.dir.path().join("bad-router.log");
+    let mut router = pypelinin_tests::Proc::spawn(
+        "pypelinin-router",
+        &[
+            "--api",
+            "tcp://127.0.0.1:0",
+            "--broadcast",
+            "tcp://127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+            "--config",
+            bad.to_str().unwrap(),
+        ],
+        &log,
+    );
+    let status = router
+        .wait_exit(Duration::from_secs(30))
+        .expect("the router exits");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("bad.json") && text.contains("pool \"db\" must have at least 1 slot"),
+        "{text}"
+    );
+}
