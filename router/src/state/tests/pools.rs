@@ -607,3 +607,49 @@ fn a_parked_job_that_was_cancelled_or_can_no_longer_fit_does_not_hold_up_its_poo
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].job.pipeline, big);
 }
+
+#[test]
+fn a_retried_job_whose_pool_was_removed_waits_until_the_pool_is_back() {
+    let mut r = rig(2);
+    set_pool(&mut r, "db", 1);
+    let mut spec = in_pool("db", 1);
+    spec.retries = Some(0);
+    let id = r.submit_planned(spec);
+    let a = r.assigned().remove(0);
+    r.fail(a.job);
+    r.advance(pypelinin_common::protocol::Advance {
+        pipeline: id,
+        finish: true,
+        ..Default::default()
+    });
+    assert_eq!(r.pipeline_state(id), PipelineState::Failed);
+    assert!(matches!(
+        r.send(
+            CLIENT,
+            Request::Pool(PoolRequest::Remove { name: "db".into() })
+        ),
+        Reply::Pools(_)
+    ));
+    assert!(matches!(
+        r.send(CLIENT, Request::Retry { id, jobs: vec![] }),
+        Reply::Status(_)
+    ));
+    let snap = r.take(id);
+    assert_eq!(snap.id, id);
+    r.advance(pypelinin_common::protocol::Advance {
+        pipeline: id,
+        enqueue: vec![0],
+        close_on_success: true,
+        ..Default::default()
+    });
+    assert!(r.assigned().is_empty(), "no pool, no slot");
+    assert_eq!(
+        r.state.queued_reason(id, 0).as_deref(),
+        Some("pool db does not exist")
+    );
+    set_pool(&mut r, "db", 1);
+    let again = r.assigned();
+    assert_eq!(again.len(), 1);
+    r.succeed(again[0].job);
+    assert_eq!(r.pipeline_state(id), PipelineState::Succeeded);
+}
