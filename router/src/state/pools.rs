@@ -22,6 +22,7 @@ use pypelinin_common::status::JobState;
 use pypelinin_common::Pipeline;
 use tracing::{info, warn};
 
+use super::peers::Role;
 use super::queue::{RunQueue, Ticket};
 use super::{Result, RouterState};
 use crate::store::PoolRecord;
@@ -459,7 +460,13 @@ impl RouterState {
         let q = self.queues.get(&job.worker)?;
         let t = q.iter().find(mine)?;
         let ahead = q.iter().filter(|o| *o > t).count();
-        Some(if ahead == 0 {
+        let served = self
+            .peers
+            .values()
+            .any(|p| matches!(&p.role, Role::Broker(b) if b.workers.contains(&job.worker)));
+        Some(if !served {
+            format!("no broker serves worker {}", job.worker)
+        } else if ahead == 0 {
             format!("next for worker {}: no broker has a free slot", job.worker)
         } else {
             format!("behind {ahead} job(s) ahead in the queue (higher priority or queued earlier)")

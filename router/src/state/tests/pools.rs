@@ -545,6 +545,11 @@ fn why_a_queued_job_waits_is_told() {
         why(&r, behind).as_deref(),
         Some("behind 1 job(s) ahead in the queue (higher priority or queued earlier)")
     );
+    let nobody = r.submit_planned(PipelineSpec::default().job("a", "Other", &[]));
+    assert_eq!(
+        why(&r, nobody).as_deref(),
+        Some("no broker serves worker Other")
+    );
     let mut capped = PipelineSpec::default()
         .job("a", "W", &[])
         .job("b", "W", &[]);
