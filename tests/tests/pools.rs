@@ -284,3 +284,31 @@ fn pools_of_the_config_file_are_applied_at_start_and_a_bad_one_stops_the_router(
         "{text}"
     );
 }
+
+#[test]
+fn a_schedules_max_active_is_its_max_running_on_the_command_line_and_in_json() {
+    let c = Cluster::start(0, 1);
+    let file = c.dir.path().join("one.json");
+    std::fs::write(&file, r#"{"jobs": {"a": {"worker": "Echo"}}}"#).unwrap();
+    let (code, out, err) = c.cli(&[
+        "schedule",
+        "add",
+        "hourly",
+        "--cron",
+        "0 0 * * * *",
+        "--pipeline",
+        file.to_str().unwrap(),
+        "--max-active",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let s: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(s["spec"]["max_running"], json!(3), "{s}");
+    let spec: pypelinin_common::schedule::ScheduleSpec = serde_json::from_value(json!({
+        "name": "n", "cron": "* * * * *", "max_active": 2,
+        "pipeline": {"jobs": {"a": {"worker": "Echo"}}}
+    }))
+    .unwrap();
+    assert_eq!(spec.max_running, 2);
+}
