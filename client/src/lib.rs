@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
-    BrokerStatus, ClusterMetrics, LogPage, PipelineId, PipelineResult, PipelineSummary, Reply,
-    Request, ScheduleRequest, REQUEST_TIMEOUT,
+    BrokerStatus, ClusterMetrics, LogPage, PipelineId, PipelineResult, PipelineSummary,
+    PoolRequest, PoolStatus, Reply, Request, ScheduleRequest, REQUEST_TIMEOUT,
 };
 use pypelinin_common::schedule::{BackfillStatus, ScheduleStatus};
 use pypelinin_common::status::PipelineStatus;
@@ -420,6 +420,15 @@ impl PipelineManager {
     pub fn backfills(&mut self, req: ScheduleRequest) -> Result<Vec<BackfillStatus>, ClientError> {
         match self.requester.request(&Request::Schedule(req))? {
             Reply::Backfills(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sets, lists or removes pools; the pools concerned (all of them for `List`, the
+    /// removed one as it was for `Remove`).
+    pub fn pools(&mut self, req: PoolRequest) -> Result<Vec<PoolStatus>, ClientError> {
+        match self.requester.request(&Request::Pool(req))? {
+            Reply::Pools(l) => Ok(l),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

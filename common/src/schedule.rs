@@ -104,8 +104,9 @@ pub struct ScheduleSpec {
     /// What a tick does while `max_running` runs are still going.
     #[serde(default)]
     pub overrun: OverrunPolicy,
-    /// Most runs of this schedule going at once (backfills not counted).
-    #[serde(default = "one")]
+    /// Most runs of this schedule going at once (backfills not counted). Also read
+    /// as `max_active`, the name pipelines use for their own limit.
+    #[serde(default = "one", alias = "max_active")]
     pub max_running: u32,
 }
 

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use pypelinin_common::protocol::{
     decode, encode, Advance, Assignment, BrokerHello, ClusterConfig, DecodeError, Event,
     FromRouter, JobChange, JobInfo, JobReport, MonitoringReport, PipelineSnapshot, PipelineSummary,
-    ProtocolError, Push, Reply, Request, ScheduleRequest, SlotJob, MAX_DEPTH, MAX_FRAME_BYTES,
-    MAX_WAIT_MS, PROTOCOL_VERSION,
+    PoolRequest, PoolStatus, ProtocolError, Push, Reply, Request, ScheduleRequest, SlotJob,
+    MAX_DEPTH, MAX_FRAME_BYTES, MAX_WAIT_MS, PROTOCOL_VERSION,
 };
 use pypelinin_common::protocol::{BrokerStatus, ClusterMetrics, Histogram, PipelineResult};
 use pypelinin_common::protocol::{LogChunk, LogLine, LogPage, LogStream};
@@ -455,6 +455,13 @@ fn requests() -> Vec<(&'static str, Request)> {
             Request::Schedule(ScheduleRequest::BackfillCancel { id: 3 }),
         ),
         (
+            "pool-set",
+            Request::Pool(PoolRequest::Set {
+                name: "db".into(),
+                slots: 4,
+            }),
+        ),
+        (
             "schedule-trigger",
             Request::Schedule(ScheduleRequest::Trigger {
                 name: "nightly".into(),
@@ -681,6 +688,15 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
             }])),
         ),
         (
+            "reply-pools",
+            FromRouter::Reply(Reply::Pools(vec![PoolStatus {
+                name: "db".into(),
+                capacity: 4,
+                used: 5,
+                queued: 12,
+            }])),
+        ),
+        (
             "reply-schedules",
             FromRouter::Reply(Reply::Schedules(vec![ScheduleStatus {
                 spec: schedule_spec(),
@@ -743,6 +759,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
             FromRouter::Reply(Reply::Welcome(ClusterConfig {
                 store: json!({"kind": "s3", "bucket": "b", "retries": 3, "opts": [1, {"x": null}]}),
                 monitoring_interval_ms: 5_000,
+                ..ClusterConfig::default()
             })),
         ),
         (
@@ -834,6 +851,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         ProtocolError::UnknownPipeline(pid(9)),
         ProtocolError::InvalidSchedule("bad cron expression \"61 * * * *\"".into()),
         ProtocolError::UnknownSchedule("nightly".into()),
+        ProtocolError::UnknownPool("db".into()),
         ProtocolError::UnknownBackfill(7),
         ProtocolError::Conflict("id taken by another pipeline".into()),
         ProtocolError::UnknownPeer,
@@ -854,6 +872,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
         "reply-error-unknown-pipeline",
         "reply-error-invalid-schedule",
         "reply-error-unknown-schedule",
+        "reply-error-unknown-pool",
         "reply-error-unknown-backfill",
         "reply-error-conflict",
         "reply-error-unknown-peer",

@@ -30,6 +30,8 @@ pub enum Table {
     Schedule = 4,
     /// Backfills, by number (big-endian).
     Backfill = 5,
+    /// Pools' capacities, by name (a removal is a tombstone).
+    Pool = 6,
 }
 
 impl Table {
@@ -41,6 +43,7 @@ impl Table {
             3 => Table::Output,
             4 => Table::Schedule,
             5 => Table::Backfill,
+            6 => Table::Pool,
             _ => return None,
         })
     }

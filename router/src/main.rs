@@ -21,9 +21,16 @@ struct Args {
     /// cluster's state.
     #[arg(long, env = "PYPELININ_DB", default_value = "pypelinin-router.db")]
     db: PathBuf,
-    /// Cluster configuration handed to brokers (JSON: {"store": {...}, "monitoring_interval_ms": N}).
+    /// Cluster configuration handed to brokers (JSON: {"store": {...}, "monitoring_interval_ms": N,
+    /// "pools": {"NAME": SLOTS, ...}, "priority_aging_ms": N}). Its pools are created or
+    /// resized at start, over what `pool set` stored.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A job waiting for a slot gains one point of priority per this many ms, so that
+    /// low priorities cannot starve; 0 turns aging off. Wins over the config file's
+    /// `priority_aging_ms`. Default 60000 (one point a minute).
+    #[arg(long, value_name = "MS")]
+    priority_aging_ms: Option<u64>,
     /// flush: every acknowledged change is synced to disk first (default). background:
     /// written before acknowledged, synced every 500 ms; survives a router crash, can
     /// lose the last half second if the machine crashes.
@@ -63,7 +70,7 @@ enum Mode {
 fn main() -> anyhow::Result<()> {
     pypelinin_common::init_tracing();
     let args = Args::parse();
-    let cluster = match &args.config {
+    let mut cluster = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -72,6 +79,16 @@ fn main() -> anyhow::Result<()> {
         }
         None => ClusterConfig::default(),
     };
+    if let Some(path) = &args.config {
+        for (name, slots) in &cluster.pools {
+            pypelinin_router::state::check_pool(name, *slots)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("the pools of {}", path.display()))?;
+        }
+    }
+    if let Some(ms) = args.priority_aging_ms {
+        cluster.priority_aging_ms = Some(ms);
+    }
     let config = RouterConfig {
         api: args.endpoints.api,
         broadcast: args.endpoints.broadcast,

@@ -42,6 +42,9 @@ pub enum ProtocolError {
     /// No backfill by that number.
     #[error("unknown backfill {0}")]
     UnknownBackfill(u64),
+    /// No pool by that name.
+    #[error("unknown pool {0:?}")]
+    UnknownPool(String),
     /// No such pipeline.
     #[error("unknown pipeline {0}")]
     UnknownPipeline(PipelineId),

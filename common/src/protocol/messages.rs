@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{
     Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, JobChange,
     JobRef, JobReport, LogChunk, LogPage, MonitoringReport, PipelineId, PipelineResult,
-    PipelineSnapshot, PipelineSummary, ProtocolError,
+    PipelineSnapshot, PipelineSummary, PoolStatus, ProtocolError,
 };
 use crate::pipeline::{Data, PipelineSpec};
 use crate::schedule::{BackfillSpec, BackfillStatus, ScheduleSpec, ScheduleStatus};
@@ -108,6 +108,9 @@ pub enum Request {
     Advance(Vec<Advance>),
     /// Add, inspect or steer a schedule.
     Schedule(ScheduleRequest),
+    /// Set, list or remove a pool (a cluster-wide limit on concurrent slots). Replies
+    /// `Pools`.
+    Pool(PoolRequest),
     /// The peer is alive.
     Heartbeat,
     /// The peer leaves; its running jobs and pipelines go to others.
@@ -192,6 +195,27 @@ pub enum FromRouter {
     Push(Push),
 }
 
+/// What a client asks about pools. Each replies `Pools`: every pool for `List`, the
+/// pool concerned otherwise (`Remove`: as it was before it went).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PoolRequest {
+    /// Create a pool or change its capacity. A capacity below what its running jobs
+    /// hold takes nothing back: no new job of the pool starts until use drops below it.
+    Set {
+        /// Its name, 1 to [`MAX_POOL_NAME_LEN`](crate::pipeline::MAX_POOL_NAME_LEN) bytes.
+        name: String,
+        /// Most slots its jobs hold at once, at least 1.
+        slots: u32,
+    },
+    /// Every pool, by name.
+    List,
+    /// Forget a pool; refused while a job of an open pipeline names it.
+    Remove {
+        /// Its name.
+        name: String,
+    },
+}
+
 /// Answers to requests.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reply {
@@ -222,6 +246,8 @@ pub enum Reply {
     Schedules(Vec<ScheduleStatus>),
     /// Answer to a backfill request.
     Backfills(Vec<BackfillStatus>),
+    /// Answer to a `Pool` request.
+    Pools(Vec<PoolStatus>),
     /// The cluster configuration, in answer to a broker's hello.
     Welcome(ClusterConfig),
     /// The request was refused.

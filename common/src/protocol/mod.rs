@@ -75,11 +75,11 @@ pub use logs::{
     LogChunk, LogLine, LogPage, LogStream, LOG_BATCH_BYTES, LOG_BATCH_INTERVAL, LOG_BUFFER_BYTES,
     LOG_LINE_OVERHEAD, MAX_LOG_BYTES_PER_ATTEMPT, MAX_LOG_LINE_BYTES,
 };
-pub use messages::{Event, FromRouter, Push, Reply, Request, ScheduleRequest};
+pub use messages::{Event, FromRouter, PoolRequest, Push, Reply, Request, ScheduleRequest};
 pub use types::{
     Advance, Assignment, BrokerHello, BrokerStatus, ClusterConfig, ClusterMetrics, Histogram,
     JobChange, JobInfo, JobReport, MonitoringReport, PipelineResult, PipelineSnapshot,
-    PipelineSummary, SlotJob,
+    PipelineSummary, PoolStatus, SlotJob,
 };
 
 /// Version carried by every frame; a peer with another version gets `Error(Version)`.

@@ -147,3 +147,55 @@ fn log_lines_travel_as_bytes_whatever_they_hold() {
     let (_, back): (u64, FromRouter) = decode(&bytes).unwrap();
     assert!(matches!(back, FromRouter::Reply(Reply::Logs(p)) if p == page));
 }
+
+#[test]
+fn pool_requests_and_replies_round_trip() {
+    for req in [
+        PoolRequest::Set {
+            name: "db".into(),
+            slots: 4,
+        },
+        PoolRequest::List,
+        PoolRequest::Remove { name: "db".into() },
+    ] {
+        let bytes = encode(3, &Request::Pool(req.clone()));
+        match decode::<Request>(&bytes).unwrap() {
+            (3, Request::Pool(back)) => assert_eq!(back, req),
+            other => panic!("{other:?}"),
+        }
+    }
+    let pools = vec![PoolStatus {
+        name: "db".into(),
+        capacity: 4,
+        used: 5,
+        queued: 12,
+    }];
+    let bytes = encode(4, &FromRouter::Reply(Reply::Pools(pools.clone())));
+    match decode::<FromRouter>(&bytes).unwrap() {
+        (4, FromRouter::Reply(Reply::Pools(back))) => assert_eq!(back, pools),
+        other => panic!("{other:?}"),
+    }
+    let bytes = encode(
+        5,
+        &FromRouter::Reply(Reply::Error(ProtocolError::UnknownPool("db".into()))),
+    );
+    let (_, back): (u64, FromRouter) = decode(&bytes).unwrap();
+    assert!(matches!(
+        back,
+        FromRouter::Reply(Reply::Error(ProtocolError::UnknownPool(n))) if n == "db"
+    ));
+}
+
+#[test]
+fn a_cluster_config_reads_pools_and_a_schedule_reads_max_active() {
+    let c: ClusterConfig = serde_json::from_str(r#"{"pools": {"db": 4}}"#).unwrap();
+    assert_eq!(c.pools.get("db"), Some(&4));
+    let none: ClusterConfig = serde_json::from_str("{}").unwrap();
+    assert!(none.pools.is_empty());
+    let s: crate::schedule::ScheduleSpec = serde_json::from_value(serde_json::json!({
+        "name": "n", "cron": "* * * * *", "max_active": 3,
+        "pipeline": PipelineSpec::default().job("a", "W", &[])
+    }))
+    .unwrap();
+    assert_eq!(s.max_running, 3);
+}

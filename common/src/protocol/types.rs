@@ -298,6 +298,31 @@ pub struct ClusterConfig {
     /// How often brokers send monitoring.
     #[serde(default = "default_monitoring_ms")]
     pub monitoring_interval_ms: u64,
+    /// Pools the router creates or resizes when it starts (name to capacity), so that
+    /// a cluster's limits can live in its config file. They win over what `pool set`
+    /// stored before the start; a later `pool set` wins until the next start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, u32>,
+    /// A job waiting for a slot gains one point of priority per this many ms, so that
+    /// low priorities do not starve; 0 turns aging off. `None`: the router's default
+    /// (one point a minute). The router's `--priority-aging-ms` wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_aging_ms: Option<u64>,
+}
+
+/// One pool as `pool list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Its name.
+    pub name: String,
+    /// Most slots its jobs hold at once.
+    pub capacity: u32,
+    /// Slots held now: by jobs assigned to a broker and not yet reported, whether
+    /// running or held in the broker's prefetch queue. May exceed `capacity` for a
+    /// while after the pool shrank.
+    pub used: u32,
+    /// Jobs of the pool ready to run and waiting for a slot.
+    pub queued: u32,
 }
 
 fn default_monitoring_ms() -> u64 {
@@ -309,6 +334,8 @@ impl Default for ClusterConfig {
         ClusterConfig {
             store: serde_json::json!({"kind": "cluster"}),
             monitoring_interval_ms: default_monitoring_ms(),
+            pools: BTreeMap::new(),
+            priority_aging_ms: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use pypelinin_common::protocol::{Assignment, JobInfo, JobRef, PipelineId, Pipeli
 use pypelinin_common::status::{Attempt, JobState, PipelineState};
 
 use super::peers::{Peer, Role};
+use super::queue::Ticket;
 use super::{peer_timeout, PeerId, Result, RouterState};
 
 impl RouterState {
@@ -30,19 +31,20 @@ impl RouterState {
                 if b.credit() == 0 {
                     break;
                 }
-                let n = b.workers.len();
-                let mut next = None;
-                for k in 0..n {
-                    let w = &b.workers[(b.rotate + k) % n];
-                    if let Some(q) = self.queues.get_mut(w) {
-                        if let Some(job) = q.pop_front() {
-                            next = Some(job);
-                            b.rotate = (b.rotate + k + 1) % n;
-                            break;
+                // The best head among the queues of the broker's workers.
+                let mut best: Option<(usize, Ticket)> = None;
+                for (k, w) in b.workers.iter().enumerate() {
+                    if let Some(t) = self.queues.get(w).and_then(|q| q.peek()) {
+                        if best.is_none_or(|(_, b)| *t > b) {
+                            best = Some((k, *t));
                         }
                     }
                 }
-                let Some((id, i)) = next else { break };
+                let Some((k, ticket)) = best else { break };
+                if let Some(q) = self.queues.get_mut(&b.workers[k]) {
+                    q.pop();
+                }
+                let (id, i) = (ticket.id, ticket.job);
                 let runnable = self.pipelines.get(&id).is_some_and(|p| {
                     matches!(
                         p.jobs[i as usize].state,
@@ -51,6 +53,9 @@ impl RouterState {
                 });
                 if !runnable {
                     continue; // cancelled while it waited in the queue
+                }
+                if !self.admit(ticket) {
+                    continue; // parked until its pool or pipeline has room
                 }
                 let Some(Peer {
                     role: Role::Broker(b),
@@ -66,6 +71,7 @@ impl RouterState {
                     self.longest_wait(&peer)
                 };
                 let Some(a) = self.start_attempt(id, i, name, queued_for)? else {
+                    self.free_slots(id, i);
                     continue;
                 };
                 if let Some(b) = self.broker_mut(&peer) {

@@ -17,6 +17,7 @@ use pypelinin_common::{Data, Pipeline, PipelineSpec};
 use tracing::{debug, info, info_span, warn};
 
 use super::peers::Role;
+use super::queue::{self, Ticket};
 use super::{PeerId, PipelineEntry, Result, RouterState};
 use crate::store::{JobRecord, PipelineRecord};
 
@@ -38,6 +39,10 @@ impl RouterState {
                 return Ok(Reply::Error(ProtocolError::InvalidPipeline(e.to_string())));
             }
         };
+        if let Some(e) = self.check_pools(&dag) {
+            info!(pipeline = %id, error = %e, "pipeline refused");
+            return Ok(Reply::Error(ProtocolError::InvalidPipeline(e)));
+        }
         let rec = PipelineRecord {
             id,
             spec: dag.spec().clone(),
@@ -117,6 +122,7 @@ impl RouterState {
     /// Records the outcome of attempt `r.job`, which the caller checked is current.
     pub(super) fn finish_attempt(&mut self, r: JobReport) -> Result<()> {
         let (id, i) = (r.job.pipeline, r.job.job);
+        self.free_slots(id, i);
         let Some(p) = self.pipelines.get(&id) else {
             return Ok(());
         };
@@ -324,9 +330,23 @@ impl RouterState {
         }
     }
 
+    /// Job `i` is ready to start: into its worker's run queue, ordered by its
+    /// effective priority (aged from now) and then by arrival.
     fn push_queue(&mut self, id: PipelineId, i: u32) {
-        let worker = self.pipelines[&id].dag.job(i).worker.clone();
-        self.queues.entry(worker).or_default().push_back((id, i));
+        let dag = &self.pipelines[&id].dag;
+        let ticket = Ticket {
+            key: queue::key(
+                dag.effective_priority(i),
+                self.clock.wall_ms(),
+                self.aging_ms,
+            ),
+            seq: self.next_ticket,
+            id,
+            job: i,
+        };
+        self.next_ticket += 1;
+        let worker = dag.job(i).worker.clone();
+        self.queues.entry(worker).or_default().push(ticket);
     }
 
     /// Records that job `i` reached a final state and tells its pipeliner.
@@ -473,6 +493,7 @@ impl RouterState {
                 }
                 if state == JobState::Running {
                     self.revoke(id, i);
+                    self.free_slots(id, i);
                 }
                 let now = self.clock.wall_ms();
                 let Some(j) = self
@@ -492,6 +513,7 @@ impl RouterState {
                 j.error = Some("cancelled".into());
                 self.job_final(id, i, JobState::Cancelled)?;
             }
+            self.forget_capped(id);
             self.close_pipeline(id, PipelineState::Cancelled)?;
         }
         Ok(Reply::Status(self.pipelines[&id].status()))
@@ -561,6 +583,7 @@ impl RouterState {
         j.not_before_ms = 0;
         self.store
             .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+        self.free_slots(id, i);
         self.schedule(id, i, 0);
         Ok(())
     }

@@ -54,8 +54,9 @@ impl RouterState {
                 *m.jobs.entry(j.state.as_str().into()).or_default() += 1;
             }
         }
-        m.queue_depth =
-            (self.queues.values().map(|q| q.len()).sum::<usize>() + self.delayed.len()) as u64;
+        m.queue_depth = (self.queues.values().map(|q| q.len()).sum::<usize>()
+            + self.parked()
+            + self.delayed.len()) as u64;
         for p in self.peers.values() {
             match p.role {
                 Role::Broker(_) => m.brokers += 1,

@@ -22,6 +22,8 @@ mod jobs;
 mod logs;
 mod metrics;
 mod peers;
+mod pools;
+mod queue;
 mod schedules;
 mod waiters;
 mod why;
@@ -45,6 +47,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 use metrics::LATENCY_BOUNDS;
 use peers::Peer;
 pub use peers::PREFETCH_HORIZON_MS;
+pub use pools::check_pool;
+pub use queue::DEFAULT_PRIORITY_AGING_MS;
 pub use schedules::{MAX_PENDING_TICKS, SHOWN_TICKS};
 use waiters::Waiter;
 
@@ -145,7 +149,14 @@ pub struct RouterState {
     order: BTreeMap<u64, PipelineId>,
     next_seq: u64,
     peers: HashMap<PeerId, Peer>,
-    queues: HashMap<String, VecDeque<(PipelineId, u32)>>,
+    /// The run queue, by worker: jobs ready to start, best first (`queue`).
+    queues: HashMap<String, queue::RunQueue>,
+    /// Order of queueing, for first come, first served among equal priorities.
+    next_ticket: u64,
+    /// A waiting job gains a point of priority per this many ms (0: never).
+    aging_ms: u64,
+    /// Pools, `max_active`, and the jobs parked for them (`pools`).
+    limits: pools::Limits,
     delayed: BinaryHeap<Reverse<(u64, PipelineId, u32)>>,
     unowned: VecDeque<PipelineId>,
     orphans: HashMap<(PipelineId, u32), Instant>,
@@ -201,6 +212,9 @@ impl RouterState {
             next_seq: 1,
             peers: HashMap::new(),
             queues: HashMap::new(),
+            next_ticket: 0,
+            aging_ms: 0,
+            limits: pools::Limits::default(),
             delayed: BinaryHeap::new(),
             unowned: VecDeque::new(),
             orphans: HashMap::new(),
@@ -228,6 +242,11 @@ impl RouterState {
             next_backfill: 1,
             logs: logs::Logs::default(),
         };
+        s.aging_ms = s
+            .config
+            .priority_aging_ms
+            .unwrap_or(queue::DEFAULT_PRIORITY_AGING_MS);
+        s.load_pools()?;
         let grace = s.clock.instant() + peer_timeout() * 2;
         let (mut open, mut running) = (0, 0);
         for (rec, jobs) in s.store.load()? {
@@ -268,6 +287,7 @@ impl RouterState {
                             // Its broker may still be running it: wait for it to say hello.
                             running += 1;
                             s.orphans.insert((id, i), grace);
+                            s.hold(id, i);
                         }
                         _ => {}
                     }
@@ -346,6 +366,7 @@ impl RouterState {
             } => self.pipeliner_hello(&to.peer, pipeliner, capacity, now),
             Request::Advance(list) => self.advance(&to.peer, list)?,
             Request::Schedule(r) => self.schedule_request(r)?,
+            Request::Pool(r) => self.pool_request(r)?,
             Request::Heartbeat => {
                 if self.peers.contains_key(&to.peer) {
                     Reply::Ok

@@ -25,7 +25,6 @@ pub(super) struct BrokerPeer {
     pub(super) draining: bool,
     /// Attempts assigned and not yet reported: running, or queued at the broker.
     pub(super) running: HashSet<JobRef>,
-    pub(super) rotate: usize,
     pub(super) monitor: Option<MonitoringReport>,
 }
 
@@ -134,7 +133,6 @@ impl RouterState {
                     job_ms: None,
                     draining: false,
                     running,
-                    rotate: 0,
                     monitor: None,
                 })),
                 last_seen: now,

@@ -122,17 +122,6 @@ impl RouterState {
             if serving == 1 { "" } else { "s" }
         ))
     }
-
-    /// Where job `i` stands in its worker's run queue: how many jobs wait ahead of it.
-    pub(super) fn queued_reason(&self, id: PipelineId, i: u32) -> Option<String> {
-        let worker = &self.pipelines.get(&id)?.dag.job(i).worker;
-        let ahead = self
-            .queues
-            .get(worker)?
-            .iter()
-            .position(|&(q, k)| (q, k) == (id, i))?;
-        (ahead > 0).then(|| format!("behind {ahead} queued jobs of worker {worker}"))
-    }
 }
 
 /// `at` as `HH:MM:SS UTC` when it falls on the same UTC day as `now`, else with its date.

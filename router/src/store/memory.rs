@@ -8,8 +8,8 @@ use pypelinin_common::protocol::{LogLine, PipelineId};
 use pypelinin_common::Data;
 
 use super::{
-    BackfillRecord, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, ScheduleRecord, StateStore,
-    StoreError,
+    BackfillRecord, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, PoolRecord, ScheduleRecord,
+    StateStore, StoreError,
 };
 
 /// A [`StateStore`] in memory: nothing survives the process. For tests of the state
@@ -39,6 +39,7 @@ struct Tables {
     outputs: HashMap<(PipelineId, u32), Data>,
     schedules: HashMap<String, ScheduleRecord>,
     backfills: std::collections::BTreeMap<u64, BackfillRecord>,
+    pools: BTreeMap<String, PoolRecord>,
 }
 
 impl Tables {
@@ -48,6 +49,7 @@ impl Tables {
         self.outputs.extend(other.outputs);
         self.schedules.extend(other.schedules);
         self.backfills.extend(other.backfills);
+        self.pools.extend(other.pools);
     }
 }
 
@@ -144,6 +146,24 @@ impl StateStore for MemoryStore {
 
     fn load_backfills(&self) -> Result<Vec<BackfillRecord>, StoreError> {
         Ok(self.lock().committed.backfills.values().cloned().collect())
+    }
+
+    fn load_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        let m = self.lock();
+        Ok(m.committed
+            .pools
+            .values()
+            .filter(|r| !r.removed)
+            .cloned()
+            .collect())
+    }
+
+    fn put_pool(&mut self, rec: &PoolRecord) -> Result<(), StoreError> {
+        self.lock()
+            .pending
+            .pools
+            .insert(rec.name.clone(), rec.clone());
+        Ok(())
     }
 
     fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError> {

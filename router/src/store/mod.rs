@@ -134,6 +134,21 @@ pub struct BackfillRecord {
     pub next: u32,
 }
 
+/// A pool as stored: only its capacity, which the user sets. How many of its slots
+/// are in use is never stored: it is worked out from the jobs running at load, so that
+/// no crash or restart can leak a slot. Removing a pool writes it once more with
+/// `removed` set (the journal only ever writes whole new values).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    /// Its name.
+    pub name: String,
+    /// Most slots its jobs hold at once, cluster-wide.
+    pub capacity: u32,
+    /// Removed: a tombstone.
+    #[serde(default)]
+    pub removed: bool,
+}
+
 /// How many ticks a schedule remembers for `schedule show`.
 pub const RECENT_TICKS: usize = 50;
 
@@ -236,6 +251,10 @@ pub trait StateStore: Send {
     fn load_backfills(&self) -> Result<Vec<BackfillRecord>, StoreError>;
     /// Writes a backfill record.
     fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError>;
+    /// Every pool stored and not removed.
+    fn load_pools(&self) -> Result<Vec<PoolRecord>, StoreError>;
+    /// Writes a pool record (a removal is a record with `removed` set).
+    fn put_pool(&mut self, rec: &PoolRecord) -> Result<(), StoreError>;
     /// Makes every write so far durable (per the durability mode).
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Keeps one line of an attempt's log.

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{
-    BackfillRecord, Durability, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, ScheduleRecord,
-    StateStore, StoreError,
+    BackfillRecord, Durability, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, PoolRecord,
+    ScheduleRecord, StateStore, StoreError,
 };
 use crate::journal::{self, Changes, Journal, Table};
 
@@ -86,6 +86,7 @@ struct Trees {
     specs: sled::Tree,
     schedules: sled::Tree,
     backfills: sled::Tree,
+    pools: sled::Tree,
     /// Logs, by [`log_key`]; sequence number 0 holds the attempt's [`LogMeta`].
     logs: sled::Tree,
 }
@@ -100,6 +101,7 @@ impl Trees {
             specs: db.open_tree("specs")?,
             schedules: db.open_tree("schedules")?,
             backfills: db.open_tree("backfills")?,
+            pools: db.open_tree("pools")?,
             logs: db.open_tree("logs")?,
             db,
         })
@@ -109,17 +111,18 @@ impl Trees {
     /// crash between two batches leaves at worst an output without its job record,
     /// and the journal, still there, is replayed again.
     fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut batches: [sled::Batch; 6] = Default::default();
+        let mut batches: [sled::Batch; 7] = Default::default();
         for ((table, key), value) in changes {
             batches[*table as usize].insert(&key[..], &value[..]);
         }
-        let [pipelines, specs, jobs, outputs, schedules, backfills] = batches;
+        let [pipelines, specs, jobs, outputs, schedules, backfills, pools] = batches;
         self.outputs.apply_batch(outputs)?;
         self.jobs.apply_batch(jobs)?;
         self.specs.apply_batch(specs)?;
         self.pipelines.apply_batch(pipelines)?;
         self.schedules.apply_batch(schedules)?;
         self.backfills.apply_batch(backfills)?;
+        self.pools.apply_batch(pools)?;
         self.db.flush()?;
         Ok(())
     }
@@ -395,6 +398,24 @@ impl StateStore for SledStore {
     fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError> {
         self.journal
             .put(Table::Backfill, &rec.id.to_be_bytes(), &enc(rec)?);
+        Ok(())
+    }
+
+    fn load_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees.pools.iter() {
+            let (k, v) = item?;
+            let rec: PoolRecord = dec(&k, &v)?;
+            if !rec.removed {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_pool(&mut self, rec: &PoolRecord) -> Result<(), StoreError> {
+        self.journal
+            .put(Table::Pool, rec.name.as_bytes(), &enc(rec)?);
         Ok(())
     }
 

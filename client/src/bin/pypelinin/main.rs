@@ -5,6 +5,7 @@
 mod backfill;
 mod follow;
 mod logs;
+mod pool;
 mod schedule;
 mod show;
 
@@ -179,6 +180,12 @@ enum Command {
         #[command(subcommand)]
         command: schedule::ScheduleCommand,
     },
+    /// Sets, lists or removes pools: cluster-wide limits on how many slots the jobs
+    /// naming a pool hold at once.
+    Pool {
+        #[command(subcommand)]
+        command: pool::PoolCommand,
+    },
     /// Prints a submitted pipeline (by id, jobs coloured by state) or a pipeline file
     /// as Graphviz DOT.
     Dot {
@@ -306,6 +313,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Metrics { json } => show::metrics(&mut pm, json),
         Command::Schedule { command } => schedule::run(&mut pm, command),
+        Command::Pool { command } => pool::run(&mut pm, command),
         Command::Backfill(args) => backfill::run(&mut pm, args),
         Command::Dot { target } => {
             let path = Path::new(&target);

@@ -44,8 +44,8 @@ pub enum ScheduleCommand {
         /// delay_until_success or abort_running.
         #[arg(long, default_value = "skip", value_name = "POLICY")]
         overrun: OverrunPolicy,
-        /// Most runs going at once.
-        #[arg(long, default_value_t = 1, value_name = "N")]
+        /// Most runs going at once (also --max-active, as in pipeline files).
+        #[arg(long, default_value_t = 1, value_name = "N", alias = "max-active")]
         max_running: u32,
         /// Prints JSON instead of text.
         #[arg(long)]

@@ -9,6 +9,8 @@ mod dag_rule;
 mod dispatch;
 mod jobs;
 mod logs;
+mod pools;
+mod priorities;
 mod recovery;
 mod schedules;
 mod sensors;

@@ -138,3 +138,24 @@ fn logs_after_a_reopen(durability: Durability) {
     assert_eq!((meta, other), (LogMeta::default(), vec![line(1)]));
     assert!(s.read_log((id, 0, 2), 0).unwrap().1.is_empty());
 }
+
+#[test]
+fn pools_and_their_removal_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = |name: &str, capacity, removed| PoolRecord {
+        name: name.into(),
+        capacity,
+        removed,
+    };
+    {
+        let mut s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        s.put_pool(&pool("db", 4, false)).unwrap();
+        s.put_pool(&pool("api", 2, false)).unwrap();
+        s.commit().unwrap();
+        s.put_pool(&pool("db", 6, false)).unwrap();
+        s.put_pool(&pool("api", 0, true)).unwrap();
+        s.commit().unwrap();
+    }
+    let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+    assert_eq!(s.load_pools().unwrap(), vec![pool("db", 6, false)]);
+}
