@@ -291,6 +291,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                 error: None,
             }],
             waiting_for: None,
+            late: false,
         },
     );
     jobs.insert(
@@ -320,6 +321,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                 },
             ],
             waiting_for: None,
+            late: false,
         },
     );
     for (name, worker, state) in [
@@ -342,6 +344,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                 history: Vec::new(),
                 waiting_for: (state == JobState::Waiting)
                     .then(|| "file /in/a.txt (poke 3, next at 2023-11-14T22:13:25Z)".into()),
+                late: state == JobState::Running,
             },
         );
     }

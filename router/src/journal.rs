@@ -30,6 +30,9 @@ pub enum Table {
     Schedule = 4,
     /// Backfills, by number (big-endian).
     Backfill = 5,
+    /// The notification outbox, by sequence number (big-endian); an empty value
+    /// removes the record.
+    Notification = 7,
 }
 
 impl Table {
@@ -41,6 +44,7 @@ impl Table {
             3 => Table::Output,
             4 => Table::Schedule,
             5 => Table::Backfill,
+            7 => Table::Notification,
             _ => return None,
         })
     }

@@ -20,6 +20,7 @@ mod dispatch;
 mod jobs;
 mod logs;
 mod metrics;
+mod notify;
 mod peers;
 mod schedules;
 mod waiters;
@@ -112,6 +113,7 @@ impl PipelineEntry {
                     duration_ms: last
                         .and_then(|a| a.finished_ms.map(|f| f.saturating_sub(a.started_ms))),
                     history: j.history.clone(),
+                    late: j.late,
                     waiting_for: (j.state == JobState::Waiting).then(|| {
                         format!(
                             "{} (poke {}, next at {})",
@@ -174,6 +176,7 @@ pub struct RouterState {
     dirty_backfills: HashSet<u64>,
     next_backfill: u64,
     logs: logs::Logs,
+    notify: notify::NotifyState,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -225,6 +228,7 @@ impl RouterState {
             dirty_backfills: HashSet::new(),
             next_backfill: 1,
             logs: logs::Logs::default(),
+            notify: notify::NotifyState::default(),
         };
         let grace = s.clock.instant() + peer_timeout() * 2;
         let (mut open, mut running) = (0, 0);
@@ -274,6 +278,7 @@ impl RouterState {
         }
         s.load_schedules()?;
         s.load_backfills()?;
+        s.load_notifications()?;
         info!(
             schedules = s.schedules.len(),
             pipelines = s.pipelines.len(),
@@ -362,6 +367,7 @@ impl RouterState {
                 attempt,
                 after,
             } => self.get_logs(id, &job, attempt, after)?,
+            Request::Notifications { limit } => Reply::Notifications(self.notifications(limit)),
         };
         self.reply(&to, reply);
         Ok(())
@@ -383,6 +389,7 @@ impl RouterState {
     /// Timers: schedules, retry delays, waits, silent peers, orphaned attempts.
     pub fn tick(&mut self, now: Instant) -> Result<()> {
         self.tick_schedules()?;
+        self.tick_late();
         let wall = self.clock.wall_ms();
         while let Some(Reverse((t, id, i))) = self.delayed.peek().copied() {
             if t > wall {
@@ -453,7 +460,10 @@ impl RouterState {
         let schedule = self
             .next_schedule_due()
             .map(|t| Duration::from_millis(t.saturating_sub(wall)));
-        [retry, wait, schedule].into_iter().flatten().min()
+        let notify = self
+            .notify_next_due()
+            .map(|t| Duration::from_millis(t.saturating_sub(wall)));
+        [retry, wait, schedule, notify].into_iter().flatten().min()
     }
 
     /// Makes every change durable; only then may the outbox be sent.
@@ -474,6 +484,7 @@ impl RouterState {
         }
         self.write_schedules()?;
         self.write_backfills()?;
+        self.write_notifications()?;
         self.store.commit()
     }
 

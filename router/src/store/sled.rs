@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{
-    BackfillRecord, Durability, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, ScheduleRecord,
-    StateStore, StoreError,
+    BackfillRecord, Durability, JobRecord, Loaded, LogKey, LogMeta, NotificationRecord,
+    PipelineRecord, ScheduleRecord, StateStore, StoreError,
 };
 use crate::journal::{self, Changes, Journal, Table};
 
@@ -86,6 +86,8 @@ struct Trees {
     specs: sled::Tree,
     schedules: sled::Tree,
     backfills: sled::Tree,
+    /// The notification outbox, by sequence number.
+    notifications: sled::Tree,
     /// Logs, by [`log_key`]; sequence number 0 holds the attempt's [`LogMeta`].
     logs: sled::Tree,
 }
@@ -100,6 +102,7 @@ impl Trees {
             specs: db.open_tree("specs")?,
             schedules: db.open_tree("schedules")?,
             backfills: db.open_tree("backfills")?,
+            notifications: db.open_tree("notifications")?,
             logs: db.open_tree("logs")?,
             db,
         })
@@ -109,17 +112,22 @@ impl Trees {
     /// crash between two batches leaves at worst an output without its job record,
     /// and the journal, still there, is replayed again.
     fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut batches: [sled::Batch; 6] = Default::default();
+        let mut batches: [sled::Batch; 8] = Default::default();
         for ((table, key), value) in changes {
-            batches[*table as usize].insert(&key[..], &value[..]);
+            if *table == Table::Notification && value.is_empty() {
+                batches[*table as usize].remove(&key[..]);
+            } else {
+                batches[*table as usize].insert(&key[..], &value[..]);
+            }
         }
-        let [pipelines, specs, jobs, outputs, schedules, backfills] = batches;
+        let [pipelines, specs, jobs, outputs, schedules, backfills, _, notifications] = batches;
         self.outputs.apply_batch(outputs)?;
         self.jobs.apply_batch(jobs)?;
         self.specs.apply_batch(specs)?;
         self.pipelines.apply_batch(pipelines)?;
         self.schedules.apply_batch(schedules)?;
         self.backfills.apply_batch(backfills)?;
+        self.notifications.apply_batch(notifications)?;
         self.db.flush()?;
         Ok(())
     }
@@ -453,6 +461,27 @@ impl StateStore for SledStore {
             lines.push(dec(&k, &v)?);
         }
         Ok((meta, lines))
+    }
+
+    fn load_notifications(&self) -> Result<Vec<NotificationRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees.notifications.iter() {
+            let (k, v) = item?;
+            out.push(dec::<NotificationRecord>(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn put_notification(&mut self, rec: &NotificationRecord) -> Result<(), StoreError> {
+        self.journal
+            .put(Table::Notification, &rec.seq.to_be_bytes(), &enc(rec)?);
+        Ok(())
+    }
+
+    fn remove_notification(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.journal
+            .put(Table::Notification, &seq.to_be_bytes(), &[]);
+        Ok(())
     }
 
     fn flush_logs(&mut self) -> Result<(), StoreError> {
