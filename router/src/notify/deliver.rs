@@ -131,10 +131,24 @@ fn post(agent: &ureq::Agent, url: &str, d: &Delivery) -> Result<(), DeliveryErro
                 permanent: (400..500).contains(&code) && code != 408 && code != 429,
             })
         }
-        Err(e) => Err(DeliveryError {
-            message: format!("webhook {url}: {e}"),
-            permanent: false,
-        }),
+        Err(e) => {
+            let https = url.starts_with("https:");
+            let what = match &e {
+                ureq::Error::Rustls(_) | ureq::Error::Tls(_) => "TLS error: ",
+                // rustls reports a bad handshake as invalid data on the stream.
+                ureq::Error::Io(io) if https && io.kind() == std::io::ErrorKind::InvalidData => {
+                    "TLS error: "
+                }
+                ureq::Error::Io(io) if https && io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    "connection closed during the TLS handshake or before an answer: "
+                }
+                _ => "",
+            };
+            Err(DeliveryError {
+                message: format!("webhook {url}: {what}{e}"),
+                permanent: false,
+            })
+        }
     }
 }
 
