@@ -110,7 +110,8 @@ fn pipeline_ends_are_posted_to_the_router_wide_webhook_with_an_idempotency_key()
 fn a_retried_job_and_a_late_job_are_told_to_the_pipeline_s_own_webhook() {
     let hook = HttpServer::start();
     let url = vec![hook.url("/p")];
-    let c = Cluster::start(1, 2);
+    let http = format!("127.0.0.1:{}", free_port());
+    let c = Cluster::start_with_router(1, 2, &["--http", &http]);
     let mut pm = c.client();
     let mut flaky = one("Flaky", json!({"fail_attempts": 1}));
     flaky.retries = Some(1);
@@ -149,6 +150,8 @@ fn a_retried_job_and_a_late_job_are_told_to_the_pipeline_s_own_webhook() {
     assert_eq!(r.json()["job"], "a");
     let s = pm.status(slow).unwrap();
     assert!(s.jobs["a"].late, "status shows it late");
+    let page = get_json(&format!("http://{http}/api/pipelines/{slow}"));
+    assert_eq!(page["jobs"]["a"]["late"], true, "and so does the dashboard");
     let outcome = pm.wait(slow, WAIT).unwrap();
     assert!(
         outcome.is_success(),
@@ -166,6 +169,29 @@ fn a_retried_job_and_a_late_job_are_told_to_the_pipeline_s_own_webhook() {
         .filter(|r| r.json()["event"] == "late")
         .count();
     assert_eq!(lates, 1, "told once");
+    let log = get_json(&format!("http://{http}/api/notifications"));
+    let mut events: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["event"].as_str().unwrap())
+        .collect();
+    events.sort();
+    assert_eq!(events, ["late", "retrying", "succeeded"], "{log}");
+    assert!(log
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["channel"] == url[0]));
+}
+
+/// A dashboard JSON answer (200 expected).
+fn get_json(url: &str) -> serde_json::Value {
+    let mut r = ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let text = r.body_mut().read_to_string().unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: {e}: {text}"))
 }
 
 #[test]
