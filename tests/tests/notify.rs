@@ -357,3 +357,29 @@ fn a_notification_owed_when_the_router_is_killed_is_delivered_after_its_restart(
             .any(|n| n.pipeline == id && n.delivery == DeliveryState::Delivered)
     });
 }
+
+#[test]
+fn a_bad_notification_flag_stops_the_router_at_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    for (flag, value, said) in [
+        ("--notify-webhook", "ftp://x", "ftp://x"),
+        ("--notify-email", "nobody", "nobody"),
+        ("--notify-events", "failed,exploded", "exploded"),
+        ("--smtp-server", "localhost", "HOST:PORT"),
+    ] {
+        let out = std::process::Command::new(pypelinin_tests::bin("pypelinin-router"))
+            .args([
+                "--api",
+                "tcp://127.0.0.1:0",
+                "--broadcast",
+                "tcp://127.0.0.1:0",
+            ])
+            .args(["--db", db.to_str().unwrap(), flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        assert!(err.contains(flag) && err.contains(said), "{flag}: {err}");
+    }
+}

@@ -190,3 +190,26 @@ fn outcomes_are_kept_and_pending_ones_survive_a_restart() {
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].message.pipeline, again[0].attempt), (second, 1));
 }
+
+#[test]
+fn a_schedule_s_runs_notify_the_channels_of_its_template() {
+    use pypelinin_common::protocol::ScheduleRequest;
+    use pypelinin_common::schedule::OverrunPolicy;
+    let mut r = Rig::with_peers(1);
+    let mut s = super::schedules::spec("nightly", OverrunPolicy::Skip, 1);
+    s.pipeline = notified(single(), Some(vec![NotifyEvent::Cancelled]));
+    r.add_schedule(s);
+    let run = match r.schedule(ScheduleRequest::Trigger {
+        name: "nightly".into(),
+    }) {
+        Reply::Submitted { id } => id,
+        other => panic!("{other:?}"),
+    };
+    r.send(CLIENT, Request::Cancel { id: run });
+    let n = log(&mut r);
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(
+        (n[0].pipeline, n[0].event, n[0].channel.as_str()),
+        (run, NotifyEvent::Cancelled, HOOK)
+    );
+}
