@@ -116,6 +116,9 @@ impl RouterState {
             PipelineState::Cancelled => NotifyEvent::Cancelled,
             PipelineState::Queued | PipelineState::Running => return,
         };
+        if !self.anyone_hears(id, event) {
+            return;
+        }
         let error = self.pipelines.get(&id).and_then(|p| {
             p.jobs
                 .iter()
@@ -132,8 +135,24 @@ impl RouterState {
         self.notify_event(id, event, None, error);
     }
 
+    /// Whether some channel hears of `event` of pipeline `id` (most pipelines have none:
+    /// they cost a look at two lists).
+    fn anyone_hears(&self, id: PipelineId, event: NotifyEvent) -> bool {
+        let d = &self.notify.defaults;
+        let defaults = d.events.contains(&event) && !(d.webhook.is_empty() && d.email.is_empty());
+        defaults
+            || self
+                .pipelines
+                .get(&id)
+                .and_then(|p| p.rec.spec.notify.as_ref())
+                .is_some_and(|n| n.wants(event))
+    }
+
     /// Job `i` of `id` failed an attempt with `error` and will be tried again.
     pub(super) fn notify_retrying(&mut self, id: PipelineId, i: u32, error: &str) {
+        if !self.anyone_hears(id, NotifyEvent::Retrying) {
+            return;
+        }
         let Some(p) = self.pipelines.get(&id) else {
             return;
         };
