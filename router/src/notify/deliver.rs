@@ -152,14 +152,18 @@ fn post(agent: &ureq::Agent, url: &str, d: &Delivery) -> Result<(), DeliveryErro
     }
 }
 
+/// The e-mail's subject: one line, whatever a job's name holds.
 fn subject(m: &Message) -> String {
-    match &m.job {
+    let line = match &m.job {
         Some(job) => format!(
             "pypelinin: job {job} of pipeline {} {}",
             m.pipeline, m.event
         ),
         None => format!("pypelinin: pipeline {} {}", m.pipeline, m.event),
-    }
+    };
+    line.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 fn mail(smtp: Option<&SmtpConfig>, addr: &str, d: &Delivery) -> Result<(), DeliveryError> {
@@ -203,4 +207,65 @@ fn mail(smtp: Option<&SmtpConfig>, addr: &str, d: &Delivery) -> Result<(), Deliv
             message: format!("e-mail to {addr} via {}:{}: {e}", smtp.host, smtp.port),
             permanent: e.is_permanent(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pypelinin_common::notify::NotifyEvent;
+    use pypelinin_common::protocol::PipelineId;
+    use uuid::Uuid;
+
+    fn delivery(job: Option<&str>, error: Option<&str>) -> Delivery {
+        Delivery {
+            seq: 1,
+            id: Uuid::new_v4(),
+            channel: Channel::Webhook("http://127.0.0.1:9/".into()),
+            message: Message {
+                event: NotifyEvent::Retrying,
+                pipeline: PipelineId::new(),
+                job: job.map(String::from),
+                state: "running".into(),
+                error: error.map(String::from),
+                at_ms: 1_700_000_000_250,
+            },
+            attempt: 3,
+        }
+    }
+
+    #[test]
+    fn the_body_names_the_event_pipeline_state_and_id() {
+        let d = delivery(Some("load"), Some("boom"));
+        let b = body(&d);
+        assert_eq!(b["id"], d.id.to_string());
+        assert_eq!(b["event"], "retrying");
+        assert_eq!(b["pipeline"], d.message.pipeline.to_string());
+        assert_eq!(b["state"], "running");
+        assert_eq!(
+            (b["job"].as_str(), b["error"].as_str()),
+            (Some("load"), Some("boom"))
+        );
+        assert_eq!(b["at"], "2023-11-14T22:13:20.250Z");
+        assert_eq!(b["attempt"], 3);
+        let b = body(&delivery(None, None));
+        assert!(b.get("job").is_none() && b.get("error").is_none(), "{b}");
+    }
+
+    #[test]
+    fn a_subject_is_one_line() {
+        let s = subject(&delivery(Some("a\r\nBcc: x@y"), None).message);
+        assert!(!s.contains('\n') && !s.contains('\r'), "{s}");
+        assert!(
+            s.starts_with("pypelinin: job a  Bcc: x@y of pipeline "),
+            "{s}"
+        );
+        assert!(s.ends_with(" retrying"), "{s}");
+    }
+
+    #[test]
+    fn an_email_without_an_smtp_server_fails_at_once_saying_so() {
+        let e = mail(None, "ops@example.com", &delivery(None, None)).unwrap_err();
+        assert!(e.permanent);
+        assert!(e.message.contains("--smtp-server"), "{}", e.message);
+    }
 }
