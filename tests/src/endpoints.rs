@@ -277,6 +277,20 @@ fn serve_smtp(
     }
 }
 
+/// A TCP listener that accepts connections and never answers on them: an endpoint
+/// that hangs. Returns its port; it lives as long as the test process.
+pub fn hanging_listener() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    port
+}
+
 /// A port on 127.0.0.1 that nothing listens on (it was free a moment ago).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pypelinin_common::notify::{DeliveryState, NotificationStatus, NotifyEvent, NotifySpec};
 use pypelinin_common::status::{JobState, PipelineState};
 use pypelinin_common::{PipelineId, PipelineSpec};
-use pypelinin_tests::endpoints::{free_port, HttpServer, SmtpServer};
+use pypelinin_tests::endpoints::{free_port, hanging_listener, HttpServer, SmtpServer};
 use pypelinin_tests::{job, Cluster};
 use serde_json::json;
 
@@ -382,4 +382,30 @@ fn a_bad_notification_flag_stops_the_router_at_start_up_naming_it() {
         assert!(!out.status.success(), "{flag} {value} accepted");
         assert!(err.contains(flag) && err.contains(said), "{flag}: {err}");
     }
+}
+
+#[test]
+fn an_endpoint_that_hangs_holds_up_no_pipeline_and_no_request() {
+    let url = format!("http://127.0.0.1:{}/hook", hanging_listener());
+    let c = Cluster::start_with_router(
+        1,
+        4,
+        &["--notify-webhook", &url, "--notify-events", "succeeded"],
+    );
+    let mut pm = c.client();
+    // More notifications than delivery threads: every thread waits on the endpoint.
+    let ids: Vec<PipelineId> = (0..20)
+        .map(|_| pm.start(&one("Echo", json!({}))).unwrap())
+        .collect();
+    for id in &ids {
+        assert!(pm.wait(*id, WAIT).unwrap().is_success());
+    }
+    let more = pm.start(&one("Echo", json!({}))).unwrap();
+    assert!(pm.wait(more, WAIT).unwrap().is_success());
+    let n = notifications(&c);
+    assert_eq!(n.len(), 21, "one per pipeline, owed");
+    assert!(
+        n.iter().all(|x| x.delivery == DeliveryState::Pending),
+        "{n:?}"
+    );
 }
