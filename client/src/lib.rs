@@ -349,6 +349,18 @@ impl PipelineManager {
         }
     }
 
+    /// The latest `limit` notifications the router made, newest first, with their
+    /// delivery (at most [`MAX_NOTIFICATIONS_SHOWN`](pypelinin_common::notify::MAX_NOTIFICATIONS_SHOWN)).
+    pub fn notifications(
+        &mut self,
+        limit: u32,
+    ) -> Result<Vec<pypelinin_common::notify::NotificationStatus>, ClientError> {
+        match self.requester.request(&Request::Notifications { limit })? {
+            Reply::Notifications(list) => Ok(list),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Every broker the router knows, with its last monitoring report.
     pub fn brokers(&mut self) -> Result<Vec<BrokerStatus>, ClientError> {
         match self.requester.request(&Request::Brokers)? {

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod dag;
 pub mod ids;
+pub mod notify;
 pub mod pipeline;
 pub mod protocol;
 pub mod render;
@@ -19,6 +20,7 @@ pub mod status;
 pub mod transport;
 
 pub use ids::{JobRef, PipelineId};
+pub use notify::{NotifyEvent, NotifySpec};
 pub use pipeline::{Data, JobSpec, Pipeline, PipelineError, PipelineSpec, TriggerRule, WeightRule};
 pub use shutdown::Shutdown;
 pub use status::{JobState, JobStatus, PipelineState, PipelineStatus};

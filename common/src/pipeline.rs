@@ -62,6 +62,10 @@ pub struct PipelineSpec {
     /// Most of this pipeline's jobs that may run at once (unset: no limit of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_active: Option<u32>,
+    /// Who hears of this pipeline's end, its retries and its late jobs (on top of the
+    /// router's defaults). Boxed: most pipelines have none, and specs are moved a lot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Box<crate::notify::NotifySpec>>,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -673,6 +677,12 @@ fn check_settings(spec: &PipelineSpec) -> Result<(), PipelineError> {
     }
     if spec.max_active == Some(0) {
         return bad("pipeline".into(), "max_active must be at least 1".into());
+    }
+    if let Some(n) = &spec.notify {
+        n.check().map_err(|problem| PipelineError::BadSetting {
+            at: "notify".into(),
+            problem,
+        })?;
     }
     for (name, job) in &spec.jobs {
         let at = || format!("job {name:?}");

@@ -167,6 +167,10 @@ pub struct JobStatus {
     /// (`file /data/2026-12-01.csv (poke 3, next at 2026-12-01T12:04:07Z)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// The current (or last) attempt ran longer than the job's `warn_after_ms`: it was
+    /// not stopped, only reported late.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// The state of a pipeline and all its jobs.

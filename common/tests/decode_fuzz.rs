@@ -291,6 +291,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                 error: None,
             }],
             waiting_for: None,
+            late: false,
         },
     );
     jobs.insert(
@@ -320,6 +321,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                 },
             ],
             waiting_for: None,
+            late: false,
         },
     );
     for (name, worker, state) in [
@@ -342,6 +344,7 @@ fn status(p: u128, state: PipelineState) -> PipelineStatus {
                 history: Vec::new(),
                 waiting_for: (state == JobState::Waiting)
                     .then(|| "file /in/a.txt (poke 3, next at 2023-11-14T22:13:25Z)".into()),
+                late: state == JobState::Running,
             },
         );
     }
@@ -554,6 +557,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 after: 17,
             },
         ),
+        ("notifications", Request::Notifications { limit: 50 }),
     ]
 }
 
@@ -834,6 +838,26 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                 finished: false,
                 job_final: false,
             })),
+        ),
+        (
+            "reply-notifications",
+            FromRouter::Reply(Reply::Notifications(vec![
+                pypelinin_common::notify::NotificationStatus {
+                    id: "5a0c6f1e-8d2b-4c3a-9e7f-0b1d2c3e4f50".into(),
+                    event: pypelinin_common::NotifyEvent::Late,
+                    pipeline: pid(3),
+                    job: Some("load".into()),
+                    state: "running".into(),
+                    channel: "https://hooks.example.com/etl".into(),
+                    created_ms: 1_700_000_000_000,
+                    attempts: 2,
+                    delivery: pypelinin_common::notify::DeliveryState::Pending,
+                    next_try_ms: Some(1_700_000_002_000),
+                    last_error: Some(
+                        "webhook https://hooks.example.com/etl answered HTTP 503".into(),
+                    ),
+                },
+            ])),
         ),
     ];
     let errors = [

@@ -230,6 +230,9 @@ function route() {
   } else if (hash === "#/brokers") {
     current = brokersView();
     tab = "brokers";
+  } else if (hash === "#/notifications") {
+    current = notificationsView();
+    tab = "notifications";
   } else {
     current = pipelinesView();
   }
@@ -655,7 +658,9 @@ function jobRows(p, { order }, final) {
     rows.push(`<tr class="job" data-job="${esc(name)}">
       <td><b>${esc(name)}</b><br><small class="muted">${esc(settingsText(j, false))}</small></td>
       <td>${esc(j.worker)}</td>
-      <td>${badge(j.state)}</td>
+      <td>${badge(j.state)}${j.late
+        ? ' <span class="badge s-late" title="ran past its warn_after_ms (not stopped)">late</span>'
+        : ""}</td>
       <td class="mono">${last ? esc(last.broker) : "–"}</td>
       <td>${clock(j.started_ms)}</td>
       <td class="num">${duration(took)}</td>
@@ -676,6 +681,45 @@ function jobRows(p, { order }, final) {
     }
   }
   return rows.join("");
+}
+
+// ---------------------------------------------------------------------------------
+// #/notifications — webhooks and e-mails the router sent or still owes
+// ---------------------------------------------------------------------------------
+
+const DELIVERY_BADGE = { pending: "s-queued", delivered: "s-succeeded", failed: "s-failed" };
+
+function notificationsView() {
+  view.innerHTML = `<section>
+    <div class="toolbar"><h1>Notifications</h1></div>
+    <table id="notifications" class="grid">
+      <thead><tr><th>Time</th><th>Event</th><th>Pipeline</th><th>Job</th><th>Channel</th>
+        <th>Delivery</th><th class="num">Tries</th><th>Last error</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </section>`;
+  return {
+    async refresh(gen) {
+      const list = await api("/api/notifications");
+      if (gen !== generation) return;
+      $("#notifications tbody").innerHTML = list.map((n) => `<tr>
+          <td>${clock(n.created_ms)}</td>
+          <td>${esc(n.event)}</td>
+          <td><a class="mono" href="#/pipeline/${esc(n.pipeline)}">${esc(n.pipeline)}</a></td>
+          <td>${esc(n.job || "–")}</td>
+          <td class="mono">${esc(n.channel)}</td>
+          <td><span class="badge ${DELIVERY_BADGE[n.delivery] || ""}">${esc(n.delivery)}</span></td>
+          <td class="num">${n.attempts}</td>
+          <td class="err">${esc(n.last_error || "")}</td>
+        </tr>`).join("")
+        || `<tr><td colspan="8" class="empty">No notification yet.</td></tr>`;
+    },
+    fail(error) {
+      $("#notifications tbody").innerHTML = `<tr><td colspan="8" class="error">${esc(error.message)}</td></tr>`;
+    },
+    // Deliveries change without an event of their own: read again with each metrics push.
+    onMetrics() { refresh(); },
+  };
 }
 
 // ---------------------------------------------------------------------------------

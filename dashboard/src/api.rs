@@ -1,5 +1,6 @@
 //! The routes: the router itself, its guard middleware, the method and unknown-path
-//! fallbacks, and the cluster-wide handlers (`/api/brokers`, `/api/metrics`, `/metrics`).
+//! fallbacks, and the cluster-wide handlers (`/api/brokers`, `/api/metrics`,
+//! `/api/notifications`, `/metrics`).
 //!
 //! Every handler asks the router through [`Links`] and turns the
 //! answer (or the error) into an [`Answer`]; a middleware refuses POSTs from other sites'
@@ -106,6 +107,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/pipelines", get(list).fallback(only_get))
         .route("/api/brokers", get(brokers).fallback(only_get))
         .route("/api/metrics", get(metrics).fallback(only_get))
+        .route("/api/notifications", get(notifications).fallback(only_get))
         .route("/api/events", get(event_stream).fallback(only_get))
         .route(
             "/api/session",
@@ -290,6 +292,19 @@ async fn prometheus_text(State(app): State<Arc<App>>) -> Answer {
 
 async fn brokers(State(app): State<Arc<App>>) -> Answer {
     Answer::of(app.links.run(|l| l.brokers()).await)
+}
+
+/// `GET /api/notifications?limit=N`: the latest notifications (default
+/// [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]) with their delivery, newest first.
+async fn notifications(
+    State(app): State<Arc<App>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Answer {
+    let limit = match ListQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => q.limit,
+        Err(e) => return Answer::error(400, &e),
+    };
+    Answer::of(app.links.run(move |l| l.notifications(limit)).await)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Answer {

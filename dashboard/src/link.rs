@@ -165,6 +165,17 @@ impl Link {
         expect_reply!(self.ask(&req)?, Reply::Logs)
     }
 
+    /// The latest notifications with their delivery, newest first.
+    pub fn notifications(
+        &mut self,
+        limit: u32,
+    ) -> Result<Vec<pypelinin_common::notify::NotificationStatus>, LinkError> {
+        expect_reply!(
+            self.ask(&Request::Notifications { limit })?,
+            Reply::Notifications
+        )
+    }
+
     /// Cluster metrics.
     pub fn metrics(&mut self) -> Result<ClusterMetrics, LinkError> {
         expect_reply!(self.ask(&Request::Metrics)?, Reply::Metrics)

@@ -32,6 +32,9 @@ pub enum Table {
     Backfill = 5,
     /// Pools' capacities, by name (a removal is a tombstone).
     Pool = 6,
+    /// The notification outbox, by sequence number (big-endian); an empty value
+    /// removes the record.
+    Notification = 7,
 }
 
 impl Table {
@@ -44,6 +47,7 @@ impl Table {
             4 => Table::Schedule,
             5 => Table::Backfill,
             6 => Table::Pool,
+            7 => Table::Notification,
             _ => return None,
         })
     }

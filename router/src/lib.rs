@@ -7,9 +7,10 @@
 #![warn(missing_docs)]
 
 pub mod journal;
+pub mod notify;
 pub mod server;
 pub mod state;
 pub mod store;
 
-pub use server::{run, BoundRouter, RouterConfig, RouterError};
+pub use server::{run, BoundRouter, NotifyConfig, RouterConfig, RouterError};
 pub use store::Durability;

@@ -9,7 +9,9 @@ use clap::{Parser, ValueEnum};
 use pypelinin_common::protocol::ClusterConfig;
 use pypelinin_common::Shutdown;
 use pypelinin_dashboard::Dashboard;
-use pypelinin_router::{BoundRouter, Durability, RouterConfig};
+use pypelinin_router::notify::deliver::SmtpConfig;
+use pypelinin_router::notify::{NotifyDefaults, RetryPolicy};
+use pypelinin_router::{BoundRouter, Durability, NotifyConfig, RouterConfig};
 
 /// The pypelinin router: the central point of a cluster.
 #[derive(Parser, Debug)]
@@ -59,6 +61,82 @@ struct Args {
         conflicts_with = "http_token"
     )]
     http_token_file: Option<PathBuf>,
+    /// POST a JSON body to this URL (http or https) on the events of --notify-events,
+    /// for every pipeline. Repeatable.
+    #[arg(long, value_name = "URL")]
+    notify_webhook: Vec<String>,
+    /// E-mail this address (through --smtp-server) on the events of --notify-events,
+    /// for every pipeline. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    notify_email: Vec<String>,
+    /// The events the router-wide channels hear of, comma-separated, among failed,
+    /// succeeded, cancelled, retrying and late.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "failed,late",
+        value_delimiter = ','
+    )]
+    notify_events: Vec<String>,
+    /// Tries of one notification before it is recorded failed.
+    #[arg(long, value_name = "N", default_value_t = pypelinin_router::notify::DEFAULT_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    notify_attempts: u32,
+    /// Wait after a notification's first failed try, in ms; doubled after each further
+    /// one (at most ten minutes).
+    #[arg(long, value_name = "MS", default_value_t = pypelinin_router::notify::DEFAULT_BACKOFF_MS)]
+    notify_backoff_ms: u64,
+    /// The SMTP server that e-mail notifications go through (HOST:PORT, plain SMTP).
+    #[arg(long, value_name = "HOST:PORT")]
+    smtp_server: Option<String>,
+    /// The sender of e-mail notifications.
+    #[arg(long, value_name = "ADDR", default_value = pypelinin_router::notify::deliver::DEFAULT_FROM)]
+    smtp_from: String,
+}
+
+/// The notification flags, checked: a bad URL, address or event stops the router at
+/// start-up with an error naming it, rather than failing every delivery later.
+fn notify_config(args: &Args) -> anyhow::Result<NotifyConfig> {
+    use pypelinin_common::notify::{check_email, check_webhook, NotifyEvent};
+    for url in &args.notify_webhook {
+        check_webhook(url).map_err(|e| anyhow::anyhow!("--notify-webhook: {e}"))?;
+    }
+    for addr in args.notify_email.iter().chain([&args.smtp_from]) {
+        check_email(addr).map_err(|e| anyhow::anyhow!("--notify-email/--smtp-from: {e}"))?;
+    }
+    let events = args
+        .notify_events
+        .iter()
+        .map(|e| NotifyEvent::parse(e.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--notify-events: {e}"))?;
+    let smtp = match &args.smtp_server {
+        Some(s) => {
+            let (host, port) = s
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("--smtp-server {s:?}: expected HOST:PORT"))?;
+            Some(SmtpConfig {
+                host: host.to_string(),
+                port,
+                from: args.smtp_from.clone(),
+            })
+        }
+        None => None,
+    };
+    Ok(NotifyConfig {
+        defaults: NotifyDefaults {
+            webhook: args.notify_webhook.clone(),
+            email: args.notify_email.clone(),
+            events,
+        },
+        policy: RetryPolicy {
+            attempts: args.notify_attempts,
+            backoff_ms: args.notify_backoff_ms,
+        },
+        smtp,
+    })
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -89,6 +167,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(ms) = args.priority_aging_ms {
         cluster.priority_aging_ms = Some(ms);
     }
+    let notify = notify_config(&args)?;
     let config = RouterConfig {
         api: args.endpoints.api,
         broadcast: args.endpoints.broadcast,
@@ -100,7 +179,8 @@ fn main() -> anyhow::Result<()> {
         },
     };
     let shutdown = Shutdown::on_signals()?;
-    let router = BoundRouter::bind(config)?;
+    let mut router = BoundRouter::bind(config)?;
+    router.set_notify(notify);
     // The dashboard is a client of the router's API socket, bound just above: its
     // requests wait in the socket until the router runs.
     let token = match &args.http_token_file {

@@ -13,6 +13,8 @@ use pypelinin_common::protocol::{self, ClusterConfig, Event, ProtocolError, Requ
 use pypelinin_common::Shutdown;
 use tracing::{debug, error, info, warn};
 
+use crate::notify::deliver::{Deliverer, SmtpConfig};
+use crate::notify::{NotifyDefaults, RetryPolicy};
 use crate::state::{Outgoing, ReplyTo, RouterState};
 use crate::store::{Durability, SledStore, StoreError};
 
@@ -36,6 +38,18 @@ pub struct RouterConfig {
     pub durability: Durability,
 }
 
+/// Who hears of what by default, how notifications are retried, and where e-mail
+/// goes: the router's `--notify-*` and `--smtp-*` flags.
+#[derive(Clone, Debug, Default)]
+pub struct NotifyConfig {
+    /// Router-wide channels and their events.
+    pub defaults: NotifyDefaults,
+    /// Tries and backoff.
+    pub policy: RetryPolicy,
+    /// The SMTP server; without one, e-mail notifications fail with a clear error.
+    pub smtp: Option<SmtpConfig>,
+}
+
 /// Why the router stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -50,6 +64,9 @@ pub enum RouterError {
     /// Storage failed: the router stops rather than acknowledge what it cannot keep.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The notification threads could not start.
+    #[error("starting the notification threads: {0}")]
+    Notify(std::io::Error),
 }
 
 /// A router whose sockets are bound and state loaded, ready to run.
@@ -61,6 +78,7 @@ pub struct BoundRouter {
     pub api_endpoint: String,
     /// The broadcast address actually bound.
     pub broadcast_endpoint: String,
+    smtp: Option<SmtpConfig>,
     _ctx: zmq::Context,
 }
 
@@ -107,8 +125,16 @@ impl BoundRouter {
             state,
             api_endpoint,
             broadcast_endpoint,
+            smtp: None,
             _ctx: ctx,
         })
+    }
+
+    /// Sets the router-wide notification channels, retries and SMTP server (before
+    /// [`BoundRouter::run`]; without it, only pipelines' own webhooks are notified).
+    pub fn set_notify(&mut self, config: NotifyConfig) {
+        self.state.set_notify(config.defaults, config.policy);
+        self.smtp = config.smtp;
     }
 
     /// Serves until `shutdown` triggers.
@@ -124,6 +150,9 @@ impl BoundRouter {
     fn serve(&mut self, shutdown: &Shutdown) -> Result<(), RouterError> {
         let mut frames: Vec<zmq::Message> = Vec::with_capacity(4);
         let mut arrivals: Vec<Instant> = Vec::new();
+        // Notifications are sent by threads of their own; the loop only hands them
+        // out and, each turn, takes back what became of them.
+        let deliverer = Deliverer::start(self.smtp.clone()).map_err(RouterError::Notify)?;
         while !shutdown.is_triggered() {
             let now = Instant::now();
             let wait = self
@@ -142,12 +171,16 @@ impl BoundRouter {
                 arrivals.push(Instant::now());
                 self.on_frames(&frames)?;
             }
+            self.state.notification_outcomes(deliverer.outcomes());
             self.state.tick(Instant::now())?;
             self.state.dispatch()?;
             let hints = self.state.drain_hints();
             self.send_all(hints)?;
             self.state.commit()?;
             self.flush_outbox()?;
+            for d in self.state.take_due_notifications() {
+                deliverer.send(d);
+            }
             let sent = Instant::now();
             for t in &arrivals {
                 self.state.observe_latency(sent.duration_since(*t));

@@ -6,6 +6,8 @@
 
 #![warn(missing_docs)]
 
+pub mod endpoints;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -130,6 +132,12 @@ impl Cluster {
     /// Starts a router, one pipeliner and `brokers` brokers of `slots` slots each, with
     /// the JSON file store under the temp dir.
     pub fn start(brokers: usize, slots: usize) -> Cluster {
+        Cluster::start_with_router(brokers, slots, &[])
+    }
+
+    /// [`Cluster::start`], with `router_args` added to the router's arguments (kept
+    /// for its restarts too).
+    pub fn start_with_router(brokers: usize, slots: usize, router_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("cluster.json");
         let store = serde_json::json!({
@@ -145,6 +153,7 @@ impl Cluster {
             config.to_str().unwrap(),
         ]
         .iter()
+        .chain(router_args)
         .map(|s| s.to_string())
         .collect();
         let mut args = vec![

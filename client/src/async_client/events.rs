@@ -178,6 +178,7 @@ mod tests {
             duration_ms: None,
             history: Vec::new(),
             waiting_for: None,
+            late: false,
         }
     }
 

@@ -134,6 +134,13 @@ pub enum Request {
         #[serde(default)]
         after: u64,
     },
+    /// The latest notifications and their delivery, newest first, at most `limit` (and
+    /// at most [`MAX_NOTIFICATIONS_SHOWN`](crate::notify::MAX_NOTIFICATIONS_SHOWN)).
+    /// Replies `Notifications`.
+    Notifications {
+        /// How many.
+        limit: u32,
+    },
 }
 /// What a client asks about schedules. Each replies `Schedules` with the schedules
 /// concerned (all of them for `List`), but `Trigger`, which replies `Submitted`.
@@ -254,6 +261,8 @@ pub enum Reply {
     Error(ProtocolError),
     /// Lines of an attempt's log.
     Logs(LogPage),
+    /// Notifications and their delivery, newest first.
+    Notifications(Vec<crate::notify::NotificationStatus>),
 }
 
 /// Work and news the router pushes.

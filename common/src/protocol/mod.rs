@@ -35,6 +35,7 @@
 //! | any peer | [`Request::Bye`] | `Ok`: its jobs and pipelines go to others | — |
 //! | broker | [`Request::Logs`] | `Ok` (lines of running attempts, batched) | PUB `job.logs` |
 //! | client | [`Request::GetLogs`] | `Logs`: one attempt's lines after a number | — |
+//! | client | [`Request::Notifications`] | `Notifications`: the latest, with their delivery | — |
 //!
 //! A job is named by a [`JobRef`]: pipeline id, job index (jobs are indexed in name
 //! order, see [`crate::Pipeline`]) and attempt number. The attempt number fences late

@@ -197,6 +197,7 @@ impl RouterState {
                 self.reply(&w.to, reply);
             }
         }
+        self.notify_closed(id, state);
         self.schedule_run_closed(id)
     }
 }

@@ -124,6 +124,7 @@ impl RouterState {
             error: None,
         });
         self.dirty_jobs.insert((id, i));
+        let late_after = p.dag.job(i).warn_after_ms.map(|_| number);
         if let (Some(t), Some(q)) = (p.dag.timeout_ms(i), queued_for) {
             // A backstop: brokers stop a job at its timeout and report; this fires only
             // if no report came within a lease after that (and after its longest wait
@@ -132,6 +133,9 @@ impl RouterState {
             let at =
                 self.clock.instant() + Duration::from_millis(t.saturating_add(q)) + peer_timeout();
             self.deadlines.push(Reverse((at, id, i, number)));
+        }
+        if let Some(n) = late_after {
+            self.arm_late(id, i, n);
         }
         let p = &self.pipelines[&id];
         let mut parents = BTreeMap::new();

@@ -231,6 +231,7 @@ impl RouterState {
             self.store
                 .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
             self.schedule(id, i, nb);
+            self.notify_retrying(id, i, &error);
             return Ok(());
         }
         warn!(%error, "job failed");

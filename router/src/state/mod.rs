@@ -21,6 +21,7 @@ mod dispatch;
 mod jobs;
 mod logs;
 mod metrics;
+mod notify;
 mod peers;
 mod pools;
 mod queue;
@@ -118,6 +119,7 @@ impl PipelineEntry {
                     duration_ms: last
                         .and_then(|a| a.finished_ms.map(|f| f.saturating_sub(a.started_ms))),
                     history: j.history.clone(),
+                    late: j.late,
                     waiting_for: (j.state == JobState::Waiting).then(|| {
                         format!(
                             "{} (poke {}, next at {})",
@@ -187,6 +189,7 @@ pub struct RouterState {
     dirty_backfills: HashSet<u64>,
     next_backfill: u64,
     logs: logs::Logs,
+    notify: notify::NotifyState,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -241,6 +244,7 @@ impl RouterState {
             dirty_backfills: HashSet::new(),
             next_backfill: 1,
             logs: logs::Logs::default(),
+            notify: notify::NotifyState::default(),
         };
         s.aging_ms = s
             .config
@@ -296,6 +300,7 @@ impl RouterState {
         }
         s.load_schedules()?;
         s.load_backfills()?;
+        s.load_notifications()?;
         info!(
             schedules = s.schedules.len(),
             pipelines = s.pipelines.len(),
@@ -385,6 +390,7 @@ impl RouterState {
                 attempt,
                 after,
             } => self.get_logs(id, &job, attempt, after)?,
+            Request::Notifications { limit } => Reply::Notifications(self.notifications(limit)),
         };
         self.reply(&to, reply);
         Ok(())
@@ -406,6 +412,7 @@ impl RouterState {
     /// Timers: schedules, retry delays, waits, silent peers, orphaned attempts.
     pub fn tick(&mut self, now: Instant) -> Result<()> {
         self.tick_schedules()?;
+        self.tick_late();
         let wall = self.clock.wall_ms();
         while let Some(Reverse((t, id, i))) = self.delayed.peek().copied() {
             if t > wall {
@@ -476,7 +483,10 @@ impl RouterState {
         let schedule = self
             .next_schedule_due()
             .map(|t| Duration::from_millis(t.saturating_sub(wall)));
-        [retry, wait, schedule].into_iter().flatten().min()
+        let notify = self
+            .notify_next_due()
+            .map(|t| Duration::from_millis(t.saturating_sub(wall)));
+        [retry, wait, schedule, notify].into_iter().flatten().min()
     }
 
     /// Makes every change durable; only then may the outbox be sent.
@@ -497,6 +507,7 @@ impl RouterState {
         }
         self.write_schedules()?;
         self.write_backfills()?;
+        self.write_notifications()?;
         self.store.commit()
     }
 

@@ -8,8 +8,8 @@ use pypelinin_common::protocol::{LogLine, PipelineId};
 use pypelinin_common::Data;
 
 use super::{
-    BackfillRecord, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, PoolRecord, ScheduleRecord,
-    StateStore, StoreError,
+    BackfillRecord, JobRecord, Loaded, LogKey, LogMeta, NotificationRecord, PipelineRecord,
+    PoolRecord, ScheduleRecord, StateStore, StoreError,
 };
 
 /// A [`StateStore`] in memory: nothing survives the process. For tests of the state
@@ -40,6 +40,8 @@ struct Tables {
     schedules: HashMap<String, ScheduleRecord>,
     backfills: std::collections::BTreeMap<u64, BackfillRecord>,
     pools: BTreeMap<String, PoolRecord>,
+    /// `None`: removed.
+    notifications: BTreeMap<u64, Option<NotificationRecord>>,
 }
 
 impl Tables {
@@ -50,6 +52,16 @@ impl Tables {
         self.schedules.extend(other.schedules);
         self.backfills.extend(other.backfills);
         self.pools.extend(other.pools);
+        for (seq, rec) in other.notifications {
+            match rec {
+                Some(r) => {
+                    self.notifications.insert(seq, Some(r));
+                }
+                None => {
+                    self.notifications.remove(&seq);
+                }
+            }
+        }
     }
 }
 
@@ -202,6 +214,29 @@ impl StateStore for MemoryStore {
     }
 
     fn flush_logs(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn load_notifications(&self) -> Result<Vec<NotificationRecord>, StoreError> {
+        let m = self.lock();
+        Ok(m.committed
+            .notifications
+            .values()
+            .flatten()
+            .cloned()
+            .collect())
+    }
+
+    fn put_notification(&mut self, rec: &NotificationRecord) -> Result<(), StoreError> {
+        self.lock()
+            .pending
+            .notifications
+            .insert(rec.seq, Some(rec.clone()));
+        Ok(())
+    }
+
+    fn remove_notification(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.lock().pending.notifications.insert(seq, None);
         Ok(())
     }
 }

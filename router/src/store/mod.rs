@@ -21,6 +21,8 @@ use pypelinin_common::status::{Attempt, JobState, PipelineState};
 use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
 
+pub use crate::notify::NotificationRecord;
+
 mod memory;
 mod sled;
 
@@ -182,6 +184,9 @@ pub struct JobRecord {
     /// While `waiting`: how many checks found the condition not met in this wait.
     #[serde(default)]
     pub wait_checks: u32,
+    /// The current attempt ran past the job's `warn_after_ms` (it was not stopped).
+    #[serde(default)]
+    pub late: bool,
 }
 
 impl JobRecord {
@@ -198,6 +203,7 @@ impl JobRecord {
             waiting_since_ms: None,
             waiting_for: None,
             wait_checks: 0,
+            late: false,
         }
     }
 
@@ -267,4 +273,10 @@ pub trait StateStore: Send {
     fn read_log(&self, key: LogKey, after: u64) -> Result<(LogMeta, Vec<LogLine>), StoreError>;
     /// Makes the log writes so far durable now (a job ended: its log is complete).
     fn flush_logs(&mut self) -> Result<(), StoreError>;
+    /// Every notification kept (pending ones and the latest finished), oldest first.
+    fn load_notifications(&self) -> Result<Vec<NotificationRecord>, StoreError>;
+    /// Writes a notification record (part of the turn's commit).
+    fn put_notification(&mut self, rec: &NotificationRecord) -> Result<(), StoreError>;
+    /// Forgets a finished notification that fell out of the log (part of the commit).
+    fn remove_notification(&mut self, seq: u64) -> Result<(), StoreError>;
 }

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{
-    BackfillRecord, Durability, JobRecord, Loaded, LogKey, LogMeta, PipelineRecord, PoolRecord,
-    ScheduleRecord, StateStore, StoreError,
+    BackfillRecord, Durability, JobRecord, Loaded, LogKey, LogMeta, NotificationRecord,
+    PipelineRecord, PoolRecord, ScheduleRecord, StateStore, StoreError,
 };
 use crate::journal::{self, Changes, Journal, Table};
 
@@ -87,6 +87,8 @@ struct Trees {
     schedules: sled::Tree,
     backfills: sled::Tree,
     pools: sled::Tree,
+    /// The notification outbox, by sequence number.
+    notifications: sled::Tree,
     /// Logs, by [`log_key`]; sequence number 0 holds the attempt's [`LogMeta`].
     logs: sled::Tree,
 }
@@ -102,6 +104,7 @@ impl Trees {
             schedules: db.open_tree("schedules")?,
             backfills: db.open_tree("backfills")?,
             pools: db.open_tree("pools")?,
+            notifications: db.open_tree("notifications")?,
             logs: db.open_tree("logs")?,
             db,
         })
@@ -111,11 +114,15 @@ impl Trees {
     /// crash between two batches leaves at worst an output without its job record,
     /// and the journal, still there, is replayed again.
     fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut batches: [sled::Batch; 7] = Default::default();
+        let mut batches: [sled::Batch; 8] = Default::default();
         for ((table, key), value) in changes {
-            batches[*table as usize].insert(&key[..], &value[..]);
+            if *table == Table::Notification && value.is_empty() {
+                batches[*table as usize].remove(&key[..]);
+            } else {
+                batches[*table as usize].insert(&key[..], &value[..]);
+            }
         }
-        let [pipelines, specs, jobs, outputs, schedules, backfills, pools] = batches;
+        let [pipelines, specs, jobs, outputs, schedules, backfills, pools, notifications] = batches;
         self.outputs.apply_batch(outputs)?;
         self.jobs.apply_batch(jobs)?;
         self.specs.apply_batch(specs)?;
@@ -123,6 +130,7 @@ impl Trees {
         self.schedules.apply_batch(schedules)?;
         self.backfills.apply_batch(backfills)?;
         self.pools.apply_batch(pools)?;
+        self.notifications.apply_batch(notifications)?;
         self.db.flush()?;
         Ok(())
     }
@@ -474,6 +482,27 @@ impl StateStore for SledStore {
             lines.push(dec(&k, &v)?);
         }
         Ok((meta, lines))
+    }
+
+    fn load_notifications(&self) -> Result<Vec<NotificationRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees.notifications.iter() {
+            let (k, v) = item?;
+            out.push(dec::<NotificationRecord>(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn put_notification(&mut self, rec: &NotificationRecord) -> Result<(), StoreError> {
+        self.journal
+            .put(Table::Notification, &rec.seq.to_be_bytes(), &enc(rec)?);
+        Ok(())
+    }
+
+    fn remove_notification(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.journal
+            .put(Table::Notification, &seq.to_be_bytes(), &[]);
+        Ok(())
     }
 
     fn flush_logs(&mut self) -> Result<(), StoreError> {

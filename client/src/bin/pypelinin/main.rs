@@ -5,6 +5,7 @@
 mod backfill;
 mod follow;
 mod logs;
+mod notifications;
 mod pool;
 mod schedule;
 mod show;
@@ -165,6 +166,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints the latest notifications (webhooks and e-mails for failed, succeeded and
+    /// cancelled pipelines, retried and late jobs), newest first, with their delivery:
+    /// time, event, pipeline, job, channel, status, tries and last error.
+    Notifications {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints cluster metrics: pipelines and jobs by state, queue depth, brokers.
     Metrics {
         /// Prints every metric (histograms included) as JSON.
@@ -312,6 +324,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Metrics { json } => show::metrics(&mut pm, json),
+        Command::Notifications { limit, json } => notifications::run(&mut pm, limit, json),
         Command::Schedule { command } => schedule::run(&mut pm, command),
         Command::Pool { command } => pool::run(&mut pm, command),
         Command::Backfill(args) => backfill::run(&mut pm, args),

@@ -9,6 +9,7 @@ mod dag_rule;
 mod dispatch;
 mod jobs;
 mod logs;
+mod notify;
 mod pools;
 mod priorities;
 mod recovery;

@@ -159,3 +159,59 @@ fn pools_and_their_removal_survive_a_restart() {
     let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
     assert_eq!(s.load_pools().unwrap(), vec![pool("db", 6, false)]);
 }
+
+fn notification(seq: u64) -> NotificationRecord {
+    use crate::notify::{Channel, Message};
+    use pypelinin_common::notify::{DeliveryState, NotifyEvent};
+    NotificationRecord {
+        seq,
+        id: uuid::Uuid::new_v4(),
+        message: Message {
+            event: NotifyEvent::Failed,
+            pipeline: PipelineId::new(),
+            job: None,
+            state: "failed".into(),
+            error: None,
+            at_ms: seq,
+        },
+        channel: Channel::Webhook("http://127.0.0.1:9/".into()),
+        attempts: 0,
+        next_try_ms: seq,
+        delivery: DeliveryState::Pending,
+        last_error: None,
+    }
+}
+
+#[test]
+fn notifications_are_kept_updated_and_removed_through_the_journal_and_checkpoints() {
+    use pypelinin_common::notify::DeliveryState;
+    let dir = tempfile::tempdir().unwrap();
+    for checkpoint in [u64::MAX, 1] {
+        let kept = {
+            let mut s = SledStore::open(dir.path(), Durability::Flush)
+                .unwrap()
+                .checkpoint_after(checkpoint);
+            for r in s.load_notifications().unwrap() {
+                s.remove_notification(r.seq).unwrap();
+            }
+            let mut recs: Vec<NotificationRecord> = (1..=3).map(notification).collect();
+            for r in &recs {
+                s.put_notification(r).unwrap();
+            }
+            s.commit().unwrap();
+            recs[1].delivery = DeliveryState::Delivered;
+            recs[1].attempts = 1;
+            s.put_notification(&recs[1]).unwrap();
+            s.remove_notification(1).unwrap();
+            s.commit().unwrap();
+            s.reap_checkpoint(true).unwrap();
+            recs.split_off(1)
+        };
+        let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        assert_eq!(
+            s.load_notifications().unwrap(),
+            kept,
+            "checkpoint after {checkpoint} bytes"
+        );
+    }
+}
