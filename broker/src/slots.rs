@@ -271,6 +271,41 @@ fn thread_slot(
     }
 }
 
+/// Longest a running job may have run, and may usually run (its worker's average at this
+/// slot), for a job to be queued behind it in the slot's child. Of the order of the
+/// router's prefetch horizon: the pipe hop saved is worth a wait this short, not more.
+pub(crate) const QUEUE_BEHIND_MS: u64 = 20;
+/// Weight of the latest job in a worker's moving average of lengths at one slot.
+const LENGTH_WEIGHT: f64 = 0.2;
+
+/// How long each worker's jobs have taken at one slot (a moving average, in ms).
+#[derive(Default)]
+pub(crate) struct JobLengths(HashMap<String, f64>);
+
+impl JobLengths {
+    /// Records a job of `worker` that took `ms`.
+    pub(crate) fn observe(&mut self, worker: &str, ms: u64) {
+        let ms = ms as f64;
+        match self.0.get_mut(worker) {
+            Some(avg) => *avg += LENGTH_WEIGHT * (ms - *avg),
+            None => {
+                self.0.insert(worker.to_string(), ms);
+            }
+        }
+    }
+
+    /// Whether a job of `worker` running for `ran_ms` so far is short enough to queue
+    /// another behind: its worker is known to be quick here, and it has not run long.
+    /// A worker never seen is not: its first job could be an hour long.
+    pub(crate) fn is_short(&self, worker: &str, ran_ms: u64) -> bool {
+        ran_ms < QUEUE_BEHIND_MS
+            && self
+                .0
+                .get(worker)
+                .is_some_and(|avg| *avg < QUEUE_BEHIND_MS as f64)
+    }
+}
+
 /// A slot in process isolation: drives its [`ChildQueue`] with its child's I/O.
 fn process_slot(
     ctx: &SlotCtx,
@@ -282,15 +317,21 @@ fn process_slot(
     let mut child: Option<SlotProcess> = None;
     let mut q = ChildQueue::new(prefetch);
     let mut started_ms = 0;
+    let mut lengths = JobLengths::default();
     loop {
         while let Some(take) = q.take() {
+            // A job is queued behind the running one only if that one is short: behind
+            // a long one it would wait out the whole of it while another slot frees.
+            let short = q.running().is_some_and(|r| {
+                lengths.is_short(&r.info.worker, now_ms().saturating_sub(started_ms))
+            });
             let next = match take {
                 Take::Again(a) => *a,
                 Take::Wait => match jobs.recv() {
                     Ok(a) => a,
                     Err(_) => return,
                 },
-                Take::IfAllBusy if ctx.table.all_busy() => match jobs.try_recv() {
+                Take::IfAllBusy if short && ctx.table.all_busy() => match jobs.try_recv() {
                     Ok(a) => a,
                     Err(_) => break,
                 },
@@ -372,6 +413,7 @@ fn process_slot(
             }
         };
         if let Some(a) = a {
+            lengths.observe(&a.info.worker, now_ms().saturating_sub(started_ms));
             if !ctx.finish(&a, started_ms, result) {
                 return;
             }
@@ -392,5 +434,36 @@ fn process_slot(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod length_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_quick_worker_early_in_its_run_has_a_job_queued_behind_it() {
+        let mut l = JobLengths::default();
+        assert!(
+            !l.is_short("Step", 0),
+            "a worker never seen could run for hours"
+        );
+        l.observe("Step", 2);
+        assert!(l.is_short("Step", 0));
+        assert!(l.is_short("Step", QUEUE_BEHIND_MS - 1));
+        assert!(
+            !l.is_short("Step", QUEUE_BEHIND_MS),
+            "it has run too long already"
+        );
+        l.observe("Sleep", 60_000);
+        assert!(
+            !l.is_short("Sleep", 0),
+            "a long worker never has one behind it"
+        );
+        // The average moves: a worker that became slow stops taking jobs behind it.
+        for _ in 0..20 {
+            l.observe("Step", 500);
+        }
+        assert!(!l.is_short("Step", 0));
     }
 }

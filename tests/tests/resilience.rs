@@ -409,8 +409,9 @@ fn a_prefetched_job_waits_behind_a_long_one_without_its_timeout_running_out() {
 
 #[test]
 fn a_job_waiting_in_a_slot_process_behind_a_hung_one_runs_in_the_next_process() {
-    // One slot. While `first` runs, `hang` and then `after` reach the broker; when the
-    // slot starts `hang`, it sends `after` to the slot process too, to wait in its pipe.
+    // One slot, whose `Sleep` jobs are known to be quick. `hang` and `after` reach the
+    // broker together; the slot starts `hang` and, since its jobs are quick and it has
+    // only just started, sends `after` to the slot process too, to wait in its pipe.
     // The hang's timeout kills that process: `after` must run in the next one, once.
     let c = Cluster::start_with(1, 1, &["--prefetch", "2"]);
     let mut pm = c.client();
@@ -422,14 +423,15 @@ fn a_job_waiting_in_a_slot_process_behind_a_hung_one_runs_in_the_next_process() 
         p.jobs.insert(name.into(), j);
         p
     };
-    // Long enough that `hang` and `after` reach the broker's queue before it ends, even
-    // on a loaded machine (the log check below fails if they did not).
-    let first = pm.start(&sleep("first", 2_000, None)).unwrap();
-    wait_until("the first job to start", WAIT, || {
-        pm.status(first).unwrap().jobs["first"].state == JobState::Running
-    });
-    let hung = pm.start(&sleep("hang", 600_000, Some(1500))).unwrap();
-    let after = pm.start(&sleep("after", 1, None)).unwrap();
+    for _ in 0..5 {
+        let quick = pm.start(&sleep("quick", 1, None)).unwrap();
+        assert!(pm.wait(quick, WAIT).unwrap().is_success());
+    }
+    // Both in one batch, so that they reach the broker in one assignment (the log
+    // check below fails if `after` did not wait in the hung process).
+    let hung = pm.start_async(&sleep("hang", 600_000, Some(1500))).unwrap();
+    let after = pm.start_async(&sleep("after", 1, None)).unwrap();
+    pm.confirm().unwrap();
     let after = pm.wait(after, WAIT).unwrap().status().clone();
     let hung = pm.wait(hung, WAIT).unwrap().status().clone();
     let (h, a) = (&hung.jobs["hang"], &after.jobs["after"]);
