@@ -209,13 +209,22 @@ impl KeyPair {
             path: path.to_path_buf(),
             reason: reason.into(),
         };
-        match (public, secret) {
-            (Some(public), Some(secret)) => Ok(KeyPair { public, secret }),
-            (_, None) if text.contains(PUBLIC_HEADER) => Err(whole(
-                "this is a public key file; pass the secret key file (without .pub)",
+        let Some(secret) = secret else {
+            return Err(whole(if text.contains(PUBLIC_HEADER) {
+                "this is a public key file; pass the secret key file (without .pub)"
+            } else {
+                "no `secret-key = KEY` line (truncated?)"
+            }));
+        };
+        let derived = public_of(&secret)?;
+        match public {
+            Some(p) if p != derived => Err(whole(
+                "its public-key is not the one that belongs to its secret-key (edited?)",
             )),
-            (_, None) => Err(whole("no `secret-key = KEY` line (truncated?)")),
-            (None, _) => Err(whole("no `public-key = KEY` line (truncated?)")),
+            _ => Ok(KeyPair {
+                public: derived,
+                secret,
+            }),
         }
     }
 
@@ -261,6 +270,25 @@ impl KeyPair {
             .map_err(io_err(&public_path))?;
         Ok(public_path)
     }
+}
+
+/// The public key that belongs to `secret` (libzmq's `zmq_curve_public`).
+pub fn public_of(secret: &Key) -> Result<Key, CurveError> {
+    require_curve()?;
+    let secret_text = std::ffi::CString::new(encode_key(secret)).expect("Z85 has no NUL");
+    let mut out = [0 as std::ffi::c_char; Z85_KEY_LEN + 1];
+    // SAFETY: `out` has room for 40 characters and the NUL libzmq writes; the secret is
+    // a NUL-terminated 40-character Z85 string, as the function requires.
+    let rc = unsafe { zmq_sys::zmq_curve_public(out.as_mut_ptr(), secret_text.as_ptr()) };
+    if rc != 0 {
+        return Err(CurveError::Unavailable);
+    }
+    // SAFETY: libzmq wrote a NUL-terminated string into `out`.
+    let text = unsafe { std::ffi::CStr::from_ptr(out.as_ptr()) };
+    decode_key(&text.to_string_lossy()).map_err(|reason| CurveError::BadRouterKey {
+        given: "derived public key".into(),
+        reason,
+    })
 }
 
 /// `PATH.pub` for a secret key file at `PATH`.
@@ -712,6 +740,25 @@ mod tests {
         assert!(decode_key(&"#####".repeat(8))
             .unwrap_err()
             .contains("out of range"));
+    }
+
+    #[test]
+    fn the_public_key_is_derived_and_checked() {
+        let (p, other) = (pair(), pair());
+        assert_eq!(public_of(&p.secret).unwrap(), p.public);
+        // Only the secret line: the public key is derived.
+        let only = format!("secret-key = {}\n", encode_key(&p.secret));
+        assert_eq!(KeyPair::parse(Path::new("s"), &only).unwrap(), p);
+        // A public key that belongs to another secret is refused.
+        let mixed = format!(
+            "public-key = {}\nsecret-key = {}\n",
+            encode_key(&other.public),
+            encode_key(&p.secret)
+        );
+        let e = KeyPair::parse(Path::new("s"), &mixed)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the one that belongs"), "{e}");
     }
 
     #[test]

@@ -242,4 +242,5 @@ extern "C" {
     pub fn zmq_z85_encode(dest: *mut c_char, data: *const u8, size: size_t) -> *mut c_char;
     pub fn zmq_z85_decode(dest: *mut u8, string: *const c_char) -> *mut u8;
     pub fn zmq_curve_keypair(z85_public_key: *mut c_char, z85_secret_key: *mut c_char) -> c_int;
+    pub fn zmq_curve_public(z85_public_key: *mut c_char, z85_secret_key: *const c_char) -> c_int;
 }
