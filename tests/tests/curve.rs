@@ -277,3 +277,39 @@ fn sighup_reloads_the_authorized_keys() {
     assert!(c.router.alive(), "SIGHUP does not stop a CURVE router");
     assert!(c.log("router.log").contains("authorized keys reloaded"));
 }
+
+#[test]
+fn a_router_without_keys_beyond_loopback_warns_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |host: &str, name: &str| {
+        let log = dir.path().join(name);
+        let api = format!("tcp://{host}:0");
+        let db = dir.path().join(format!("{name}.db"));
+        let mut p = Proc::spawn(
+            "pypelinin-router",
+            &[
+                "--api",
+                &api,
+                "--broadcast",
+                &api,
+                "--db",
+                db.to_str().unwrap(),
+            ],
+            &log,
+        );
+        let text = wait_for("the router to serve", || {
+            let t = std::fs::read_to_string(&log).unwrap_or_default();
+            t.contains("router serving").then_some(t)
+        });
+        p.signal("TERM");
+        p.wait_exit(WAIT).expect("the router stops on SIGTERM");
+        text
+    };
+    let open = run("0.0.0.0", "open.log");
+    assert!(
+        open.contains("LISTENING BEYOND LOOPBACK WITHOUT CURVE"),
+        "{open}"
+    );
+    let local = run("127.0.0.1", "local.log");
+    assert!(!local.contains("WITHOUT CURVE"), "{local}");
+}
