@@ -313,3 +313,54 @@ fn a_router_without_keys_beyond_loopback_warns_loudly() {
     let local = run("127.0.0.1", "local.log");
     assert!(!local.contains("WITHOUT CURVE"), "{local}");
 }
+
+#[test]
+fn the_dashboard_inside_a_curve_router_reaches_it_with_the_routers_own_key() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pypelinin_tests::CurveKeys::make(dir.path());
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let db = dir.path().join("db");
+    let args = [
+        "--api".to_string(),
+        "tcp://127.0.0.1:0".into(),
+        "--broadcast".into(),
+        "tcp://127.0.0.1:0".into(),
+        "--db".into(),
+        s(&db),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--curve-secret".into(),
+        s(&keys.router_secret),
+        "--authorized-keys".into(),
+        s(&keys.authorized),
+    ];
+    let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let mut router = Proc::spawn("pypelinin-router", &args, &dir.path().join("router.log"));
+    let mut out = BufReader::new(router.child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    let url = second
+        .trim()
+        .strip_prefix("http listening on ")
+        .unwrap()
+        .to_string();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // `/metrics` asks the router over its CURVE API socket: an answer proves the
+    // dashboard's link got in with the router's own key.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("pypelinin_refused_keys_total 0"), "{text}");
+    assert!(router.alive());
+}
