@@ -115,17 +115,21 @@ pub fn decode_key(text: &str) -> Result<Key, String> {
             text.chars().count()
         ));
     }
-    if let Some(c) = text.bytes().find(|b| !Z85_ALPHABET.contains(b)) {
-        return Err(format!("{:?} is not a Z85 character", c as char));
-    }
-    let bytes = zmq::z85_decode(text).map_err(|e| format!("not Z85: {e}"))?;
-    let key: Key = bytes
-        .try_into()
-        .map_err(|_| "a CURVE key decodes to 32 bytes".to_string())?;
-    // libzmq decodes an out-of-range group to garbage without saying so: a key that
-    // does not encode back to the same text is not one.
-    if encode_key(&key) != text {
-        return Err("not a valid Z85 key (a group is out of range)".into());
+    // Decoded here rather than by libzmq, which turns an out-of-range group into
+    // garbage without saying so: each 5 characters are a base-85 number below 2^32,
+    // written as 4 bytes, most significant first.
+    let mut key = [0u8; 32];
+    for (group, out) in text.as_bytes().chunks(5).zip(key.chunks_mut(4)) {
+        let mut value: u64 = 0;
+        for b in group {
+            let Some(digit) = Z85_ALPHABET.iter().position(|a| a == b) else {
+                return Err(format!("{:?} is not a Z85 character", *b as char));
+            };
+            value = value * 85 + digit as u64;
+        }
+        let value = u32::try_from(value)
+            .map_err(|_| "not a valid Z85 key (a group is out of range)".to_string())?;
+        out.copy_from_slice(&value.to_be_bytes());
     }
     Ok(key)
 }
@@ -167,7 +171,20 @@ impl KeyPair {
     /// Reads a secret key file (see the module docs for the format).
     pub fn load(path: &Path) -> Result<KeyPair, CurveError> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        Self::parse(path, &text)
+        let pair = Self::parse(path, &text)?;
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "a secret key file others can read: chmod 600 it"
+                );
+            }
+        }
+        Ok(pair)
     }
 
     fn parse(path: &Path, text: &str) -> Result<KeyPair, CurveError> {
@@ -763,6 +780,12 @@ mod tests {
 
     #[test]
     fn keys_decode_strictly() {
+        // The Z85 specification's test vector (RFC 32): 8 bytes.
+        let mut vector = [0u8; 32];
+        vector[..8].copy_from_slice(&[0x86, 0x4F, 0xD2, 0x6F, 0xB5, 0x59, 0xF7, 0x5B]);
+        let text = encode_key(&vector);
+        assert!(text.starts_with("HelloWorld"), "{text}");
+        assert_eq!(decode_key(&text).unwrap(), vector);
         let p = pair();
         let text = encode_key(&p.public);
         assert_eq!(decode_key(&text).unwrap(), p.public);
