@@ -22,18 +22,23 @@ pub struct BrokerFlags {
     /// at once (default: 32 per slot); the router queues only short jobs. 0: none.
     #[arg(long)]
     pub prefetch: Option<usize>,
+    /// CURVE keys (`--curve-secret`, `--router-key`).
+    #[command(flatten)]
+    pub keys: pypelinin_common::cli::ClientKeys,
 }
 
 impl BrokerFlags {
     /// The configuration these flags describe (`--broadcast` is accepted and unused:
-    /// the router pushes jobs to brokers directly).
-    pub fn config(&self) -> BrokerConfig {
+    /// the router pushes jobs to brokers directly). Fails on a bad key file: keys asked
+    /// for are never dropped in favour of plaintext.
+    pub fn config(&self) -> Result<BrokerConfig, pypelinin_common::curve::CurveError> {
         let mut config = BrokerConfig::new(&self.endpoints.api);
         if let Some(n) = self.workers {
             config.slots = n;
         }
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
         config.prefetch = self.prefetch;
-        config
+        config.security = self.keys.security()?;
+        Ok(config)
     }
 }

@@ -42,6 +42,8 @@ pub struct BrokerConfig {
     /// recent jobs say it holds a few milliseconds of work: long jobs are never queued
     /// here behind one another. 0 turns queueing off.
     pub prefetch: Option<usize>,
+    /// CURVE keys for the connection to the router (none: plain, as before).
+    pub security: pypelinin_common::curve::Security,
 }
 
 impl BrokerConfig {
@@ -55,6 +57,7 @@ impl BrokerConfig {
             isolation: Isolation::Process,
             slot_memory_bytes: None,
             prefetch: None,
+            security: pypelinin_common::curve::Security::None,
         }
     }
 

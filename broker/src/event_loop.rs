@@ -132,7 +132,7 @@ impl EventLoop {
         let results = ctx.socket(zmq::PULL)?;
         let results_endpoint = format!("inproc://results-{name}");
         results.bind(&results_endpoint)?;
-        let link = RouterLink::connect(&ctx, &config.api)?;
+        let link = RouterLink::connect(&ctx, &config.api, &config.security)?;
         Ok(EventLoop {
             ctx,
             name,

@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use pypelinin_common::curve::Security;
 use pypelinin_common::protocol::{
     decode, encode, BrokerHello, FromRouter, Request, HEARTBEAT_INTERVAL, PEER_LIVENESS,
     REQUEST_TIMEOUT,
 };
-use pypelinin_common::transport::dealer;
+use pypelinin_common::transport::dealer_with;
 use tracing::warn;
 
 use crate::config::BrokerError;
@@ -17,6 +18,7 @@ use crate::config::BrokerError;
 pub(crate) struct RouterLink {
     ctx: zmq::Context,
     api: String,
+    security: Security,
     socket: zmq::Socket,
     next_id: u64,
     last_heard: Instant,
@@ -28,11 +30,16 @@ pub(crate) struct RouterLink {
 
 impl RouterLink {
     /// A socket connecting to the router's `api`.
-    pub(crate) fn connect(ctx: &zmq::Context, api: &str) -> Result<Self, BrokerError> {
+    pub(crate) fn connect(
+        ctx: &zmq::Context,
+        api: &str,
+        security: &Security,
+    ) -> Result<Self, BrokerError> {
         Ok(RouterLink {
-            socket: dealer(ctx, api)?,
+            socket: dealer_with(ctx, api, security)?,
             ctx: ctx.clone(),
             api: api.to_string(),
+            security: security.clone(),
             next_id: 1,
             last_heard: Instant::now(),
             last_beat: Instant::now(),
@@ -119,7 +126,7 @@ impl RouterLink {
 
     /// A fresh socket to the router; a hello is due.
     pub(crate) fn reconnect(&mut self) -> Result<(), BrokerError> {
-        self.socket = dealer(&self.ctx, &self.api)?;
+        self.socket = dealer_with(&self.ctx, &self.api, &self.security)?;
         self.last_heard = Instant::now();
         self.welcomed = false;
         Ok(())

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use pypelinin_common::curve::Security;
 use pypelinin_common::protocol::{PipelineId, Reply, Request, REQUEST_ATTEMPTS, REQUEST_TIMEOUT};
 use pypelinin_common::status::PipelineStatus;
-use pypelinin_common::transport::{subscriber, TransportError};
+use pypelinin_common::transport::{subscriber_with, TransportError};
 use pypelinin_common::{Data, PipelineSpec};
 
 use crate::{ClientError, Outcome, WAIT_CHUNK};
@@ -108,6 +109,16 @@ impl AsyncPipelineManager {
     /// [`TransportError::Unreachable`] on the first call; a malformed address fails here.
     /// Needs no tokio runtime (it spawns a plain thread), so it may be called anywhere.
     pub fn connect(api: &str, broadcast: &str) -> Result<Self, ClientError> {
+        Self::connect_with(api, broadcast, &Security::None)
+    }
+
+    /// [`AsyncPipelineManager::connect`] with CURVE keys: every socket to the router
+    /// authenticates and encrypts.
+    pub fn connect_with(
+        api: &str,
+        broadcast: &str,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
         let ctx = zmq::Context::new();
         let pipe = format!("inproc://pypelinin-async-client-{}", uuid::Uuid::new_v4());
         let wake_rx = ctx.socket(zmq::PULL).map_err(TransportError::from)?;
@@ -117,11 +128,11 @@ impl AsyncPipelineManager {
         wake_tx.set_linger(0).map_err(TransportError::from)?;
         wake_tx.set_sndhwm(64).map_err(TransportError::from)?;
         wake_tx.connect(&pipe).map_err(TransportError::from)?;
-        let finished =
-            subscriber(&ctx, broadcast, &[b"pipeline.finished"]).map_err(TransportError::from)?;
-        let dealer = io::api_socket(&ctx, api)?;
+        let finished = subscriber_with(&ctx, broadcast, &[b"pipeline.finished"], security)
+            .map_err(TransportError::from)?;
+        let dealer = io::api_socket(&ctx, api, security)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let io = io::Io::new(ctx, api, dealer, finished, wake_rx, rx);
+        let io = io::Io::new(ctx, api, security.clone(), dealer, finished, wake_rx, rx);
         let thread = std::thread::Builder::new()
             .name("pypelinin-client-io".into())
             .spawn(move || io.run())

@@ -13,13 +13,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use pypelinin_common::curve::Security;
 use pypelinin_common::protocol::{
     BrokerStatus, ClusterMetrics, LogPage, PipelineId, PipelineResult, PipelineSummary,
     PoolRequest, PoolStatus, Reply, Request, ScheduleRequest, REQUEST_TIMEOUT,
 };
 use pypelinin_common::schedule::{BackfillStatus, ScheduleStatus};
 use pypelinin_common::status::PipelineStatus;
-use pypelinin_common::transport::{subscriber, Requester, TransportError};
+use pypelinin_common::transport::{subscriber_with, Requester, TransportError};
 use pypelinin_common::{Data, PipelineSpec};
 
 pub use pypelinin_common::protocol::ProtocolError;
@@ -123,18 +124,30 @@ pub struct PipelineManager {
     submitting: std::collections::HashMap<u64, PipelineId>,
     ctx: zmq::Context,
     broadcast: String,
+    security: Security,
 }
 
 impl PipelineManager {
     /// A manager for the router at `api` (request/reply) and `broadcast` (events).
     /// Connecting is lazy: an absent router shows up as an error on the first call.
     pub fn connect(api: &str, broadcast: &str) -> Result<Self, ClientError> {
+        Self::connect_with(api, broadcast, &Security::None)
+    }
+
+    /// [`PipelineManager::connect`] with CURVE keys (see [`Security::client_from`]):
+    /// every socket to the router authenticates and encrypts.
+    pub fn connect_with(
+        api: &str,
+        broadcast: &str,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
         let ctx = zmq::Context::new();
         Ok(PipelineManager {
-            requester: Requester::new(&ctx, api),
+            requester: Requester::with_security(&ctx, api, security.clone()),
             submitting: std::collections::HashMap::new(),
             ctx,
             broadcast: broadcast.to_string(),
+            security: security.clone(),
         })
     }
 
@@ -461,8 +474,13 @@ impl PipelineManager {
     /// A broadcast can be lost (a slow subscriber, a reconnect): use this to react
     /// quickly, and [`PipelineManager::wait`] or [`PipelineManager::status`] for truth.
     pub fn subscribe(&self) -> Result<Finished, ClientError> {
-        let socket = subscriber(&self.ctx, &self.broadcast, &[b"pipeline.finished"])
-            .map_err(TransportError::from)?;
+        let socket = subscriber_with(
+            &self.ctx,
+            &self.broadcast,
+            &[b"pipeline.finished"],
+            &self.security,
+        )
+        .map_err(TransportError::from)?;
         Ok(Finished { socket })
     }
 
@@ -470,10 +488,11 @@ impl PipelineManager {
     /// logged lines or that it finished. Only wake-ups: ask [`PipelineManager::logs`]
     /// after each, and on a timer too, since a broadcast can be lost.
     pub fn subscribe_logs(&self) -> Result<LogWakeups, ClientError> {
-        let socket = subscriber(
+        let socket = subscriber_with(
             &self.ctx,
             &self.broadcast,
             &[b"job.logs", b"pipeline.finished"],
+            &self.security,
         )
         .map_err(TransportError::from)?;
         Ok(LogWakeups { socket })

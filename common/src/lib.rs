@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod curve;
 pub mod dag;
 pub mod ids;
 pub mod notify;

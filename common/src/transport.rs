@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::curve::Security;
 use crate::protocol::{
     decode, encode, FromRouter, ProtocolError, Reply, Request, REQUEST_ATTEMPTS, REQUEST_TIMEOUT,
     SOCKET_HWM,
@@ -45,9 +46,19 @@ pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> Result<i32, zmq::Er
     }
 }
 
-/// A DEALER connected to `endpoint`, with our HWMs and no linger.
+/// A DEALER connected to `endpoint`, with our HWMs and no linger, in the clear.
 pub fn dealer(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, zmq::Error> {
+    dealer_with(ctx, endpoint, &Security::None)
+}
+
+/// [`dealer`] with CURVE set up as `security` says.
+pub fn dealer_with(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    security: &Security,
+) -> Result<zmq::Socket, zmq::Error> {
     let s = ctx.socket(zmq::DEALER)?;
+    security.apply(&s)?;
     s.set_linger(0)?;
     s.set_sndhwm(SOCKET_HWM)?;
     s.set_rcvhwm(SOCKET_HWM)?;
@@ -56,13 +67,25 @@ pub fn dealer(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, zmq::Er
     Ok(s)
 }
 
-/// A SUB socket connected to `endpoint`, subscribed to `topics` (all when empty).
+/// A SUB socket connected to `endpoint`, subscribed to `topics` (all when empty), in
+/// the clear.
 pub fn subscriber(
     ctx: &zmq::Context,
     endpoint: &str,
     topics: &[&[u8]],
 ) -> Result<zmq::Socket, zmq::Error> {
+    subscriber_with(ctx, endpoint, topics, &Security::None)
+}
+
+/// [`subscriber`] with CURVE set up as `security` says.
+pub fn subscriber_with(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    topics: &[&[u8]],
+    security: &Security,
+) -> Result<zmq::Socket, zmq::Error> {
     let s = ctx.socket(zmq::SUB)?;
+    security.apply(&s)?;
     s.set_linger(0)?;
     s.set_rcvhwm(SOCKET_HWM)?;
     if topics.is_empty() {
@@ -82,6 +105,7 @@ pub type Answer = (u64, Result<Reply, ProtocolError>);
 pub struct Requester {
     ctx: zmq::Context,
     endpoint: String,
+    security: Security,
     socket: Option<zmq::Socket>,
     next_id: u64,
     /// Posted requests not answered yet: id → frame (kept to resend).
@@ -95,11 +119,17 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// A requester for the router API at `endpoint`; connects lazily.
+    /// A requester for the router API at `endpoint`; connects lazily, in the clear.
     pub fn new(ctx: &zmq::Context, endpoint: &str) -> Self {
+        Self::with_security(ctx, endpoint, Security::None)
+    }
+
+    /// A requester whose sockets use `security` (CURVE keys, or none).
+    pub fn with_security(ctx: &zmq::Context, endpoint: &str, security: Security) -> Self {
         Requester {
             ctx: ctx.clone(),
             endpoint: endpoint.to_string(),
+            security,
             socket: None,
             next_id: 1,
             posted: std::collections::HashMap::new(),
@@ -132,7 +162,7 @@ impl Requester {
         for _ in 0..self.attempts.max(1) {
             let socket: &zmq::Socket = match &mut self.socket {
                 Some(s) => s,
-                empty => empty.insert(dealer(&self.ctx, &self.endpoint)?),
+                empty => empty.insert(dealer_with(&self.ctx, &self.endpoint, &self.security)?),
             };
             // With `immediate`, a send blocks while nothing is connected: bound it.
             socket.set_sndtimeo(timeout.as_millis().min(i32::MAX as u128) as i32)?;
@@ -187,7 +217,7 @@ impl Requester {
         let socket: &zmq::Socket = match &mut self.socket {
             Some(s) => s,
             empty => {
-                let s = dealer(&self.ctx, &self.endpoint)?;
+                let s = dealer_with(&self.ctx, &self.endpoint, &self.security)?;
                 // With `immediate`, the first send waits for the connection: bound it.
                 s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
                 empty.insert(s)
@@ -212,7 +242,8 @@ impl Requester {
             let socket: &zmq::Socket = match &mut self.socket {
                 Some(s) if !fresh => s,
                 slot => {
-                    let socket = slot.insert(dealer(&self.ctx, &self.endpoint)?);
+                    let socket =
+                        slot.insert(dealer_with(&self.ctx, &self.endpoint, &self.security)?);
                     socket.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
                     for frame in self.posted.values() {
                         let _ = socket.send(&frame[..], 0);

@@ -592,6 +592,8 @@ fn metrics() -> ClusterMetrics {
         request_latency: latency,
         attempts_finished: 1_234,
         throughput: vec![(1_700_000_000, 12), (1_700_000_001, 0), (1_700_000_002, 7)],
+        refused_keys: 2,
+        refused_handshakes: 9,
     }
 }
 

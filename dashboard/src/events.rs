@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
+use pypelinin_common::curve::Security;
 use pypelinin_common::now_ms;
 use pypelinin_common::protocol::{BrokerStatus, ClusterMetrics, PipelineSummary};
-use pypelinin_common::transport::{poll, subscriber};
+use pypelinin_common::transport::{poll, subscriber_with};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Notify};
 use tracing::{debug, warn};
@@ -260,8 +261,14 @@ pub async fn refresh(hub: Arc<Hub>, links: Links) {
 
 /// Wakes the refresher at each of the router's broadcasts, until `stop` is set. Runs on
 /// a thread of its own: the SUB socket is blocking and stays on this one thread.
-pub fn watch_broadcasts(ctx: &zmq::Context, endpoint: &str, hub: &Hub, stop: &AtomicBool) {
-    let socket = match subscriber(ctx, endpoint, &[b"pipeline."]) {
+pub fn watch_broadcasts(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    security: &Security,
+    hub: &Hub,
+    stop: &AtomicBool,
+) {
+    let socket = match subscriber_with(ctx, endpoint, &[b"pipeline."], security) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, %endpoint, "dashboard cannot subscribe to broadcasts; it refreshes on its timer only");

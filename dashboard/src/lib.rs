@@ -70,6 +70,7 @@ pub mod link;
 pub mod prometheus;
 pub mod shapes;
 
+use pypelinin_common::curve::Security;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -155,6 +156,18 @@ impl Dashboard {
         broadcast: &str,
         token: Option<&str>,
     ) -> Result<Dashboard, DashboardError> {
+        Dashboard::start_secured(addr, api, broadcast, token, &Security::None)
+    }
+
+    /// [`Dashboard::start_with_token`] whose connections to the router use `security`
+    /// (inside a CURVE router: its own key pair, [`Security::own_client`]).
+    pub fn start_secured(
+        addr: &str,
+        api: &str,
+        broadcast: &str,
+        token: Option<&str>,
+        security: &Security,
+    ) -> Result<Dashboard, DashboardError> {
         let target = socket_addr(addr)?;
         let auth = token.map(auth::Auth::new).transpose()?.map(Arc::new);
         if auth.is_none() && !target.ip().is_loopback() {
@@ -181,7 +194,7 @@ impl Dashboard {
         };
 
         let ctx = zmq::Context::new();
-        let links = Links::new(&ctx, api);
+        let links = Links::with_security(&ctx, api, security.clone());
         let (stop, stopped) = watch::channel(false);
         let hub = Arc::new(events::Hub::new(stopped.clone()));
         let app = Arc::new(api::App {
@@ -208,9 +221,10 @@ impl Dashboard {
         let watching = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&watching);
         let broadcast = broadcast.to_string();
+        let security = security.clone();
         let watcher = std::thread::Builder::new()
             .name("dashboard-sub".into())
-            .spawn(move || events::watch_broadcasts(&ctx, &broadcast, &hub, &flag))
+            .spawn(move || events::watch_broadcasts(&ctx, &broadcast, &security, &hub, &flag))
             .map_err(DashboardError::Start)?;
         info!(%addr, "dashboard serving");
         Ok(Dashboard {

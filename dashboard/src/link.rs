@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pypelinin_common::curve::Security;
 use pypelinin_common::protocol::{
     BrokerStatus, ClusterMetrics, LogPage, PipelineId, PipelineSummary, Reply, Request,
     ScheduleRequest,
@@ -60,7 +61,13 @@ macro_rules! expect_reply {
 impl Link {
     /// A link to the router at `api`; connects lazily.
     pub fn new(ctx: &zmq::Context, api: &str) -> Link {
-        let mut requester = Requester::new(ctx, api);
+        Link::with_security(ctx, api, Security::None)
+    }
+
+    /// A link whose socket uses `security` (the router's own key pair when the router
+    /// runs CURVE: see [`Security::own_client`]).
+    pub fn with_security(ctx: &zmq::Context, api: &str, security: Security) -> Link {
+        let mut requester = Requester::with_security(ctx, api, security);
         requester.timeout = PATIENCE;
         requester.attempts = ATTEMPTS;
         Link { requester }
@@ -187,6 +194,7 @@ impl Link {
 pub struct Links {
     ctx: zmq::Context,
     api: String,
+    security: Security,
     idle: Arc<Mutex<Vec<Link>>>,
     permits: Arc<Semaphore>,
 }
@@ -194,9 +202,15 @@ pub struct Links {
 impl Links {
     /// Links to the router at `api`, at most [`LINKS`] of them, made as needed.
     pub fn new(ctx: &zmq::Context, api: &str) -> Links {
+        Links::with_security(ctx, api, Security::None)
+    }
+
+    /// [`Links::new`] whose links use `security`.
+    pub fn with_security(ctx: &zmq::Context, api: &str, security: Security) -> Links {
         Links {
             ctx: ctx.clone(),
             api: api.to_string(),
+            security,
             idle: Arc::new(Mutex::new(Vec::new())),
             permits: Arc::new(Semaphore::new(LINKS)),
         }
@@ -215,7 +229,8 @@ impl Links {
             .map_err(|e| LinkError::Abandoned(e.to_string()))?;
         let idle = Arc::clone(&self.idle);
         let taken = lock(&idle).pop();
-        let mut link = taken.unwrap_or_else(|| Link::new(&self.ctx, &self.api));
+        let mut link = taken
+            .unwrap_or_else(|| Link::with_security(&self.ctx, &self.api, self.security.clone()));
         let joined = tokio::task::spawn_blocking(move || {
             let answer = call(&mut link);
             // A link whose request failed keeps working: its requester starts a fresh

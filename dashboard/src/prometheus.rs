@@ -87,6 +87,24 @@ pub fn prometheus(m: &ClusterMetrics) -> String {
     );
     section(
         &mut out,
+        "pypelinin_refused_keys_total",
+        "counter",
+        "Distinct client keys the router's CURVE check refused since it started.",
+    );
+    let _ = writeln!(out, "pypelinin_refused_keys_total {}", m.refused_keys);
+    section(
+        &mut out,
+        "pypelinin_refused_handshakes_total",
+        "counter",
+        "Connection handshakes the router's CURVE check refused since it started.",
+    );
+    let _ = writeln!(
+        out,
+        "pypelinin_refused_handshakes_total {}",
+        m.refused_handshakes
+    );
+    section(
+        &mut out,
         "pypelinin_request_latency_seconds",
         "histogram",
         "Time from a request's arrival at the router to its reply leaving it.",

@@ -16,11 +16,12 @@ pub mod walk;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use pypelinin_common::curve::Security;
 use pypelinin_common::protocol::{
     decode, encode, Advance, FromRouter, PipelineId, ProtocolError, Push, Reply, Request,
     HEARTBEAT_INTERVAL, PEER_LIVENESS,
 };
-use pypelinin_common::transport::dealer;
+use pypelinin_common::transport::dealer_with;
 use pypelinin_common::Shutdown;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -57,17 +58,26 @@ struct Conn {
 
 /// Walks pipelines until `shutdown` triggers.
 pub fn run(config: PipelinerConfig, shutdown: Shutdown) -> Result<(), PipelinerError> {
+    run_secured(config, &Security::None, shutdown)
+}
+
+/// [`run`] with CURVE keys on the connection to the router.
+pub fn run_secured(
+    config: PipelinerConfig,
+    security: &Security,
+    shutdown: Shutdown,
+) -> Result<(), PipelinerError> {
     let ctx = zmq::Context::new();
     let me = Uuid::new_v4();
     let mut walks: HashMap<PipelineId, Walk> = HashMap::new();
-    let mut conn = connect(&ctx, &config, me)?;
+    let mut conn = connect(&ctx, &config, security, me)?;
     info!(pipeliner = %me, api = %config.api, "pipeliner started");
     while !shutdown.is_triggered() {
         let now = Instant::now();
         if now.duration_since(conn.last_heard) > HEARTBEAT_INTERVAL * PEER_LIVENESS {
             warn!("router silent; reconnecting");
             walks.clear();
-            conn = connect(&ctx, &config, me)?;
+            conn = connect(&ctx, &config, security, me)?;
             continue;
         }
         let mut items = [conn.socket.as_poll_item(zmq::POLLIN)];
@@ -163,8 +173,13 @@ fn hello(me: Uuid, capacity: u32) -> Request {
     }
 }
 
-fn connect(ctx: &zmq::Context, config: &PipelinerConfig, me: Uuid) -> Result<Conn, PipelinerError> {
-    let socket = dealer(ctx, &config.api)?;
+fn connect(
+    ctx: &zmq::Context,
+    config: &PipelinerConfig,
+    security: &Security,
+    me: Uuid,
+) -> Result<Conn, PipelinerError> {
+    let socket = dealer_with(ctx, &config.api, security)?;
     let mut conn = Conn {
         socket,
         next_id: 1,

@@ -13,17 +13,21 @@ struct Args {
     /// Most pipelines walked at once.
     #[arg(long, default_value_t = DEFAULT_CAPACITY)]
     capacity: u32,
+    #[command(flatten)]
+    keys: pypelinin_common::cli::ClientKeys,
 }
 
 fn main() -> anyhow::Result<()> {
     pypelinin_common::init_tracing();
     let args = Args::parse();
+    let security = args.keys.security()?;
     let shutdown = Shutdown::on_signals()?;
-    pypelinin_pipeliner::run(
+    pypelinin_pipeliner::run_secured(
         PipelinerConfig {
             api: args.endpoints.api,
             capacity: args.capacity,
         },
+        &security,
         shutdown,
     )?;
     Ok(())

@@ -92,6 +92,14 @@ struct Args {
     /// The sender of e-mail notifications.
     #[arg(long, value_name = "ADDR", default_value = pypelinin_router::notify::deliver::DEFAULT_FROM)]
     smtp_from: String,
+    /// The router's secret key file (`pypelinin keygen PATH`): both sockets become CURVE
+    /// servers (authenticated, encrypted). Needs --authorized-keys.
+    #[arg(long, env = "PYPELININ_CURVE_SECRET", value_name = "PATH")]
+    curve_secret: Option<PathBuf>,
+    /// Client public keys allowed to connect: a file of Z85 keys one a line (`#`
+    /// comments), or a directory of `.pub` files. Reloaded on SIGHUP.
+    #[arg(long, env = "PYPELININ_AUTHORIZED_KEYS", value_name = "PATH")]
+    authorized_keys: Option<PathBuf>,
 }
 
 /// The notification flags, checked: a bad URL, address or event stops the router at
@@ -179,7 +187,11 @@ fn main() -> anyhow::Result<()> {
         },
     };
     let shutdown = Shutdown::on_signals()?;
-    let mut router = BoundRouter::bind(config)?;
+    let security = pypelinin_common::curve::Security::server_from(
+        args.curve_secret.as_deref(),
+        args.authorized_keys.as_deref(),
+    )?;
+    let mut router = BoundRouter::bind_secured(config, &security)?;
     router.set_notify(notify);
     // The dashboard is a client of the router's API socket, bound just above: its
     // requests wait in the socket until the router runs.
@@ -193,11 +205,12 @@ fn main() -> anyhow::Result<()> {
     };
     let dashboard = match &args.http {
         Some(addr) => Some(
-            Dashboard::start_with_token(
+            Dashboard::start_secured(
                 addr,
                 &router.api_endpoint,
                 &router.broadcast_endpoint,
                 token.as_deref(),
+                &security.own_client(),
             )
             .context("starting the dashboard")?,
         ),

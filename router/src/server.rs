@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use pypelinin_common::curve::{CurveError, Security, ZapHandler};
 use pypelinin_common::protocol::{self, ClusterConfig, Event, ProtocolError, Request, SOCKET_HWM};
 use pypelinin_common::Shutdown;
 use tracing::{debug, error, info, warn};
@@ -67,6 +68,9 @@ pub enum RouterError {
     /// The notification threads could not start.
     #[error("starting the notification threads: {0}")]
     Notify(std::io::Error),
+    /// The CURVE setup failed (the ZAP handler could not start).
+    #[error(transparent)]
+    Curve(#[from] CurveError),
 }
 
 /// A router whose sockets are bound and state loaded, ready to run.
@@ -79,6 +83,8 @@ pub struct BoundRouter {
     /// The broadcast address actually bound.
     pub broadcast_endpoint: String,
     smtp: Option<SmtpConfig>,
+    /// Checks client keys while the router runs (CURVE only); dropped before the context.
+    _zap: Option<ZapHandler>,
     _ctx: zmq::Context,
 }
 
@@ -98,13 +104,44 @@ fn bindable(endpoint: &str) -> String {
 }
 
 impl BoundRouter {
-    /// Opens the database and binds both sockets.
+    /// Opens the database and binds both sockets, in the clear.
     pub fn bind(config: RouterConfig) -> Result<Self, RouterError> {
+        Self::bind_secured(config, &Security::None)
+    }
+
+    /// [`BoundRouter::bind`] with `security`: with [`Security::Server`], both sockets
+    /// are CURVE servers and a ZAP handler admits only the authorized client keys.
+    pub fn bind_secured(config: RouterConfig, security: &Security) -> Result<Self, RouterError> {
         let store = SledStore::open(&config.db, config.durability)?;
         let state = RouterState::load(Box::new(store), config.cluster.clone())?;
         let ctx = zmq::Context::new();
+        // The ZAP handler must be bound before a CURVE server socket accepts anyone, or
+        // libzmq would let peers in unchecked.
+        let zap = match security {
+            Security::Server { keys, authorized } => {
+                info!(
+                    authorized_keys = authorized.len(),
+                    "CURVE on: only authorized keys connect"
+                );
+                Some(ZapHandler::start(&ctx, authorized.clone(), keys.public)?)
+            }
+            _ => {
+                for endpoint in [&config.api, &config.broadcast] {
+                    if !is_loopback(endpoint) {
+                        warn!(
+                            %endpoint,
+                            "LISTENING BEYOND LOOPBACK WITHOUT CURVE: anyone who reaches this \
+                             port can submit and run jobs and read every message in the clear; \
+                             use --curve-secret and --authorized-keys"
+                        );
+                    }
+                }
+                None
+            }
+        };
         let api = ctx.socket(zmq::ROUTER).map_err(zerr(&config.api))?;
         let e = zerr(&config.api);
+        security.apply(&api).map_err(&e)?;
         api.set_router_mandatory(true).map_err(&e)?;
         api.set_sndhwm(SOCKET_HWM).map_err(&e)?;
         api.set_rcvhwm(SOCKET_HWM).map_err(&e)?;
@@ -114,6 +151,7 @@ impl BoundRouter {
         api.bind(&bindable(&config.api)).map_err(&e)?;
         let publisher = ctx.socket(zmq::PUB).map_err(zerr(&config.broadcast))?;
         let e = zerr(&config.broadcast);
+        security.apply(&publisher).map_err(&e)?;
         publisher.set_sndhwm(SOCKET_HWM).map_err(&e)?;
         publisher.set_linger(0).map_err(&e)?;
         publisher.bind(&bindable(&config.broadcast)).map_err(&e)?;
@@ -126,6 +164,7 @@ impl BoundRouter {
             api_endpoint,
             broadcast_endpoint,
             smtp: None,
+            _zap: zap,
             _ctx: ctx,
         })
     }
@@ -301,6 +340,19 @@ impl BoundRouter {
     }
 }
 
+/// Whether only this machine can reach `endpoint` (loopback TCP, ipc, inproc).
+fn is_loopback(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return endpoint.starts_with("ipc://") || endpoint.starts_with("inproc://");
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn last_endpoint(s: &zmq::Socket) -> String {
     s.get_last_endpoint()
         .ok()
@@ -311,4 +363,30 @@ fn last_endpoint(s: &zmq::Socket) -> String {
 /// Binds and serves until `shutdown` triggers.
 pub fn run(config: RouterConfig, shutdown: Shutdown) -> Result<(), RouterError> {
     BoundRouter::bind(config)?.run(shutdown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_endpoints() {
+        for e in [
+            "tcp://127.0.0.1:5555",
+            "tcp://localhost:1",
+            "tcp://[::1]:5",
+            "ipc:///tmp/x",
+            "inproc://a",
+        ] {
+            assert!(is_loopback(e), "{e}");
+        }
+        for e in [
+            "tcp://*:5555",
+            "tcp://0.0.0.0:1",
+            "tcp://10.0.0.2:5",
+            "tcp://eth0:5",
+        ] {
+            assert!(!is_loopback(e), "{e}");
+        }
+    }
 }

@@ -126,19 +126,80 @@ pub struct Cluster {
     pub broker_args: Vec<String>,
     router_args: Vec<String>,
     restarts: usize,
+    /// The keys when started with [`Cluster::start_curve`].
+    pub curve: Option<CurveKeys>,
+}
+
+/// Key files of a cluster started with [`Cluster::start_curve`] (all under its temp dir).
+pub struct CurveKeys {
+    /// The router's secret key file.
+    pub router_secret: PathBuf,
+    /// The router's public key file (every member's `--router-key`).
+    pub router_public: PathBuf,
+    /// The router's `--authorized-keys` file: the member key only.
+    pub authorized: PathBuf,
+    /// The secret key file every pipeliner, broker and client of the cluster uses.
+    pub member_secret: PathBuf,
+}
+
+impl CurveKeys {
+    /// Makes a router pair and a member pair under `dir`, the member authorized.
+    pub fn make(dir: &Path) -> CurveKeys {
+        use pypelinin_common::curve::{encode_key, KeyPair};
+        let keys = CurveKeys {
+            router_secret: dir.join("router.key"),
+            router_public: dir.join("router.key.pub"),
+            authorized: dir.join("authorized_keys"),
+            member_secret: dir.join("member.key"),
+        };
+        KeyPair::generate()
+            .unwrap()
+            .write(&keys.router_secret)
+            .unwrap();
+        let member = KeyPair::generate().unwrap();
+        member.write(&keys.member_secret).unwrap();
+        let text = format!("# the cluster's members\n{}\n", encode_key(&member.public));
+        std::fs::write(&keys.authorized, text).unwrap();
+        keys
+    }
+
+    /// The CURVE setting of a member.
+    pub fn member(&self) -> pypelinin_common::curve::Security {
+        pypelinin_common::curve::Security::client_from(
+            Some(&self.member_secret),
+            Some(self.router_public.to_str().unwrap()),
+        )
+        .unwrap()
+    }
+
+    /// The router's public key.
+    pub fn router_key(&self) -> pypelinin_common::curve::Key {
+        pypelinin_common::curve::load_public(&self.router_public).unwrap()
+    }
 }
 
 impl Cluster {
     /// Starts a router, one pipeliner and `brokers` brokers of `slots` slots each, with
     /// the JSON file store under the temp dir.
     pub fn start(brokers: usize, slots: usize) -> Cluster {
-        Cluster::start_with_router(brokers, slots, &[])
+        Cluster::start_inner(brokers, slots, false, &[])
     }
 
     /// [`Cluster::start`], with `router_args` added to the router's arguments (kept
     /// for its restarts too).
     pub fn start_with_router(brokers: usize, slots: usize, router_args: &[&str]) -> Cluster {
+        Cluster::start_inner(brokers, slots, false, router_args)
+    }
+
+    /// [`Cluster::start`] with CURVE: the router has a key pair and authorizes one member
+    /// key, which every pipeliner, broker and [`Cluster::client`] uses.
+    pub fn start_curve(brokers: usize, slots: usize) -> Cluster {
+        Cluster::start_inner(brokers, slots, true, &[])
+    }
+
+    fn start_inner(brokers: usize, slots: usize, curve: bool, router_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        let curve = curve.then(|| CurveKeys::make(dir.path()));
         let config = dir.path().join("cluster.json");
         let store = serde_json::json!({
             "store": {"kind": "json", "dir": dir.path().join("store")},
@@ -146,7 +207,7 @@ impl Cluster {
         });
         std::fs::write(&config, store.to_string()).unwrap();
         let db = dir.path().join("db");
-        let router_args: Vec<String> = [
+        let mut router_args: Vec<String> = [
             "--db",
             db.to_str().unwrap(),
             "--config",
@@ -156,6 +217,15 @@ impl Cluster {
         .chain(router_args)
         .map(|s| s.to_string())
         .collect();
+        if let Some(k) = &curve {
+            for (flag, path) in [
+                ("--curve-secret", &k.router_secret),
+                ("--authorized-keys", &k.authorized),
+            ] {
+                router_args.push(flag.into());
+                router_args.push(path.to_str().unwrap().into());
+            }
+        }
         let mut args = vec![
             "--api",
             "tcp://127.0.0.1:0",
@@ -176,6 +246,7 @@ impl Cluster {
             broker_args: vec![],
             router_args,
             restarts: 0,
+            curve,
         };
         c.add_pipeliner();
         for _ in 0..brokers {
@@ -236,11 +307,10 @@ impl Cluster {
             .dir
             .path()
             .join(format!("pipeliner-{}.log", self.pipeliners.len()));
-        let p = Proc::spawn(
-            "pypelinin-pipeliner",
-            &["--api", &self.api, "--broadcast", &self.broadcast],
-            &log,
-        );
+        let keys = self.member_args();
+        let mut args = vec!["--api", &self.api, "--broadcast", &self.broadcast];
+        args.extend(keys.iter().map(|s| s.as_str()));
+        let p = Proc::spawn("pypelinin-pipeliner", &args, &log);
         self.pipeliners.push(p);
     }
 
@@ -266,6 +336,8 @@ impl Cluster {
             "--broadcast",
             self.broadcast.as_str(),
         ];
+        let keys = self.member_args();
+        all.extend(keys.iter().map(|s| s.as_str()));
         all.extend(args);
         let p = Proc::spawn(bin, &all, &log);
         self.brokers.push(p);
@@ -273,7 +345,26 @@ impl Cluster {
 
     /// A client for this cluster.
     pub fn client(&self) -> pypelinin_client::PipelineManager {
-        pypelinin_client::PipelineManager::connect(&self.api, &self.broadcast).expect("client")
+        let security = self
+            .curve
+            .as_ref()
+            .map(CurveKeys::member)
+            .unwrap_or_default();
+        pypelinin_client::PipelineManager::connect_with(&self.api, &self.broadcast, &security)
+            .expect("client")
+    }
+
+    /// `--curve-secret` and `--router-key` of a member, when the cluster has keys.
+    pub fn member_args(&self) -> Vec<String> {
+        match &self.curve {
+            Some(k) => vec![
+                "--curve-secret".into(),
+                k.member_secret.to_str().unwrap().into(),
+                "--router-key".into(),
+                k.router_public.to_str().unwrap().into(),
+            ],
+            None => vec![],
+        }
     }
 
     /// The output the JSON store saved for `job`, if any.
@@ -292,6 +383,7 @@ impl Cluster {
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(bin("pypelinin"))
             .args(["--api", &self.api, "--broadcast", &self.broadcast])
+            .args(self.member_args())
             .args(args)
             .output()
             .expect("run pypelinin");

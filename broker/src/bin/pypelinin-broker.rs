@@ -33,7 +33,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     pypelinin_broker::init_tracing();
     let args = Args::parse();
-    let mut config = args.broker.config();
+    let mut config = args.broker.config()?;
     config.isolation = pypelinin_broker::Isolation::Thread;
     let shutdown = Shutdown::on_signals()?;
     pypelinin_broker::run_workers_file(&args.workers_file, config, shutdown)?;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use pypelinin_common::curve::Security;
 use pypelinin_common::protocol::{
     decode, encode, Event, FromRouter, PipelineId, Reply, Request, SOCKET_HWM,
 };
@@ -24,8 +25,10 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 pub(super) fn api_socket(
     ctx: &zmq::Context,
     endpoint: &str,
+    security: &Security,
 ) -> Result<zmq::Socket, TransportError> {
     let s = ctx.socket(zmq::DEALER)?;
+    security.apply(&s)?;
     s.set_linger(0)?;
     s.set_sndhwm(SOCKET_HWM)?;
     s.set_rcvhwm(SOCKET_HWM)?;
@@ -55,6 +58,7 @@ struct Tick {
 pub(super) struct Io {
     ctx: zmq::Context,
     endpoint: String,
+    security: Security,
     dealer: Option<zmq::Socket>,
     finished: zmq::Socket,
     wake: zmq::Socket,
@@ -70,6 +74,7 @@ impl Io {
     pub(super) fn new(
         ctx: zmq::Context,
         endpoint: &str,
+        security: Security,
         dealer: zmq::Socket,
         finished: zmq::Socket,
         wake: zmq::Socket,
@@ -78,6 +83,7 @@ impl Io {
         Io {
             ctx,
             endpoint: endpoint.to_string(),
+            security,
             dealer: Some(dealer),
             finished,
             wake,
@@ -151,7 +157,7 @@ impl Io {
         self.next_id += 1;
         let frame = encode(id, req);
         if self.dealer.is_none() {
-            self.dealer = api_socket(&self.ctx, &self.endpoint).ok();
+            self.dealer = api_socket(&self.ctx, &self.endpoint, &self.security).ok();
         }
         if let Some(d) = &self.dealer {
             // Not sent now (it cannot happen with our bounds): resent when it times out.
@@ -253,7 +259,7 @@ impl Io {
         if self.pending.is_empty() {
             return;
         }
-        self.dealer = api_socket(&self.ctx, &self.endpoint).ok();
+        self.dealer = api_socket(&self.ctx, &self.endpoint, &self.security).ok();
         for p in self.pending.values_mut() {
             if let Some(d) = &self.dealer {
                 let _ = d.send(&p.frame[..], zmq::DONTWAIT);

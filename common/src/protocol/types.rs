@@ -286,6 +286,14 @@ pub struct ClusterMetrics {
     pub attempts_finished: u64,
     /// Attempts finished per second over the last minutes: (unix second, count), oldest first.
     pub throughput: Vec<(u64, u32)>,
+    /// Distinct client keys the router's CURVE check refused since it started (each is
+    /// logged once).
+    #[serde(default)]
+    pub refused_keys: u64,
+    /// Handshakes the router's CURVE check refused since it started (a refused client
+    /// retries, so this grows while it does).
+    #[serde(default)]
+    pub refused_handshakes: u64,
 }
 
 /// What the router tells brokers about the cluster (pypelinin's `get configuration`).

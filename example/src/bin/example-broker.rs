@@ -36,7 +36,7 @@ enum IsolationArg {
 fn main() -> anyhow::Result<()> {
     pypelinin_broker::init_tracing();
     let args = Args::parse();
-    let mut config = args.broker.config();
+    let mut config = args.broker.config()?;
     config.isolation = match args.isolation {
         IsolationArg::Process => pypelinin_broker::Isolation::Process,
         IsolationArg::Thread => pypelinin_broker::Isolation::Thread,

@@ -69,6 +69,7 @@ impl RouterState {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         m.request_latency = self.latency.clone();
+        (m.refused_keys, m.refused_handshakes) = pypelinin_common::curve::refused_counts();
         m.attempts_finished = self.attempts_finished;
         m.throughput = self.throughput.iter().copied().collect();
         m

@@ -4,6 +4,7 @@
 
 mod backfill;
 mod follow;
+mod keygen;
 mod logs;
 mod notifications;
 mod pool;
@@ -48,12 +49,20 @@ struct Args {
         global = true
     )]
     broadcast: String,
+    #[command(flatten)]
+    keys: pypelinin_common::cli::ClientKeys,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Writes a CURVE key pair: the secret key to PATH (mode 0600), the public key to
+    /// PATH.pub; prints the public key. Never overwrites.
+    Keygen {
+        /// Where the secret key goes.
+        path: PathBuf,
+    },
     /// Submits a pipeline file (JSON); prints its id.
     Submit {
         /// The pipeline file.
@@ -239,8 +248,13 @@ fn main() -> ExitCode {
     }
 }
 fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut pm = PipelineManager::connect(&args.api, &args.broadcast)?;
+    if let Command::Keygen { path } = &args.command {
+        return keygen::run(path);
+    }
+    let security = args.keys.security()?;
+    let mut pm = PipelineManager::connect_with(&args.api, &args.broadcast, &security)?;
     match args.command {
+        Command::Keygen { .. } => unreachable!("handled above"),
         Command::Submit {
             file,
             wait,

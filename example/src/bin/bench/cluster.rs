@@ -4,12 +4,13 @@
 //! read from `/proc`.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use pypelinin_client::PipelineManager;
+use pypelinin_common::curve::{encode_key, public_path, KeyPair, Security};
 use pypelinin_common::PipelineSpec;
 use serde_json::json;
 
@@ -30,7 +31,34 @@ pub struct Cluster {
     procs: Vec<Child>,
     api: String,
     broadcast: String,
+    security: Security,
     _dir: tempfile::TempDir,
+}
+
+/// With `--curve`: a router pair and a member pair under `dir`, the member authorized;
+/// the flags of the router and of a member.
+fn curve_flags(dir: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let (router, member) = (dir.join("router.key"), dir.join("member.key"));
+    KeyPair::generate()?.write(&router)?;
+    let pair = KeyPair::generate()?;
+    pair.write(&member)?;
+    let authorized = dir.join("authorized_keys");
+    std::fs::write(&authorized, encode_key(&pair.public))?;
+    let s = |p: &Path| p.display().to_string();
+    Ok((
+        vec![
+            "--curve-secret".into(),
+            s(&router),
+            "--authorized-keys".into(),
+            s(&authorized),
+        ],
+        vec![
+            "--curve-secret".into(),
+            s(&member),
+            "--router-key".into(),
+            s(&public_path(&router)),
+        ],
+    ))
 }
 
 impl Cluster {
@@ -47,10 +75,22 @@ impl Cluster {
         if let Some(n) = args.prefetch {
             common.extend(["--prefetch".into(), n.to_string()]);
         }
+        let (router_keys, member_keys) = match args.curve {
+            true => curve_flags(dir.path())?,
+            false => (vec![], vec![]),
+        };
+        let security = match args.curve {
+            true => Security::client_from(
+                Some(Path::new(&member_keys[1])),
+                Some(member_keys[3].as_str()),
+            )?,
+            false => Security::None,
+        };
         let router = Command::new(&exe)
             .args(["--role", "router", "--db"])
             .arg(dir.path().join("db"))
             .args(&common)
+            .args(&router_keys)
             .stdout(Stdio::piped())
             .spawn()?;
         // Each process is pushed as soon as it is spawned, so that Drop stops whatever
@@ -59,6 +99,7 @@ impl Cluster {
             procs: vec![router],
             api: String::new(),
             broadcast: String::new(),
+            security,
             _dir: dir,
         };
         let mut line = String::new();
@@ -82,6 +123,7 @@ impl Cluster {
                     &broadcast,
                 ])
                 .args(&common)
+                .args(&member_keys)
                 .spawn()?,
         );
         let ready = match &broker {
@@ -90,6 +132,7 @@ impl Cluster {
                     Command::new(&exe)
                         .args(["--role", "broker", "--api", &api, "--broadcast", &broadcast])
                         .args(&common)
+                        .args(&member_keys)
                         .spawn()?,
                 );
                 PipelineSpec::default().job("a", "Noop", &[])
@@ -122,7 +165,11 @@ impl Cluster {
     }
 
     pub fn client(&self) -> anyhow::Result<PipelineManager> {
-        Ok(PipelineManager::connect(&self.api, &self.broadcast)?)
+        Ok(PipelineManager::connect_with(
+            &self.api,
+            &self.broadcast,
+            &self.security,
+        )?)
     }
 
     /// The router's API and broadcast endpoints, for clients in other processes.

@@ -62,6 +62,11 @@ struct Args {
     /// present, else python3).
     #[arg(long)]
     python: Option<std::path::PathBuf>,
+    /// Every connection with CURVE (authenticated, encrypted), keys made for the run, to
+    /// measure what it costs. The Python scenarios (S8, S9) are skipped: their processes
+    /// take no keys here.
+    #[arg(long)]
+    curve: bool,
     /// Internal: run as one daemon of the benchmark cluster.
     #[arg(long, hide = true, value_enum)]
     role: Option<Role>,
@@ -71,6 +76,23 @@ struct Args {
     broadcast: String,
     #[arg(long, hide = true)]
     db: Option<std::path::PathBuf>,
+    // The roles' keys (with --curve), as flags only: the driver's environment must not
+    // give a role keys the others lack.
+    #[arg(long, hide = true)]
+    authorized_keys: Option<std::path::PathBuf>,
+    #[arg(long, hide = true)]
+    curve_secret: Option<std::path::PathBuf>,
+    #[arg(long, hide = true)]
+    router_key: Option<String>,
+}
+
+impl Args {
+    fn member_security(&self) -> anyhow::Result<pypelinin_common::curve::Security> {
+        Ok(pypelinin_common::curve::Security::client_from(
+            self.curve_secret.as_deref(),
+            self.router_key.as_deref(),
+        )?)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,7 +149,11 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals()?;
     match role {
         Role::Router => {
-            let router = pypelinin_router::BoundRouter::bind(pypelinin_router::RouterConfig {
+            let security = pypelinin_common::curve::Security::server_from(
+                args.curve_secret.as_deref(),
+                args.authorized_keys.as_deref(),
+            )?;
+            let config = pypelinin_router::RouterConfig {
                 api: args.api.clone(),
                 broadcast: args.broadcast.clone(),
                 db: args.db.clone().context("--db")?,
@@ -137,18 +163,20 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
                 } else {
                     pypelinin_router::Durability::Background
                 },
-            })?;
+            };
+            let router = pypelinin_router::BoundRouter::bind_secured(config, &security)?;
             println!(
                 "router listening api={} broadcast={}",
                 router.api_endpoint, router.broadcast_endpoint
             );
             router.run(shutdown)?;
         }
-        Role::Pipeliner => pypelinin_pipeliner::run(
+        Role::Pipeliner => pypelinin_pipeliner::run_secured(
             pypelinin_pipeliner::PipelinerConfig {
                 api: args.api.clone(),
                 capacity: pypelinin_pipeliner::DEFAULT_CAPACITY,
             },
+            &args.member_security()?,
             shutdown,
         )?,
         Role::Broker => {
@@ -156,6 +184,7 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
             config.slots = SLOTS;
             config.drain_timeout = Duration::from_secs(2);
             config.prefetch = args.prefetch;
+            config.security = args.member_security()?;
             config.isolation = match args.isolation {
                 Iso::Process => pypelinin_broker::Isolation::Process,
                 Iso::Thread => pypelinin_broker::Isolation::Thread,
@@ -421,6 +450,13 @@ fn drive(args: &Args) -> anyhow::Result<()> {
         s => vec![s],
     };
     let python = python::interpreter(args.python.as_deref());
+    if args.curve {
+        let python = |s: &Scenario| matches!(s, Scenario::S8 | Scenario::S9);
+        if scenarios.iter().any(python) {
+            println!("S8 and S9 skipped: --curve");
+            scenarios.retain(|s| !python(s));
+        }
+    }
     if scenarios
         .iter()
         .any(|s| matches!(s, Scenario::S8 | Scenario::S9))
