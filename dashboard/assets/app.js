@@ -738,23 +738,46 @@ function brokersView() {
         <th>Memory</th><th class="num">Load</th><th>State</th><th>Workers</th></tr></thead>
       <tbody></tbody>
     </table>
+    <h2>Pools <small>cluster-wide slot limits: slots in use, capacity, jobs waiting</small></h2>
+    <table id="pools" class="grid">
+      <thead><tr><th>Pool</th><th>Slots in use</th><th class="num">Queued</th></tr></thead>
+      <tbody></tbody>
+    </table>
   </section>`;
 
+  // Pools are not pushed: they are read again whenever the metrics move.
+  const refreshPools = async () => {
+    try { poolsTable(await api("/api/pools")); } catch (_) { /* the live indicator tells */ }
+  };
   return {
     async refresh(gen) {
-      const [brokers, m] = await Promise.all([api("/api/brokers"), api("/api/metrics")]);
+      const [brokers, m, pools] = await Promise.all([
+        api("/api/brokers"), api("/api/metrics"), api("/api/pools"),
+      ]);
       if (gen !== generation) return;
       cards(m);
       chart(m);
       brokersTable(brokers);
+      poolsTable(pools);
     },
     fail(error) {
       $("#brokers tbody").innerHTML = `<tr><td colspan="9" class="error">${esc(error.message)}</td></tr>`;
     },
-    // Pushed data is drawn as is: no request.
-    onMetrics(m) { cards(m); chart(m); },
+    // Pushed data is drawn as is: no request (but for pools).
+    onMetrics(m) { cards(m); chart(m); refreshPools(); },
     onBrokers(brokers) { brokersTable(brokers); },
   };
+}
+
+function poolsTable(pools) {
+  $("#pools tbody").innerHTML = pools.map((p) => {
+    const used = p.capacity ? Math.min(1, p.used / p.capacity) : 0;
+    return `<tr data-pool="${esc(p.name)}">
+      <td><b>${esc(p.name)}</b></td>
+      <td class="meter">${bar(used, load(used))} <small>${p.used}/${p.capacity}</small></td>
+      <td class="num">${p.queued}</td>
+    </tr>`;
+  }).join("") || `<tr><td colspan="3" class="empty">No pool is set (pypelinin pool set NAME SLOTS).</td></tr>`;
 }
 
 function brokersTable(brokers) {

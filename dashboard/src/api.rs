@@ -108,6 +108,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/brokers", get(brokers).fallback(only_get))
         .route("/api/metrics", get(metrics).fallback(only_get))
         .route("/api/notifications", get(notifications).fallback(only_get))
+        .route("/api/pools", get(pools).fallback(only_get))
         .route("/api/events", get(event_stream).fallback(only_get))
         .route(
             "/api/session",
@@ -292,6 +293,11 @@ async fn prometheus_text(State(app): State<Arc<App>>) -> Answer {
 
 async fn brokers(State(app): State<Arc<App>>) -> Answer {
     Answer::of(app.links.run(|l| l.brokers()).await)
+}
+
+/// `GET /api/pools`: every pool, as `pypelinin pool list --json`.
+async fn pools(State(app): State<Arc<App>>) -> Answer {
+    Answer::of(app.links.run(|l| l.pools()).await)
 }
 
 /// `GET /api/notifications?limit=N`: the latest notifications (default

@@ -183,6 +183,12 @@ impl Link {
         )
     }
 
+    /// Every pool with its capacity, slots in use and jobs queued.
+    pub fn pools(&mut self) -> Result<Vec<pypelinin_common::protocol::PoolStatus>, LinkError> {
+        let req = Request::Pool(pypelinin_common::protocol::PoolRequest::List);
+        expect_reply!(self.ask(&req)?, Reply::Pools)
+    }
+
     /// Cluster metrics.
     pub fn metrics(&mut self) -> Result<ClusterMetrics, LinkError> {
         expect_reply!(self.ask(&Request::Metrics)?, Reply::Metrics)

@@ -375,6 +375,21 @@ fn json_api_and_prometheus_metrics() {
     assert!(b["workers"].as_array().unwrap().contains(&json!("Flaky")));
     assert!(b["monitor"]["memory_total_bytes"].as_u64().unwrap() > 0);
 
+    // Pools, as `pool list --json`.
+    let (_, v) = get_json(&c.url("/api/pools"));
+    assert_eq!(v, json!([]));
+    pm.pools(pypelinin_common::protocol::PoolRequest::Set {
+        name: "db".into(),
+        slots: 3,
+    })
+    .unwrap();
+    let (code, v) = get_json(&c.url("/api/pools"));
+    assert_eq!(code, 200);
+    assert_eq!(
+        v,
+        json!([{"name": "db", "capacity": 3, "used": 0, "queued": 0}])
+    );
+
     let (code, m) = get_json(&c.url("/api/metrics"));
     assert_eq!(code, 200);
     assert_eq!(m["pipelines"]["succeeded"], 2, "{m}");
@@ -1469,13 +1484,22 @@ fn dashboard_in_headless_chromium() {
     });
     assert_eq!(pm.status(running).unwrap().state, PipelineState::Cancelled);
 
-    // Brokers: the monitoring table and the throughput chart.
+    // Brokers: the monitoring table, the throughput chart and the pools.
+    pm.pools(pypelinin_common::protocol::PoolRequest::Set {
+        name: "warehouse".into(),
+        slots: 3,
+    })
+    .unwrap();
     browser.goto(&c.url("/#/brokers"));
     let brokers = pm.brokers().unwrap();
     let text = browser.wait_text(
-        &[&brokers[0].name, "%", "GiB", "brokers alive"],
+        &[&brokers[0].name, "%", "GiB", "brokers alive", "warehouse"],
         Duration::from_secs(15),
     );
+    let pool = browser.script(
+        "return document.querySelector('#pools tr[data-pool=warehouse] small').textContent;",
+    );
+    assert_eq!(pool, "0/3", "slots in use / capacity");
     assert!(text.contains("Flaky"), "workers offered: {text}");
     let points = browser.script(
         "return document.querySelector('#throughput polyline').getAttribute('points').split(' ').length;",

@@ -26,7 +26,8 @@ pub enum BrokerKind {
     Python(PathBuf),
 }
 
-/// A benchmark cluster: router, pipeliner and one broker with two slots.
+/// A benchmark cluster: router, pipeliner and brokers (one with two slots, but for the
+/// scale-out scenario).
 pub struct Cluster {
     procs: Vec<Child>,
     api: String,
@@ -63,6 +64,16 @@ fn curve_flags(dir: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
 
 impl Cluster {
     pub fn start(args: &Args, broker: BrokerKind) -> anyhow::Result<Cluster> {
+        Cluster::start_with(args, broker, 1, SLOTS)
+    }
+
+    /// A cluster of `brokers` brokers of `slots` slots each (Rust brokers only).
+    pub fn start_with(
+        args: &Args,
+        broker: BrokerKind,
+        brokers: usize,
+        slots: usize,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let exe = std::env::current_exe()?;
         let mut common: Vec<String> = vec![
@@ -128,13 +139,16 @@ impl Cluster {
         );
         let ready = match &broker {
             BrokerKind::Rust => {
-                c.procs.push(
-                    Command::new(&exe)
-                        .args(["--role", "broker", "--api", &api, "--broadcast", &broadcast])
-                        .args(&common)
-                        .args(&member_keys)
-                        .spawn()?,
-                );
+                for _ in 0..brokers {
+                    c.procs.push(
+                        Command::new(&exe)
+                            .args(["--role", "broker", "--api", &api, "--broadcast", &broadcast])
+                            .args(["--slots", &slots.to_string()])
+                            .args(&common)
+                            .args(&member_keys)
+                            .spawn()?,
+                    );
+                }
                 PipelineSpec::default().job("a", "Noop", &[])
             }
             BrokerKind::Python(python) => {
@@ -161,6 +175,12 @@ impl Cluster {
             pm.wait(id, Duration::from_secs(30))?.is_success(),
             "warm-up job failed"
         );
+        // ... and every broker has joined.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pm.brokers()?.len() < brokers {
+            ensure!(Instant::now() < deadline, "not every broker joined");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(c)
     }
 
@@ -183,17 +203,18 @@ impl Cluster {
 
     /// CPU seconds used so far by each part of the cluster: the router, the pipeliner,
     /// the broker with its slot processes, and this driver (the client).
+    /// Every broker counts in the broker part.
     pub fn cpu_seconds(&self) -> [f64; 4] {
         let p = self.pids();
         // The broker, its slot processes, and theirs that still run: the long-lived
         // processes of persistent workers (S7); commands that ended are counted in
         // their parent's cutime. A Python broker (S9) has no slot processes: its
         // children are its worker processes.
-        let slots = children_of(&p[2..3]);
+        let slots = children_of(&p[2..]);
         let broker: f64 = children_of(&slots)
             .into_iter()
             .chain(slots)
-            .chain([p[2]])
+            .chain(p[2..].iter().copied())
             .map(proc_cpu_seconds)
             .sum();
         [

@@ -25,12 +25,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, ValueEnum};
 use pypelinin_client::PipelineManager;
-use pypelinin_common::protocol::{ClusterConfig, PipelineId, PipelineResult};
+use pypelinin_common::protocol::{ClusterConfig, PipelineId, PipelineResult, PoolRequest};
 use pypelinin_common::{PipelineSpec, PipelineState, Shutdown};
 use serde_json::{json, Value};
 
 mod cluster;
 mod python;
+mod scale;
 use cluster::{BrokerKind, Cluster, CPU_PARTS};
 
 /// Benchmarks the cluster on the peers' scenarios.
@@ -67,6 +68,15 @@ struct Args {
     /// take no keys here.
     #[arg(long)]
     curve: bool,
+    /// Scale: the broker counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    brokers: Vec<usize>,
+    /// Scale: the job lengths to run, in ms, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,1")]
+    job_ms: Vec<u64>,
+    /// Internal: slots of a broker role.
+    #[arg(long, hide = true)]
+    slots: Option<usize>,
     /// Internal: run as one daemon of the benchmark cluster.
     #[arg(long, hide = true, value_enum)]
     role: Option<Role>,
@@ -114,6 +124,15 @@ enum Scenario {
     /// `pypelinin.Broker` (one long-lived Python process per slot) in place of the Rust
     /// broker, submitted by the Rust client.
     S9,
+    /// Pools and priorities: S1's one-job pipelines run twice on the same cluster, once
+    /// plain and once spread over three pools with mixed pipeline priorities and job
+    /// weights; reports both rates and the router's CPU per job of each, and their
+    /// difference: the dispatch overhead of pools and priorities.
+    S10,
+    /// Scale-out (not part of `all`): one pipeline of independent `Sleep` jobs on 1, 2,
+    /// 4, 8 and 16 brokers of 4 slots (`--brokers`, `--job-ms`), against the ideal rate
+    /// brokers × 4 × 1000 / ms.
+    Scale,
     All,
 }
 
@@ -181,7 +200,7 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
         )?,
         Role::Broker => {
             let mut config = pypelinin_broker::BrokerConfig::new(&args.api);
-            config.slots = SLOTS;
+            config.slots = args.slots.unwrap_or(SLOTS);
             config.drain_timeout = Duration::from_secs(2);
             config.prefetch = args.prefetch;
             config.security = args.member_security()?;
@@ -231,6 +250,17 @@ fn fan(width: usize, i: usize) -> PipelineSpec {
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     p.job("join", "Join", &refs)
 }
+
+/// S1's pipeline: one `Step` job, numbered `i`.
+fn one_step(i: usize) -> PipelineSpec {
+    PipelineSpec::default()
+        .with_data("i", json!(i))
+        .job("a", "Step", &[])
+}
+
+/// The pools of S10, each as large as the cluster's slots: they order and count the
+/// work without capping it, so the rate compares with the plain run's.
+const S10_POOLS: [&str; 3] = ["db", "api", "cpu"];
 
 /// Checks a result's output like the peers do: count, `n`, `k`, and `i` not mixed up.
 fn check(r: &PipelineResult, job: &str, i: usize, n: u64, k: Option<u64>) -> anyhow::Result<()> {
@@ -297,13 +327,7 @@ fn run_scenario(
     match s {
         Scenario::S1 => {
             let n = if warm { 200 } else { 5000 };
-            let specs: Vec<_> = (0..n)
-                .map(|i| {
-                    PipelineSpec::default()
-                        .with_data("i", json!(i))
-                        .job("a", "Step", &[])
-                })
-                .collect();
+            let specs: Vec<_> = (0..n).map(one_step).collect();
             let (results, wall, submit) = submit_and_collect(&mut pm, &specs)?;
             for (i, r) in results.iter().enumerate() {
                 check(r, "a", i, 1, None)?;
@@ -401,7 +425,51 @@ fn run_scenario(
             jobs = n as f64;
             run.metrics.insert("jobs_per_s", jobs / wall);
         }
-        Scenario::All => bail!("not a single scenario"),
+        Scenario::S10 => {
+            let n = if warm { 200 } else { 5000 };
+            for name in S10_POOLS {
+                pm.pools(PoolRequest::Set {
+                    name: name.into(),
+                    slots: SLOTS as u32,
+                })?;
+            }
+            let plain: Vec<_> = (0..n).map(one_step).collect();
+            let pooled: Vec<_> = (0..n)
+                .map(|i| {
+                    let mut s = one_step(i);
+                    s.priority = (i % 7) as i64 - 3;
+                    if let Some(j) = s.jobs.get_mut("a") {
+                        j.pool = Some(S10_POOLS[i % S10_POOLS.len()].into());
+                        j.priority_weight = Some((i % 5) as i64);
+                    }
+                    s
+                })
+                .collect();
+            let c0 = c.cpu_seconds();
+            let (results, plain_wall, _) = submit_and_collect(&mut pm, &plain)?;
+            for (i, r) in results.iter().enumerate() {
+                check(r, "a", i, 1, None)?;
+            }
+            let c1 = c.cpu_seconds();
+            let (results, wall, _) = submit_and_collect(&mut pm, &pooled)?;
+            for (i, r) in results.iter().enumerate() {
+                check(r, "a", i, 1, None)?;
+            }
+            let c2 = c.cpu_seconds();
+            let router_us = |a: [f64; 4], b: [f64; 4]| (b[0] - a[0]) * 1e6 / n as f64;
+            jobs = 2.0 * n as f64;
+            run.metrics
+                .insert("plain_jobs_per_s", n as f64 / plain_wall);
+            run.metrics.insert("jobs_per_s", n as f64 / wall);
+            run.metrics
+                .insert("router_us_per_job_plain", router_us(c0, c1));
+            run.metrics.insert("router_us_per_job", router_us(c1, c2));
+            run.metrics.insert(
+                "dispatch_overhead_us_per_job",
+                router_us(c1, c2) - router_us(c0, c1),
+            );
+        }
+        Scenario::Scale | Scenario::All => bail!("not a single scenario"),
     }
     let mut cpu1 = c.cpu_seconds();
     cpu1[3] += client_cpu;
@@ -446,7 +514,9 @@ fn drive(args: &Args) -> anyhow::Result<()> {
             Scenario::S7,
             Scenario::S8,
             Scenario::S9,
+            Scenario::S10,
         ],
+        Scenario::Scale => return scale::drive(args),
         s => vec![s],
     };
     let python = python::interpreter(args.python.as_deref());
