@@ -18,6 +18,7 @@
 //! | GET | `/api/pipelines/{id}/outputs` | job name → output |
 //! | GET | `/api/pipelines/{id}/dot` | Graphviz DOT with job states |
 //! | GET | `/api/brokers` | the brokers with their monitoring |
+//! | GET | `/api/pools` | every pool: capacity, slots in use, jobs queued |
 //! | GET | `/api/metrics` | cluster metrics (JSON) |
 //! | GET | `/api/events` | live changes, as Server-Sent Events (below) |
 //! | GET | `/metrics` | the same metrics in Prometheus text format |
