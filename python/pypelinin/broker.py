@@ -160,8 +160,11 @@ class Broker(object):
 
     def __init__(self, api, broadcast, store_class, workers, logger=None,
                  logger_name='Broker', poll_time=50, number_of_workers=None,
-                 drain_timeout=30.0):
+                 drain_timeout=30.0, curve_secret=None, router_key=None):
         self.api = api
+        # CURVE keys, as for PipelineManager (default: the environment's).
+        self.curve_secret = curve_secret or os.environ.get('PYPELININ_CURVE_SECRET') or None
+        self.router_key = router_key or os.environ.get('PYPELININ_ROUTER_KEY') or None
         self.broadcast = broadcast
         self.store_class = store_class
         self.logger = logger if logger is not None else logging.getLogger(logger_name)
@@ -223,7 +226,8 @@ class Broker(object):
             _native.run_broker(self.api, self.number_of_workers, self.available_workers,
                                argv, self._host_environment(), os.getcwd(),
                                self._make_store, self._job_failed,
-                               float(self.drain_timeout))
+                               float(self.drain_timeout), self.curve_secret,
+                               self.router_key)
         except KeyboardInterrupt:
             self.logger.info('Got SIGINT (KeyboardInterrupt): stopped')
         except _Terminated:

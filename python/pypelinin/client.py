@@ -6,6 +6,7 @@ never loses a finish.
 """
 
 import json
+import os
 import time
 
 from . import _native
@@ -25,13 +26,22 @@ class PipelineManager(object):
     not answer raises :class:`~pypelinin.errors.RouterUnavailable` after about
     ``timeout * attempts`` seconds. ``poll_time`` (milliseconds) is accepted for
     pypelinin compatibility: it is the default wait of ``finished``.
+
+    With ``curve_secret`` (a key file made by ``pypelinin keygen``) and ``router_key``
+    (the router's public key, or the path of its ``.pub`` file) every connection is
+    CURVE-authenticated and encrypted; they default to the environment's
+    ``PYPELININ_CURVE_SECRET`` and ``PYPELININ_ROUTER_KEY``.
     """
 
-    def __init__(self, api, broadcast, poll_time=50, timeout=2.5, attempts=4):
+    def __init__(self, api, broadcast, poll_time=50, timeout=2.5, attempts=4,
+                 curve_secret=None, router_key=None):
         self.api = api
         self.broadcast = broadcast
         self.poll_time = poll_time
-        self._client = _native.Client(api, broadcast, float(timeout), int(attempts))
+        self._client = _native.Client(
+            api, broadcast, float(timeout), int(attempts),
+            curve_secret or os.environ.get('PYPELININ_CURVE_SECRET') or None,
+            router_key or os.environ.get('PYPELININ_ROUTER_KEY') or None)
         self._pipelines = {}
         self._unfinished = {}
         self.started_pipelines = 0

@@ -118,7 +118,7 @@ impl Worker for HostWorker {
 /// welcomes the broker; `on_job_error(worker, job, pipeline_id, error)` is called when
 /// a job fails in its worker.
 #[pyfunction]
-#[pyo3(signature = (api, slots, workers, argv, env, cwd, store_factory, on_job_error, drain_timeout))]
+#[pyo3(signature = (api, slots, workers, argv, env, cwd, store_factory, on_job_error, drain_timeout, curve_secret=None, router_key=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn run_broker(
     py: Python<'_>,
@@ -131,6 +131,8 @@ pub fn run_broker(
     store_factory: Py<PyAny>,
     on_job_error: Py<PyAny>,
     drain_timeout: f64,
+    curve_secret: Option<String>,
+    router_key: Option<String>,
 ) -> PyResult<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         pypelinin_common::init_tracing();
@@ -160,6 +162,7 @@ pub fn run_broker(
         broker = broker.worker(name, worker);
     }
     let mut config = BrokerConfig::new(api);
+    config.security = crate::security(py, curve_secret, router_key)?;
     config.slots = slots;
     config.isolation = Isolation::Thread;
     config.drain_timeout = Duration::try_from_secs_f64(drain_timeout.max(0.0))

@@ -62,16 +62,23 @@ fn to_json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 impl Client {
     /// A client of the router at `api` (requests) and `broadcast` (events). Each
     /// request waits `timeout` seconds for an answer, `attempts` times, before
-    /// `RouterUnavailable` is raised.
+    /// `RouterUnavailable` is raised. With `curve_secret` (a key file of
+    /// `pypelinin keygen`) and `router_key` (the router's public key, or a `.pub` file)
+    /// every connection is CURVE-authenticated and encrypted.
     #[new]
+    #[pyo3(signature = (api, broadcast, timeout, attempts, curve_secret=None, router_key=None))]
     fn new(
         py: Python<'_>,
         api: &str,
         broadcast: &str,
         timeout: f64,
         attempts: u32,
+        curve_secret: Option<String>,
+        router_key: Option<String>,
     ) -> PyResult<Self> {
-        let mut manager = PipelineManager::connect(api, broadcast).map_err(|e| convert(py, e))?;
+        let security = crate::security(py, curve_secret, router_key)?;
+        let mut manager =
+            PipelineManager::connect_with(api, broadcast, &security).map_err(|e| convert(py, e))?;
         manager.set_patience(seconds(timeout), attempts.max(1));
         Ok(Client {
             manager: Mutex::new(manager),

@@ -18,6 +18,21 @@ use pyo3::prelude::*;
 pub mod broker;
 pub mod client;
 
+/// The CURVE setting of a client or broker from its key file and the router's key
+/// (`None`, `None`: plain). A bad or missing key raises `PypelininError` naming it:
+/// keys asked for never fall back to plain text.
+pub fn security(
+    py: Python<'_>,
+    curve_secret: Option<String>,
+    router_key: Option<String>,
+) -> PyResult<pypelinin_common::curve::Security> {
+    pypelinin_common::curve::Security::client_from(
+        curve_secret.as_deref().map(std::path::Path::new),
+        router_key.as_deref(),
+    )
+    .map_err(|e| raise(py, "PypelininError", e.to_string()))
+}
+
 /// A `pypelinin.errors` exception of class `class` with `message`; a plain
 /// `RuntimeError` if that module cannot be imported (it always can in the package).
 pub fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {

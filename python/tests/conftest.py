@@ -65,7 +65,7 @@ class Cluster(object):
     """A router (with `store` as its store configuration, or none: the router's
     default) and a pipeliner; brokers are added with `add_broker`."""
 
-    def __init__(self, tmp, store):
+    def __init__(self, tmp, store, router_args=(), pipeliner_args=()):
         self.tmp = str(tmp)
         self.procs = []
         argv = [binary('pypelinin-router'), '--api', 'tcp://127.0.0.1:0',
@@ -75,6 +75,7 @@ class Cluster(object):
             with open(config, 'w') as fp:
                 json.dump({'store': store, 'monitoring_interval_ms': 300}, fp)
             argv += ['--config', config]
+        argv += list(router_args)
         router = Proc('router', argv, os.path.join(self.tmp, 'router.log'),
                       stdout=subprocess.PIPE)
         self.procs.append(router)
@@ -85,7 +86,8 @@ class Cluster(object):
         fields = dict(part.split('=', 1) for part in line.split()[2:])
         self.api, self.broadcast = fields['api'], fields['broadcast']
         self.procs.append(Proc('pipeliner', [binary('pypelinin-pipeliner'),
-                                             '--api', self.api, '--broadcast', self.broadcast],
+                                             '--api', self.api, '--broadcast', self.broadcast]
+                               + list(pipeliner_args),
                                os.path.join(self.tmp, 'pipeliner.log')))
 
     def env(self, **extra):
@@ -122,8 +124,8 @@ def make_cluster(tmp_path):
     """Builds clusters for a test and stops every process they started."""
     clusters = []
 
-    def make(store):
-        cluster = Cluster(tmp_path, store)
+    def make(store, **kwargs):
+        cluster = Cluster(tmp_path, store, **kwargs)
         clusters.append(cluster)
         return cluster
 

@@ -5,11 +5,13 @@ cancelling. The broker is `broker_app/run_broker.py` (workers in
 import json
 import os
 import signal
+import subprocess
 
 import pytest
 
-from conftest import HERE, wait_for
-from pypelinin import (Job, Pipeline, PipelineManager, PypelininError, Timeout)
+from conftest import HERE, binary, wait_for
+from pypelinin import (Job, Pipeline, PipelineManager, PypelininError, RouterUnavailable,
+                       Timeout)
 
 APP = os.path.join(HERE, 'broker_app')
 
@@ -186,3 +188,42 @@ def test_a_store_class_that_refuses_the_routers_configuration_stops_the_broker(m
     assert 'The router has no store configuration' in log
     assert "DirectoryStore does not take the router's store configuration {}" in log
     assert "missing 1 required positional argument: 'directory'" in log
+
+
+def keygen(tmp_path, name):
+    """A key pair made by `pypelinin keygen`: the secret file's path (PATH.pub beside)."""
+    path = str(tmp_path / name)
+    subprocess.run([binary('pypelinin'), 'keygen', path], check=True,
+                   stdout=subprocess.DEVNULL)
+    return path
+
+
+def test_curve_keys_let_members_in_and_keep_strangers_out(make_cluster, tmp_path):
+    router, member, stranger = (keygen(tmp_path, n) for n in ('router', 'member', 'stranger'))
+    store = tmp_path / 'store'
+    store.mkdir()
+    cluster = make_cluster(
+        {'directory': str(store), 'flavour': 'test'},
+        router_args=['--curve-secret', router, '--authorized-keys', member + '.pub'],
+        pipeliner_args=['--curve-secret', member, '--router-key', router + '.pub'])
+    cluster.store = store
+    # The Python broker takes its keys from the environment, the manager as arguments.
+    cluster.add_broker('run_broker.py', cwd=APP, PYPELININ_CURVE_SECRET=member,
+                       PYPELININ_ROUTER_KEY=router + '.pub')
+    manager = PipelineManager(cluster.api, cluster.broadcast, curve_secret=member,
+                              router_key=router + '.pub')
+    pipeline = Pipeline({Job('Echo'): None}, data={'text': 'sealed'})
+    manager.start(pipeline)
+    assert manager.wait(pipeline, timeout=60) == 'succeeded'
+    assert saved(cluster, pipeline, 'Echo')['result']['echo'] == 'sealed'
+    # A key the router does not know, and no key at all, get no answer.
+    for keys in ({'curve_secret': stranger, 'router_key': router + '.pub'}, {}):
+        outsider = PipelineManager(cluster.api, cluster.broadcast, timeout=0.5, attempts=1,
+                                   **keys)
+        with pytest.raises(RouterUnavailable):
+            outsider.start(Pipeline({Job('Echo'): None}, data={'text': 'let me in'}))
+    # A public key where the secret key file belongs is refused, never used in clear.
+    with pytest.raises(PypelininError) as refused:
+        PipelineManager(cluster.api, cluster.broadcast, curve_secret=router + '.pub',
+                        router_key=router + '.pub')
+    assert 'router.pub' in str(refused.value)
