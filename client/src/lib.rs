@@ -420,10 +420,23 @@ impl PipelineManager {
         state: Option<pypelinin_common::PipelineState>,
         schedule: Option<&str>,
     ) -> Result<Vec<PipelineSummary>, ClientError> {
+        self.list_page(limit, state, schedule, None)
+    }
+
+    /// [`Self::list_where`], only pipelines accepted before the one whose `seq` is
+    /// `before`: pass the last `seq` of a page to get the next, older one.
+    pub fn list_page(
+        &mut self,
+        limit: u32,
+        state: Option<pypelinin_common::PipelineState>,
+        schedule: Option<&str>,
+        before: Option<u64>,
+    ) -> Result<Vec<PipelineSummary>, ClientError> {
         let req = Request::List {
             limit,
             state,
             schedule: schedule.map(str::to_string),
+            before,
         };
         match self.requester.request(&req)? {
             Reply::List(l) => Ok(l),

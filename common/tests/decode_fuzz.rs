@@ -418,6 +418,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 limit: 50,
                 state: None,
                 schedule: None,
+                before: None,
             },
         ),
         (
@@ -426,6 +427,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 limit: u32::MAX,
                 state: Some(PipelineState::Running),
                 schedule: Some("nightly".into()),
+                before: Some(1_234),
             },
         ),
         (
@@ -748,6 +750,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                         kind: RunKind::Backfill,
                         backfill: Some(3),
                     }),
+                    seq: 42,
                 },
                 PipelineSummary {
                     id: pid(1),
@@ -757,6 +760,7 @@ fn from_router() -> Vec<(&'static str, FromRouter)> {
                     jobs: 5,
                     done: 5,
                     origin: None,
+                    seq: 41,
                 },
             ])),
         ),

@@ -37,6 +37,9 @@ const view = $("#view");
 // A job's dispatch settings in a few words: its effective priority, its trigger rule
 // when not the default, its pool, and whether its failure is allowed; `long` spells
 // out the weight and its rule too (for tooltips).
+// Pipelines on one page of the list.
+const PAGE_ROWS = 200;
+
 function settingsText(j, long) {
   const parts = [];
   if (j.priority !== undefined) {
@@ -267,9 +270,19 @@ function pipelinesView() {
         <th class="num">Duration</th></tr></thead>
       <tbody></tbody>
     </table>
+    <div class="pager">
+      <button id="newer" class="small" hidden>← Newest</button>
+      <button id="older" class="small" hidden>Older →</button>
+    </div>
   </section>`;
-  $("#search").addEventListener("input", (e) => { filter.q = e.target.value.trim(); refresh(); });
-  $("#state-filter").addEventListener("change", (e) => { filter.state = e.target.value; refresh(); });
+  // Pages go back by cursor (the last row's `seq`), so new pipelines never shift them.
+  let before = null;
+  let next = null;
+  const restart = () => { before = null; refresh(); };
+  $("#search").addEventListener("input", (e) => { filter.q = e.target.value.trim(); restart(); });
+  $("#state-filter").addEventListener("change", (e) => { filter.state = e.target.value; restart(); });
+  $("#older").addEventListener("click", () => { before = next; refresh(); });
+  $("#newer").addEventListener("click", restart);
   $("#pipelines tbody").addEventListener("click", (e) => {
     const row = e.target.closest("tr[data-id]");
     if (row && !e.target.closest("a")) location.hash = `#/pipeline/${row.dataset.id}`;
@@ -277,11 +290,15 @@ function pipelinesView() {
 
   return {
     async refresh(gen) {
-      const params = new URLSearchParams({ limit: "200" });
+      const params = new URLSearchParams({ limit: String(PAGE_ROWS) });
       if (filter.q) params.set("q", filter.q);
       if (filter.state) params.set("state", filter.state);
+      if (before !== null) params.set("before", String(before));
       const data = await api(`/api/pipelines?${params}`);
       if (gen !== generation) return;
+      next = data.next_before;
+      $("#older").hidden = next === null || next === undefined;
+      $("#newer").hidden = before === null;
       const rows = data.pipelines.map((p) => `<tr class="link" data-id="${esc(p.id)}">
         <td><a class="mono" href="#/pipeline/${esc(p.id)}">${esc(p.id)}</a></td>
         <td>${badge(p.state)}</td>
@@ -298,8 +315,9 @@ function pipelinesView() {
     fail(error) {
       $("#pipelines tbody").innerHTML = `<tr><td colspan="5" class="error">${esc(error.message)}</td></tr>`;
     },
-    // Something in the list changed: read it again, with the search and filter applied.
-    onPipelines() { refresh(); },
+    // Something in the list changed: read it again, with the search and filter applied
+    // (an older page does not move: new pipelines are not on it).
+    onPipelines() { if (before === null) refresh(); },
   };
 }
 

@@ -83,11 +83,22 @@ impl Link {
         limit: u32,
         state: Option<PipelineState>,
     ) -> Result<Vec<PipelineSummary>, LinkError> {
+        self.list_page(limit, state, None)
+    }
+
+    /// [`Link::list`], only pipelines older than the one whose `seq` is `before`.
+    pub fn list_page(
+        &mut self,
+        limit: u32,
+        state: Option<PipelineState>,
+        before: Option<u64>,
+    ) -> Result<Vec<PipelineSummary>, LinkError> {
         expect_reply!(
             self.ask(&Request::List {
                 limit,
                 state,
                 schedule: None,
+                before,
             })?,
             Reply::List
         )
@@ -100,6 +111,7 @@ impl Link {
                 limit,
                 state: None,
                 schedule: Some(name.to_string()),
+                before: None,
             })?,
             Reply::List
         )

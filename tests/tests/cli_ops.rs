@@ -68,6 +68,14 @@ fn read_commands_print_tables_and_json() {
     assert_eq!(failed[0]["done"], 2);
     let one = cli_json(&c, &["list", "--limit", "1", "--json"], 0);
     assert_eq!(one.as_array().unwrap().len(), 1);
+    // The next page, by the cursor of the last row.
+    let seq = one[0]["seq"].as_u64().unwrap().to_string();
+    let next = cli_json(&c, &["list", "--limit", "1", "--before", &seq, "--json"], 0);
+    assert_eq!(next.as_array().unwrap().len(), 1);
+    assert_eq!(next[0]["id"], ok, "the older one");
+    let (code, _, err) = cli(&c, &["list", "--limit", "1"]);
+    assert_eq!(code, 0);
+    assert!(err.contains(&format!("--before {seq}")), "{err}");
     let (code, out, _) = cli(&c, &["list", "--state", "succeeded"]);
     assert_eq!(code, 0);
     let mut lines = out.lines();

@@ -259,6 +259,14 @@ fn json_api_and_prometheus_metrics() {
     let (_, v) = get_json(&c.url("/api/pipelines?limit=1"));
     assert_eq!(v["pipelines"].as_array().unwrap().len(), 1);
     // A trailing slash names the same route, query and all.
+    // Pages by cursor: the newest one, then the one before it.
+    let (_, v) = get_json(&c.url("/api/pipelines?limit=1"));
+    assert_eq!(v["pipelines"][0]["id"], bad.to_string());
+    let cursor = v["next_before"]
+        .as_u64()
+        .expect("a cursor after a full page");
+    let (_, v) = get_json(&c.url(&format!("/api/pipelines?limit=1&before={cursor}")));
+    assert_eq!(v["pipelines"][0]["id"], ok.to_string());
     let (code, v) = get_json(&c.url("/api/pipelines/?state=failed"));
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["pipelines"][0]["id"], bad.to_string(), "{v}");

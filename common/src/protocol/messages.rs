@@ -68,6 +68,10 @@ pub enum Request {
         /// Only runs of this schedule.
         #[serde(default)]
         schedule: Option<String>,
+        /// Only pipelines accepted before this one: the `seq` of the last pipeline of
+        /// the previous page (a cursor that stays put while new pipelines arrive).
+        #[serde(default)]
+        before: Option<u64>,
     },
     /// Run again the failed, skipped and cancelled jobs of a finished pipeline, or the
     /// named jobs, and in both cases all their descendants (a cleanup job that ran after

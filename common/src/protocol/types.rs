@@ -199,6 +199,10 @@ pub struct PipelineSummary {
     /// The schedule that made it, and for which tick.
     #[serde(default)]
     pub origin: Option<crate::schedule::RunOrigin>,
+    /// Its place in the order the router accepted pipelines: the cursor for the next
+    /// page of a listing (`List { before }`).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A broker as the router sees it.

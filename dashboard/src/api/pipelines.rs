@@ -26,13 +26,17 @@ pub(super) async fn list(State(app): State<Arc<App>>, RawQuery(query): RawQuery)
     };
     // A search looks further back than the page it returns.
     let fetch = if q.q.is_empty() { q.limit } else { MAX_LIMIT };
-    let state = q.state;
-    let list = match app.links.run(move |l| l.list(fetch, state)).await {
+    let (state, before) = (q.state, q.before);
+    let list = match app
+        .links
+        .run(move |l| l.list_page(fetch, state, before))
+        .await
+    {
         Ok(l) => l,
         Err(e) => return e.into(),
     };
     let now = now_ms();
-    let rows: Vec<Value> = list
+    let page: Vec<_> = list
         .iter()
         .filter(|p| {
             q.q.is_empty()
@@ -40,9 +44,16 @@ pub(super) async fn list(State(app): State<Arc<App>>, RawQuery(query): RawQuery)
                 || p.state.as_str().contains(q.q.as_str())
         })
         .take(q.limit as usize)
-        .map(|p| summary_json(p, now))
         .collect();
-    Answer::json(200, &json!({ "pipelines": rows, "now_ms": now }))
+    // A full page may have older pipelines behind it: the cursor for the next one.
+    let next_before = (page.len() == q.limit as usize)
+        .then(|| page.last().map(|p| p.seq))
+        .flatten();
+    let rows: Vec<Value> = page.iter().map(|p| summary_json(p, now)).collect();
+    Answer::json(
+        200,
+        &json!({ "pipelines": rows, "now_ms": now, "next_before": next_before }),
+    )
 }
 
 pub(super) async fn pipeline(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
@@ -200,10 +211,13 @@ pub struct ListQuery {
     pub limit: u32,
     /// Case-insensitive text to find in the id or the state.
     pub q: String,
+    /// Only pipelines older than the one with this `seq` (the previous page's
+    /// `next_before`).
+    pub before: Option<u64>,
 }
 
 impl ListQuery {
-    /// Parses `state=&limit=&q=`; unknown keys are ignored, bad values refused.
+    /// Parses `state=&limit=&q=&before=`; unknown keys are ignored, bad values refused.
     pub fn parse(query: &str) -> Result<ListQuery, String> {
         let mut out = ListQuery {
             limit: DEFAULT_LIMIT,
@@ -227,6 +241,13 @@ impl ListQuery {
                     out.limit = n.clamp(1, MAX_LIMIT);
                 }
                 "q" => out.q = value.trim().to_lowercase(),
+                "before" => {
+                    out.before = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("before {value:?} is not a number"))?,
+                    )
+                }
                 _ => {}
             }
         }
@@ -286,6 +307,8 @@ mod tests {
         assert_eq!(ListQuery::parse("limit=999999").unwrap().limit, MAX_LIMIT);
         assert!(ListQuery::parse("state=sleeping").is_err());
         assert!(ListQuery::parse("limit=many").is_err());
+        assert_eq!(ListQuery::parse("before=17").unwrap().before, Some(17));
+        assert!(ListQuery::parse("before=yesterday").is_err());
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
     }

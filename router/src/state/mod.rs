@@ -340,7 +340,8 @@ impl RouterState {
                 limit,
                 state,
                 schedule,
-            } => Reply::List(self.list(limit as usize, state, schedule.as_deref())),
+                before,
+            } => Reply::List(self.list(limit as usize, state, schedule.as_deref(), before)),
             Request::Retry { id, jobs } => self.retry(id, jobs)?,
             Request::Brokers => Reply::Brokers(self.brokers(now)),
             Request::Spec { id } => match self.pipelines.get(&id) {

@@ -115,10 +115,12 @@ impl RouterState {
         limit: usize,
         state: Option<PipelineState>,
         schedule: Option<&str>,
+        before: Option<u64>,
     ) -> Vec<PipelineSummary> {
         self.order
-            .values()
+            .range(..before.unwrap_or(u64::MAX))
             .rev()
+            .map(|(_, id)| id)
             .filter(|id| state.is_none_or(|s| self.pipelines[*id].rec.state == s))
             .filter(|id| {
                 schedule.is_none_or(|name| {
@@ -137,6 +139,7 @@ impl RouterState {
                     jobs: p.jobs.len() as u32,
                     done: p.done,
                     origin: p.rec.origin.clone(),
+                    seq: p.rec.seq,
                 }
             })
             .collect()

@@ -97,6 +97,10 @@ enum Command {
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only pipelines older than the one with this `seq` (the last `seq` of the
+        /// previous page, in `--json`): the next page.
+        #[arg(long, value_name = "SEQ")]
+        before: Option<u64>,
         /// Prints JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -283,13 +287,24 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             state,
             schedule,
             limit,
+            before,
             json,
         } => {
-            let list = pm.list_where(limit, state.map(PipelineState::from), schedule.as_deref())?;
+            let list = pm.list_page(
+                limit,
+                state.map(PipelineState::from),
+                schedule.as_deref(),
+                before,
+            )?;
             if json {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
                 print!("{}", render::pipeline_list(&list, now_ms()));
+                // A full page may have older ones: say how to get them (on stderr, so
+                // that the table stays the only thing on stdout).
+                if let (true, Some(last)) = (list.len() as u32 == limit, list.last()) {
+                    eprintln!("older: pypelinin list --before {} …", last.seq);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -63,6 +63,7 @@ impl Rig {
                 limit: 1_000,
                 state: None,
                 schedule: Some(name.into()),
+                before: None,
             },
         ) {
             Reply::List(l) => l,
@@ -360,6 +361,7 @@ fn trigger_makes_a_manual_run_now() {
             limit: 10,
             state: None,
             schedule: Some("s".into()),
+            before: None,
         },
     ) {
         Reply::List(l) => l,

@@ -92,3 +92,37 @@ fn a_wait_for_an_unknown_pipeline_is_refused_at_once() {
     );
     assert!(matches!(reply, Reply::Error(_)), "{reply:?}");
 }
+
+#[test]
+fn a_listing_pages_back_by_cursor_and_new_pipelines_do_not_shift_it() {
+    let mut r = Rig::with_peers(1);
+    let ids: Vec<PipelineId> = (0..5).map(|_| r.submit(single())).collect();
+    let page = |r: &mut Rig, before| match r.send(
+        CLIENT,
+        Request::List {
+            limit: 2,
+            state: None,
+            schedule: None,
+            before,
+        },
+    ) {
+        Reply::List(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let first = page(&mut r, None);
+    assert_eq!(
+        first.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]],
+        "newest first"
+    );
+    // A pipeline arriving between two pages does not move the next one.
+    r.submit(single());
+    let second = page(&mut r, Some(first[1].seq));
+    assert_eq!(
+        second.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
+    let third = page(&mut r, Some(second[1].seq));
+    assert_eq!(third.iter().map(|p| p.id).collect::<Vec<_>>(), vec![ids[0]]);
+    assert!(page(&mut r, Some(third[0].seq)).is_empty(), "the end");
+}
