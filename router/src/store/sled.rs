@@ -93,9 +93,30 @@ struct Trees {
     logs: sled::Tree,
 }
 
+/// How long opening the database waits for its file lock. sled's own background
+/// flusher holds the database for a moment after the last handle is dropped, so that a
+/// store reopened at once in the same process (a restart in tests, a store swapped
+/// in place) can find it still locked.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Trees {
     fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        let db = open_db(dir)?;
         Ok(Trees {
             pipelines: db.open_tree("pipelines")?,
             jobs: db.open_tree("jobs")?,
