@@ -198,6 +198,18 @@ pub struct JobSpec {
     pub warn_after_ms: Option<u64>,
 }
 
+impl JobSpec {
+    /// Slots of its pool the job holds while it runs (`pool_slots`, default 1).
+    pub fn slots(&self) -> u32 {
+        self.pool_slots.unwrap_or(1)
+    }
+
+    /// Its own weight in the priority order (`priority_weight`, default 1).
+    pub fn weight(&self) -> i64 {
+        self.priority_weight.unwrap_or(1)
+    }
+}
+
 impl PipelineSpec {
     /// Parses the pipeline file format (JSON), with the line and column of any problem.
     pub fn from_json(text: &str) -> Result<Self, PipelineError> {
@@ -450,7 +462,7 @@ impl Pipeline {
 
     /// Job `i`'s own `priority_weight` (default 1).
     pub fn priority_weight(&self, i: u32) -> i64 {
-        self.job(i).priority_weight.unwrap_or(1)
+        self.job(i).weight()
     }
 
     /// Job `i`'s weight after its `weight_rule`: its own, plus every descendant's

@@ -33,13 +33,13 @@ pub fn pipeline_json(status: &PipelineStatus, spec: &PipelineSpec, now: u64) -> 
             j["after"] = json!(job.after);
             j["trigger_rule"] = json!(job.trigger_rule.as_str());
             j["weight_rule"] = json!(job.weight_rule.as_str());
-            j["priority_weight"] = json!(job.priority_weight.unwrap_or(1));
+            j["priority_weight"] = json!(job.weight());
             if let Some(i) = dag.as_ref().and_then(|d| d.index_of(name)) {
                 j["priority"] = json!(dag.as_ref().map(|d| d.effective_priority(i)));
             }
             if let Some(pool) = &job.pool {
                 j["pool"] = json!(pool);
-                j["pool_slots"] = json!(job.pool_slots.unwrap_or(1));
+                j["pool_slots"] = json!(job.slots());
             }
             if job.allow_failure {
                 j["allow_failure"] = json!(true);

@@ -14,16 +14,16 @@
 //! run queue as slots free up. Within a pool the order is strict: a job does not take
 //! a free slot while a better job of the same pool waits for more slots than are free.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use pypelinin_common::pipeline::MAX_POOL_NAME_LEN;
 use pypelinin_common::protocol::{PipelineId, PoolRequest, PoolStatus, ProtocolError, Reply};
 use pypelinin_common::status::JobState;
-use pypelinin_common::Pipeline;
+use pypelinin_common::{JobSpec, Pipeline};
 use tracing::{info, warn};
 
 use super::queue::{RunQueue, Ticket};
-use super::{Result, RouterState};
+use super::{PipelineEntry, Result, RouterState};
 use crate::store::PoolRecord;
 
 /// Checks a pool's name and capacity as `pool set` and the config file give them.
@@ -223,7 +223,7 @@ impl RouterState {
         for i in 0..dag.len() as u32 {
             let job = dag.job(i);
             let Some(name) = &job.pool else { continue };
-            let slots = job.pool_slots.unwrap_or(1);
+            let slots = job.slots();
             match self.limits.pools.get(name).and_then(|p| p.capacity) {
                 None => {
                     return Some(format!(
@@ -262,24 +262,14 @@ impl RouterState {
             }
         }
         if let Some(name) = &job.pool {
-            let slots = job.pool_slots.unwrap_or(1);
+            let slots = job.slots();
             let pool = self.limits.pools.entry(name.clone()).or_default();
             // The best job parked in the pool goes first, unless it ended meanwhile
             // (cancelled) or can never fit (the pool shrank below its slots).
-            let mut better_waits = false;
-            while let Some(h) = pool.parked.peek().copied() {
-                let Some(hp) = self.pipelines.get(&h.id) else {
-                    pool.parked.pop();
-                    continue;
-                };
-                if !waits(hp.jobs[h.job as usize].state) {
-                    pool.parked.pop();
-                    continue;
-                }
-                let need = hp.dag.job(h.job).pool_slots.unwrap_or(1);
-                better_waits = h > t && need <= pool.capacity.unwrap_or(0);
-                break;
-            }
+            let better_waits =
+                live_head(&mut pool.parked, &self.pipelines).is_some_and(|(h, hp)| {
+                    h > t && hp.dag.job(h.job).slots() <= pool.capacity.unwrap_or(0)
+                });
             if better_waits || pool.open() < slots {
                 pool.parked.push(t);
                 return false;
@@ -297,10 +287,7 @@ impl RouterState {
         };
         let job = p.dag.job(i);
         let capped = p.rec.spec.max_active.is_some();
-        let pool = job
-            .pool
-            .as_ref()
-            .map(|n| (n.clone(), job.pool_slots.unwrap_or(1)));
+        let pool = job.pool.as_ref().map(|n| (n.clone(), job.slots()));
         if (pool.is_none() && !capped) || self.limits.held.contains_key(&(id, i)) {
             return;
         }
@@ -367,17 +354,9 @@ impl RouterState {
         // Jobs needing more slots than the pool now has stay parked without holding
         // up those behind them.
         let mut too_big = Vec::new();
-        while let Some(t) = pool.parked.peek().copied() {
-            let Some(p) = self.pipelines.get(&t.id) else {
-                pool.parked.pop();
-                continue;
-            };
-            if !waits(p.jobs[t.job as usize].state) {
-                pool.parked.pop();
-                continue;
-            }
+        while let Some((t, p)) = live_head(&mut pool.parked, &self.pipelines) {
             let job = p.dag.job(t.job);
-            let need = job.pool_slots.unwrap_or(1);
+            let need = job.slots();
             if need > capacity {
                 too_big.extend(pool.parked.pop());
                 continue;
@@ -419,81 +398,131 @@ impl RouterState {
         }
     }
 
-    /// Why job `i`, in the run queue, has not started: its pipeline's `max_active`,
-    /// its pool, or jobs ahead of it. `None` if it is not in the run queue. Walks the
-    /// queues: for status requests only.
-    pub(super) fn queued_reason(&self, id: PipelineId, i: u32) -> Option<String> {
-        let p = self.pipelines.get(&id)?;
-        if !waits(p.jobs.get(i as usize)?.state) {
-            return None;
-        }
-        let mine = |t: &&Ticket| t.id == id && t.job == i;
+    /// Why each job of pipeline `id` that waits in the run queue or is parked has not
+    /// started: its pipeline's `max_active`, its pool, or jobs ahead of it (none for a
+    /// job first in line). For status requests only; one pass over each queue and pool
+    /// the pipeline's jobs are in, so a status of a pipeline of thousands of queued jobs
+    /// costs a sort per queue, not a walk per job.
+    pub(super) fn queued_reasons(&self, id: PipelineId) -> HashMap<u32, String> {
+        let mut out = HashMap::new();
+        let Some(p) = self.pipelines.get(&id) else {
+            return out;
+        };
+        let waiting = |i: u32| p.jobs.get(i as usize).is_some_and(|j| waits(j.state));
         if let Some(q) = self.limits.capped.get(&id) {
-            if q.iter().any(|t| mine(&t)) {
-                return Some(format!(
-                    "pipeline max_active {} reached",
-                    p.rec.spec.max_active.unwrap_or(0)
-                ));
+            let max = p.rec.spec.max_active.unwrap_or(0);
+            for t in q.iter().filter(|t| waiting(t.job)) {
+                out.insert(t.job, format!("pipeline max_active {max} reached"));
             }
         }
-        let job = p.dag.job(i);
-        if let Some(name) = &job.pool {
-            if let Some(pool) = self.limits.pools.get(name) {
-                if let Some(t) = pool.parked.iter().find(mine) {
-                    let ahead = pool.parked.iter().filter(|o| *o > t).count();
-                    return Some(match pool.capacity {
+        let names = |f: fn(&JobSpec) -> Option<&str>| -> BTreeSet<&str> {
+            (0..p.dag.len() as u32)
+                .filter_map(|i| f(p.dag.job(i)))
+                .collect()
+        };
+        for name in names(|j| j.pool.as_deref()) {
+            let Some(pool) = self.limits.pools.get(name) else {
+                continue;
+            };
+            for (ahead, t) in best_first(&pool.parked).iter().enumerate() {
+                if t.id != id || !waiting(t.job) || out.contains_key(&t.job) {
+                    continue;
+                }
+                let slots = p.dag.job(t.job).slots();
+                out.insert(
+                    t.job,
+                    match pool.capacity {
                         None => format!("pool {name} does not exist"),
-                        Some(c) if job.pool_slots.unwrap_or(1) > c => format!(
-                            "pool {name}: needs {} slots, the pool has {c}",
-                            job.pool_slots.unwrap_or(1)
-                        ),
+                        Some(c) if slots > c => {
+                            format!("pool {name}: needs {slots} slots, the pool has {c}")
+                        }
                         Some(c) => format!(
                             "pool {name}: {}/{c} slots in use, {ahead} queued ahead",
                             pool.used
                         ),
-                    });
+                    },
+                );
+            }
+        }
+        for worker in names(|j| Some(j.worker.as_str())) {
+            let Some(q) = self.queues.get(worker) else {
+                continue;
+            };
+            // Jobs ahead, by why: a higher effective priority, the same one queued
+            // earlier, or a lower one that aging has carried past; counted by priority
+            // as the queue is walked best first.
+            let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+            let mut unknown = 0;
+            for t in best_first(q) {
+                if t.id == id && waiting(t.job) && !out.contains_key(&t.job) {
+                    let own = p.dag.effective_priority(t.job);
+                    let higher: usize = seen.range(own + 1..).map(|(_, n)| n).sum();
+                    let same = seen.get(&own).copied().unwrap_or(0) + unknown;
+                    let aged: usize = seen.range(..own).map(|(_, n)| n).sum();
+                    if let Some(reason) = behind(higher, same, aged) {
+                        out.insert(t.job, reason);
+                    }
+                }
+                match self.pipelines.get(&t.id) {
+                    Some(o) => *seen.entry(o.dag.effective_priority(t.job)).or_default() += 1,
+                    None => unknown += 1,
                 }
             }
         }
-        let q = self.queues.get(&job.worker)?;
-        let t = q.iter().find(mine)?;
-        // Jobs ahead, by why: a higher effective priority, the same one queued earlier,
-        // or a lower one that aging has carried past this job.
-        let own = p.dag.effective_priority(i);
-        let (mut higher, mut earlier, mut aged) = (0usize, 0usize, 0usize);
-        for o in q.iter().filter(|o| *o > t) {
-            let theirs = self
-                .pipelines
-                .get(&o.id)
-                .map(|x| x.dag.effective_priority(o.job));
-            match theirs.map(|pr| pr.cmp(&own)) {
-                Some(std::cmp::Ordering::Greater) => higher += 1,
-                Some(std::cmp::Ordering::Less) => aged += 1,
-                _ => earlier += 1,
+        out
+    }
+
+    /// [`RouterState::queued_reasons`] of one job.
+    #[cfg(test)]
+    pub(super) fn queued_reason(&self, id: PipelineId, i: u32) -> Option<String> {
+        self.queued_reasons(id).remove(&i)
+    }
+}
+
+/// The tickets of `heap`, best (first to start) first.
+fn best_first(heap: &RunQueue) -> Vec<Ticket> {
+    let mut v: Vec<Ticket> = heap.iter().copied().collect();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v
+}
+
+/// `behind …` for a job with these counts of jobs ahead of it; `None` when first in
+/// line (then `why` says how busy the brokers' slots are).
+fn behind(higher: usize, same: usize, aged: usize) -> Option<String> {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let parts: Vec<String> = [
+        (
+            higher,
+            format!("{higher} job{} of higher priority", plural(higher)),
+        ),
+        (same, format!("{same} of the same priority queued earlier")),
+        (
+            aged,
+            format!("{aged} of lower priority that waited longer (aging)"),
+        ),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(_, s)| s)
+    .collect();
+    (!parts.is_empty()).then(|| format!("behind {}", parts.join(", ")))
+}
+
+/// The best ticket of `parked` whose job still waits, with its pipeline; tickets above
+/// it whose job ended meanwhile (cancelled, or its pipeline gone) are dropped.
+fn live_head<'a>(
+    parked: &mut RunQueue,
+    pipelines: &'a HashMap<PipelineId, PipelineEntry>,
+) -> Option<(Ticket, &'a PipelineEntry)> {
+    while let Some(t) = parked.peek().copied() {
+        match pipelines.get(&t.id) {
+            Some(p) if waits(p.jobs[t.job as usize].state) => return Some((t, p)),
+            _ => {
+                parked.pop();
             }
         }
-        let plural = |n: usize| if n == 1 { "" } else { "s" };
-        let parts: Vec<String> = [
-            (
-                higher,
-                format!("{higher} job{} of higher priority", plural(higher)),
-            ),
-            (
-                earlier,
-                format!("{earlier} of the same priority queued earlier"),
-            ),
-            (
-                aged,
-                format!("{aged} of lower priority that waited longer (aging)"),
-            ),
-        ]
-        .into_iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(_, s)| s)
-        .collect();
-        // First in line: `why` says how busy the brokers' slots are.
-        (!parts.is_empty()).then(|| format!("behind {}", parts.join(", ")))
     }
+    None
 }
 
 /// Whether a job in this state is one a ticket may still start.

@@ -4,6 +4,8 @@
 //! question users of a shared cluster ask. Reasons are worked out when a status is
 //! asked for, never stored: they cost nothing on the dispatch path.
 
+use std::collections::HashMap;
+
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::render;
 use pypelinin_common::status::{JobState, PipelineStatus};
@@ -21,12 +23,13 @@ impl RouterState {
             return Some(status);
         }
         let now = self.clock.wall_ms();
+        let mut queued = self.queued_reasons(id);
         for (i, name) in p.dag.names().iter().enumerate() {
             if p.jobs[i].state != JobState::Queued {
                 continue;
             }
             if let (Some(reason), Some(job)) = (
-                self.why_queued(id, i as u32, now),
+                self.why_queued(id, i as u32, now, &mut queued),
                 status.jobs.get_mut(name),
             ) {
                 job.waiting_for = Some(reason);
@@ -35,8 +38,16 @@ impl RouterState {
         Some(status)
     }
 
-    /// Why job `i` of pipeline `id`, queued, is not running at wall time `now`.
-    pub(super) fn why_queued(&self, id: PipelineId, i: u32, now: u64) -> Option<String> {
+    /// Why job `i` of pipeline `id`, queued, is not running at wall time `now`;
+    /// `queued` holds the reasons of the pipeline's jobs in the run queue and the pools
+    /// ([`RouterState::queued_reasons`]).
+    fn why_queued(
+        &self,
+        id: PipelineId,
+        i: u32,
+        now: u64,
+        queued: &mut HashMap<u32, String>,
+    ) -> Option<String> {
         let p = self.pipelines.get(&id)?;
         let j = p.jobs.get(i as usize)?;
         if j.state != JobState::Queued {
@@ -114,7 +125,7 @@ impl RouterState {
         if serving == 0 {
             return Some(format!("every broker offering worker {worker} is draining"));
         }
-        if let Some(reason) = self.queued_reason(id, i) {
+        if let Some(reason) = queued.remove(&i) {
             return Some(reason);
         }
         Some(format!(

@@ -69,7 +69,7 @@ fn running_slots(r: &mut Rig, ids: &[PipelineId], name: &str) -> u32 {
         for (job, st) in &s.jobs {
             let j = &spec.jobs[job];
             if st.state == JobState::Running && j.pool.as_deref() == Some(name) {
-                n += j.pool_slots.unwrap_or(1);
+                n += j.slots();
             }
         }
     }
