@@ -1212,50 +1212,32 @@ fn a_router_refuses_a_dashboard_beyond_loopback_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("router.log");
     let db = dir.path().join("db");
-    // Refused before the HTTP port is bound: nothing listens beyond loopback.
-    let mut router = Proc::spawn(
-        "pypelinin-router",
-        &[
+    // The router with `http_args` must exit with an error; its log.
+    let refused = |http_args: &[&str]| {
+        let mut args = vec![
             "--api",
             "tcp://127.0.0.1:0",
             "--broadcast",
             "tcp://127.0.0.1:0",
             "--db",
             db.to_str().unwrap(),
-            "--http",
-            "0.0.0.0:0",
-        ],
-        &log,
-    );
-    let status = router
-        .wait_exit(Duration::from_secs(30))
-        .expect("the router exits");
-    assert!(!status.success());
-    let text = std::fs::read_to_string(&log).unwrap();
+        ];
+        args.extend_from_slice(http_args);
+        let mut router = Proc::spawn("pypelinin-router", &args, &log);
+        let status = router
+            .wait_exit(Duration::from_secs(30))
+            .expect("the router exits");
+        assert!(!status.success());
+        std::fs::read_to_string(&log).unwrap()
+    };
+    // Refused before the HTTP port is bound: nothing listens beyond loopback.
+    let text = refused(&["--http", "0.0.0.0:0"]);
     assert!(
         text.contains("not a loopback address") && text.contains("--http-token"),
         "{text}"
     );
     // A token too short is refused with the bound.
-    let mut router = Proc::spawn(
-        "pypelinin-router",
-        &[
-            "--api",
-            "tcp://127.0.0.1:0",
-            "--broadcast",
-            "tcp://127.0.0.1:0",
-            "--db",
-            db.to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-            "--http-token",
-            "tiny",
-        ],
-        &log,
-    );
-    let status = router.wait_exit(Duration::from_secs(30)).expect("exits");
-    assert!(!status.success());
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = refused(&["--http", "127.0.0.1:0", "--http-token", "tiny"]);
     assert!(text.contains("at least 16"), "{text}");
 }
 
