@@ -176,6 +176,12 @@ impl BoundRouter {
         self.smtp = config.smtp;
     }
 
+    /// Deletes finished history older than `retention` (the router's `--retention`);
+    /// `None`, the default, keeps everything.
+    pub fn set_retention(&mut self, retention: Option<Duration>) {
+        self.state.set_retention(retention);
+    }
+
     /// Serves until `shutdown` triggers.
     pub fn run(mut self, shutdown: Shutdown) -> Result<(), RouterError> {
         info!(api = %self.api_endpoint, broadcast = %self.broadcast_endpoint, "router serving");

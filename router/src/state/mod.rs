@@ -190,6 +190,8 @@ pub struct RouterState {
     next_backfill: u64,
     logs: logs::Logs,
     notify: notify::NotifyState,
+    /// Finished history older than this is deleted (`None`: kept for ever).
+    retention_ms: Option<u64>,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -245,6 +247,7 @@ impl RouterState {
             next_backfill: 1,
             logs: logs::Logs::default(),
             notify: notify::NotifyState::default(),
+            retention_ms: None,
         };
         s.aging_ms = s
             .config
@@ -309,6 +312,12 @@ impl RouterState {
             "router state loaded"
         );
         Ok(s)
+    }
+
+    /// Keeps finished pipelines (with their outputs and logs) for `retention` after they
+    /// end, then deletes them; `None`, the default, keeps them for ever.
+    pub fn set_retention(&mut self, retention: Option<Duration>) {
+        self.retention_ms = retention.map(|d| d.as_millis() as u64);
     }
 
     /// Handles one request from `to.peer`.
