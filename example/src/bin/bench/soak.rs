@@ -1,0 +1,199 @@
+//! The soak scenario (issue 14): does one router stay flat over a long run? `--pipelines`
+//! three-job chains of `Noop` (a → b → c) go through one router, pipeliner and broker;
+//! every `--every` pipelines finished, a row tells the router's current memory, the
+//! interval's jobs per second and the bytes under the router's `--db` directory. The
+//! goals (memory at the end within twice the first row's, the last interval's rate
+//! within 15 % of the first's, disk flat with `--retention`) are reported, never
+//! asserted: this is a measurement.
+//!
+//! The driver keeps a bounded window in flight, so the router sees a steady load and
+//! the driver's own memory does not grow with the run: batches of [`BATCH`] pipelines are
+//! submitted as S1 submits (`start_async` each, one `confirm`), at most [`WINDOW`] of
+//! them at once, and the oldest batch's results are awaited in one request before the
+//! next batch goes in. Only the ids of the batches in flight are held. Rows are timed
+//! from the moment the window is first full, and the window is kept full until the last
+//! row is taken, so that every interval is measured under the same load: up to
+//! `WINDOW - 1` batches beyond `--pipelines` run, and are awaited after the last row,
+//! outside every figure.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use pypelinin_common::protocol::PipelineId;
+use pypelinin_common::{PipelineSpec, PipelineState};
+use serde_json::{json, Value};
+
+use crate::cluster::{BrokerKind, Cluster};
+use crate::Args;
+
+/// Jobs in each soak pipeline.
+const JOBS_PER_PIPELINE: usize = 3;
+/// Pipelines submitted together: one `confirm` and one `results` request each.
+const BATCH: usize = 1_000;
+/// Batches in flight at once: enough that the cluster never waits for the driver
+/// (a batch is submitted while the others run), few enough to hold a steady load.
+const WINDOW: usize = 4;
+/// How long the oldest batch may take to finish before the run is called stuck.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The soak pipeline: three `Noop` jobs in a chain, a → b → c.
+fn three_noops() -> PipelineSpec {
+    PipelineSpec::default()
+        .job("a", "Noop", &[])
+        .job("b", "Noop", &["a"])
+        .job("c", "Noop", &["b"])
+}
+
+/// Bytes of every file under `dir`, recursively. Files that vanish while it walks (the
+/// store removes segments and temporary files) count as nothing.
+fn disk_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Runs the soak and prints a row every `--every` pipelines finished (and one for a
+/// last, shorter interval if `--pipelines` is not a multiple of it), then the goals'
+/// figures; with `--json`, the rows so far are rewritten after each one, so that a run
+/// stopped early still leaves its figures.
+pub fn drive(args: &Args) -> anyhow::Result<()> {
+    let (total, every) = (args.pipelines, args.every);
+    ensure!(total > 0, "--pipelines must be at least 1");
+    ensure!(every > 0, "--every must be at least 1");
+    // Batches of BATCH, or of a row's pipelines if rows are smaller; the batches past
+    // `total` are no larger than the run, so that a short run stays short.
+    let batch = BATCH.min(every).min(total);
+    let c = Cluster::start(args, BrokerKind::Rust).context("soak cluster")?;
+    let db = c.router_db();
+    println!(
+        "pypelinin bench soak: {total} pipelines of {JOBS_PER_PIPELINE} Noop jobs (a → b → c), \
+         a row every {every}, up to {} in flight, {:?} isolation, retention: {}",
+        batch * WINDOW,
+        args.isolation,
+        match args.retention {
+            Some(d) => humantime::format_duration(d).to_string(),
+            None => "none (everything kept)".into(),
+        }
+    );
+    println!(
+        "\n{:>10} {:>9} {:>10} {:>9} {:>10} {:>10} {:>12}",
+        "pipelines", "rss MiB", "jobs/s", "disk MiB", "elapsed s", "interval s", "router cpu s"
+    );
+    let spec = three_noops();
+    let mut pm = c.client()?;
+    let mut in_flight: VecDeque<Vec<PipelineId>> = VecDeque::with_capacity(WINDOW);
+    let (mut submitted, mut finished, mut row_finished) = (0usize, 0usize, 0usize);
+    let mut rows: Vec<Value> = Vec::new();
+    let run_started = Instant::now();
+    // Rows are timed from the moment the window is first full: the first interval then
+    // submits about as many pipelines as it sees finish, as every later one does, and
+    // is not charged with filling the window.
+    let (mut clock, mut row_started): (Option<Instant>, Instant) = (None, run_started);
+    while finished < total {
+        // The window stays full until the last row is taken, past `total` if need be,
+        // so that the last interval runs under the same load as the others.
+        while in_flight.len() < WINDOW {
+            // A batch never crosses a row's boundary, so that rows fall on exact counts.
+            let size = if submitted < total {
+                BATCH.min(((submitted / every + 1) * every).min(total) - submitted)
+            } else {
+                batch
+            };
+            let ids = (0..size)
+                .map(|_| pm.start_async(&spec))
+                .collect::<Result<Vec<_>, _>>()?;
+            pm.confirm()?;
+            submitted += size;
+            in_flight.push_back(ids);
+        }
+        let started = *clock.get_or_insert_with(|| {
+            row_started = Instant::now();
+            row_started
+        });
+        let ids = in_flight.pop_front().context("a batch in flight")?;
+        let results = pm.results(&ids, BATCH_TIMEOUT).with_context(|| {
+            format!(
+                "waiting for pipelines {}..{}",
+                finished,
+                finished + ids.len()
+            )
+        })?;
+        for r in &results {
+            ensure!(
+                r.state == PipelineState::Succeeded,
+                "pipeline {} {:?}: {:?}",
+                r.id,
+                r.state,
+                r.failed
+            );
+        }
+        finished += ids.len();
+        if finished % every != 0 && finished < total {
+            continue;
+        }
+        let now = Instant::now();
+        let interval = now.duration_since(row_started).as_secs_f64();
+        let jobs = (finished - row_finished) * JOBS_PER_PIPELINE;
+        let row = json!({
+            "pipelines": finished,
+            "rss_mib": c.router_rss_kb() as f64 / 1024.0,
+            "jobs_per_s": jobs as f64 / interval,
+            "disk_mib": disk_bytes(&db) as f64 / MIB,
+            "elapsed_s": now.duration_since(started).as_secs_f64(),
+            "interval_s": interval,
+            "router_cpu_s": c.router_cpu_seconds(),
+        });
+        let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
+        println!(
+            "{finished:>10} {:>9.1} {:>10.0} {:>9.1} {:>10.1} {:>10.1} {:>12.2}",
+            f("rss_mib"),
+            f("jobs_per_s"),
+            f("disk_mib"),
+            f("elapsed_s"),
+            f("interval_s"),
+            f("router_cpu_s"),
+        );
+        rows.push(row);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        (row_started, row_finished) = (now, finished);
+    }
+    let tail: usize = in_flight.iter().map(Vec::len).sum();
+    for ids in in_flight {
+        pm.results(&ids, BATCH_TIMEOUT)
+            .context("waiting for the pipelines past the last row")?;
+    }
+    let (first, last) = (&rows[0], &rows[rows.len() - 1]);
+    let ratio = |k: &str| last[k].as_f64().unwrap_or(0.0) / first[k].as_f64().unwrap_or(0.0);
+    println!(
+        "goals: router RSS last/first row {:.2} (goal ≤ 2); jobs/s last/first interval {:.2} \
+         (goal 0.85–1.15); disk first → last row {:.1} → {:.1} MiB (goal with --retention: flat)",
+        ratio("rss_mib"),
+        ratio("jobs_per_s"),
+        first["disk_mib"].as_f64().unwrap_or(0.0),
+        last["disk_mib"].as_f64().unwrap_or(0.0),
+    );
+    println!(
+        "total time: {:.1} s ({tail} more pipelines kept the load steady through the last \
+         interval and were awaited after it, outside the rows)",
+        run_started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.json {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
