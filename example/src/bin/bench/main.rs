@@ -18,6 +18,9 @@
 //! using `pypelinin.Broker` (`example/bench/python_broker.py`) in place of the Rust
 //! broker role. Both need an interpreter that can `import pypelinin` (`--python`); without
 //! one they are skipped with a message, so that `--scenario all` runs anywhere.
+//!
+//! Two scenarios stand apart from `all` and report rows of their own: `scale` (brokers
+//! added, `scale.rs`) and `soak` (one router over a long run, `soak.rs`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -81,9 +84,10 @@ struct Args {
     /// Soak: a row (router memory, throughput, disk) every this many pipelines finished.
     #[arg(long, default_value_t = 100_000)]
     every: usize,
-    /// The router deletes finished history older than this (`30s`, `10m`, `1h`), as the
-    /// daemon's `--retention` does; default: it keeps everything. Any scenario's router
-    /// takes it; the soak scenario is the one that shows its effect on disk and memory.
+    /// The router deletes finished history older than this (`30s`, `10m`, `1h`; handed
+    /// to `BoundRouter::set_retention`); default: it keeps everything. Any scenario's
+    /// router takes it; the soak scenario is the one that shows its effect on disk and
+    /// memory.
     #[arg(long, value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
     /// Internal: slots of a broker role.
