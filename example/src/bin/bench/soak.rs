@@ -62,6 +62,19 @@ fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The size of the batch after `submitted` pipelines: at most `batch`, and never across
+/// a row's boundary (a multiple of `every`, or `total`), so that the rows, taken as whole
+/// batches finish, fall on exact counts. Past `total`, whole batches: the tail that keeps
+/// the load steady through the last interval.
+fn next_batch(submitted: usize, total: usize, every: usize, batch: usize) -> usize {
+    if submitted < total {
+        let boundary = ((submitted / every + 1) * every).min(total);
+        batch.min(boundary - submitted)
+    } else {
+        batch
+    }
+}
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Runs the soak and prints a row every `--every` pipelines finished (and one for a
@@ -105,12 +118,7 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
         // The window stays full until the last row is taken, past `total` if need be,
         // so that the last interval runs under the same load as the others.
         while in_flight.len() < WINDOW {
-            // A batch never crosses a row's boundary, so that rows fall on exact counts.
-            let size = if submitted < total {
-                BATCH.min(((submitted / every + 1) * every).min(total) - submitted)
-            } else {
-                batch
-            };
+            let size = next_batch(submitted, total, every, batch);
             let ids = (0..size)
                 .map(|_| pm.start_async(&spec))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -196,4 +204,59 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batches' running totals up to `total`.
+    fn cuts(total: usize, every: usize, batch: usize) -> Vec<usize> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < total {
+            at += next_batch(at, total, every, batch);
+            out.push(at);
+        }
+        out
+    }
+
+    #[test]
+    fn batches_end_on_every_row_boundary_and_on_the_total() {
+        let got = cuts(3_000, 1_000, 1_000);
+        assert_eq!(got, [1_000, 2_000, 3_000]);
+        // Rows smaller than a batch: one batch per row.
+        assert_eq!(cuts(1_000, 300, 1_000), [300, 600, 900, 1_000]);
+        // Rows that are not a multiple of the batch: cut at each row.
+        let got = cuts(5_000, 2_500, 1_000);
+        assert_eq!(got, [1_000, 2_000, 2_500, 3_500, 4_500, 5_000]);
+        // A total that is not a multiple of the rows: the last batch stops at it.
+        assert_eq!(cuts(1_500, 1_000, 1_000), [1_000, 1_500]);
+        for (total, every) in [(100_000, 7_000), (12_345, 1_000), (999, 1)] {
+            let got = cuts(total, every, 1_000);
+            assert_eq!(got.last(), Some(&total));
+            for row in (every..=total).step_by(every) {
+                assert!(got.contains(&row), "{total}/{every}: no cut at {row}");
+            }
+        }
+    }
+
+    #[test]
+    fn past_the_total_batches_are_whole() {
+        assert_eq!(next_batch(3_000, 3_000, 1_000, 1_000), 1_000);
+        assert_eq!(next_batch(4_000, 3_000, 1_000, 500), 500);
+    }
+
+    #[test]
+    fn disk_bytes_counts_every_file_below_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(disk_bytes(dir.path()), 0);
+        std::fs::write(dir.path().join("conf"), [0u8; 100]).unwrap();
+        let deep = dir.path().join("blobs").join("a");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("1"), [0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("blobs").join("2"), [0u8; 7]).unwrap();
+        assert_eq!(disk_bytes(dir.path()), 100 + 4096 + 7);
+        assert_eq!(disk_bytes(&dir.path().join("absent")), 0);
+    }
 }
