@@ -35,6 +35,8 @@ pub enum Table {
     /// The notification outbox, by sequence number (big-endian); an empty value
     /// removes the record.
     Notification = 7,
+    /// Submission order: `seq` (big-endian) to pipeline id, for listing history.
+    Seq = 8,
 }
 
 impl Table {
@@ -48,6 +50,7 @@ impl Table {
             5 => Table::Backfill,
             6 => Table::Pool,
             7 => Table::Notification,
+            8 => Table::Seq,
             _ => return None,
         })
     }

@@ -33,6 +33,11 @@ struct Args {
     /// `priority_aging_ms`. Default 60000 (one point a minute).
     #[arg(long, value_name = "MS")]
     priority_aging_ms: Option<u64>,
+    /// Deletes finished pipelines (with their outputs and logs) this long after they
+    /// ended: `30d`, `12h`, `90m`, `45s`. Without it, history is kept for ever. Open
+    /// pipelines are never deleted, however old.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    retention: Option<std::time::Duration>,
     /// flush: every acknowledged change is synced to disk first (default). background:
     /// written before acknowledged, synced every 500 ms; survives a router crash, can
     /// lose the last half second if the machine crashes.
@@ -193,6 +198,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let mut router = BoundRouter::bind_secured(config, &security)?;
     router.set_notify(notify);
+    router.set_retention(args.retention);
     // The dashboard is a client of the router's API socket, bound just above: its
     // requests wait in the socket until the router runs.
     let token = match &args.http_token_file {

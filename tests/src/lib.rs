@@ -124,7 +124,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// Extra arguments for every broker started from now on.
     pub broker_args: Vec<String>,
-    router_args: Vec<String>,
+    /// The router's arguments after its addresses, used again at each restart (a test
+    /// may change them between two).
+    pub router_args: Vec<String>,
     restarts: usize,
     /// The keys when started with [`Cluster::start_curve`].
     pub curve: Option<CurveKeys>,

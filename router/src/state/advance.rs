@@ -173,6 +173,7 @@ impl RouterState {
         p.rec.state = state;
         p.rec.finished_ms = Some(finished);
         self.dirty_pipelines.insert(p.rec.id);
+        self.closed.push(id);
         info!(pipeline = %id, state = state.as_str(), ms = finished.saturating_sub(p.rec.submitted_ms), "pipeline finished");
         if let Some(owner) = p.owner.take() {
             if let Some(Peer {

@@ -23,7 +23,7 @@ use crate::store::BackfillRecord;
 
 /// A backfill in memory: its record, its recurrence, and its runs not yet final.
 pub(super) struct BackfillEntry {
-    rec: BackfillRecord,
+    pub(super) rec: BackfillRecord,
     recurrence: Recurrence,
     open: BTreeSet<PipelineId>,
 }
@@ -205,11 +205,15 @@ impl RouterState {
     /// The state of the latest run of each logical date of `schedule`.
     fn latest_runs(&self, schedule: &str) -> BTreeMap<u64, PipelineState> {
         let mut latest = BTreeMap::new();
-        for id in self.order.values() {
-            let p = &self.pipelines[id];
-            if let Some(o) = p.rec.origin.as_ref().filter(|o| o.schedule == schedule) {
-                latest.insert(o.logical_date, p.rec.state);
+        // Walks the whole history (the store's, oldest first): a backfill's creation
+        // is rare, and a later run of a date wins.
+        let walked = self.each_record(|rec| {
+            if let Some(o) = rec.origin.as_ref().filter(|o| o.schedule == schedule) {
+                latest.insert(o.logical_date, rec.state);
             }
+        });
+        if let Err(e) = walked {
+            warn!(%schedule, error = %e, "reading the history for a backfill failed; every date counts as not run");
         }
         latest
     }
@@ -287,11 +291,11 @@ impl RouterState {
         let now = self.clock.wall_ms();
         let all_succeeded = {
             let b = &self.backfills[&id];
-            b.rec.dates.iter().filter_map(|d| d.pipeline).all(|run| {
-                self.pipelines
-                    .get(&run)
-                    .is_some_and(|p| p.rec.state == PipelineState::Succeeded)
-            })
+            b.rec
+                .dates
+                .iter()
+                .filter_map(|d| d.pipeline)
+                .all(|run| self.state_of(run) == Some(PipelineState::Succeeded))
         };
         if let Some(b) = self.backfills.get_mut(&id) {
             b.rec.state = if all_succeeded {
@@ -358,10 +362,7 @@ impl RouterState {
                 .dates
                 .iter()
                 .map(|d| TickRecord {
-                    state: d
-                        .pipeline
-                        .and_then(|id| self.pipelines.get(&id))
-                        .map(|p| p.rec.state),
+                    state: d.pipeline.and_then(|id| self.state_of(id)),
                     ..d.clone()
                 })
                 .collect(),

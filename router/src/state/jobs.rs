@@ -23,14 +23,28 @@ use crate::store::{JobRecord, PipelineRecord};
 
 impl RouterState {
     pub(super) fn submit(&mut self, id: PipelineId, spec: PipelineSpec) -> Result<Reply> {
-        if let Some(p) = self.pipelines.get(&id) {
-            return Ok(if p.rec.spec == spec {
+        let same = |known: &PipelineSpec| {
+            if *known == spec {
                 Reply::Submitted { id }
             } else {
                 Reply::Error(ProtocolError::Conflict(format!(
                     "pipeline {id} exists with another spec"
                 )))
-            });
+            }
+        };
+        if let Some(p) = self.pipelines.get(&id) {
+            return Ok(same(&p.rec.spec));
+        }
+        // A submit sent again after its pipeline finished (and left memory).
+        match self.store.get_record(id) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Ok(match self.lookup(id) {
+                    Ok(p) => same(&p.rec.spec),
+                    Err(e) => Reply::Error(e),
+                })
+            }
+            Err(e) => return Ok(Reply::Error(ProtocolError::Storage(e.to_string()))),
         }
         let dag = match Pipeline::new(spec) {
             Ok(d) => d,
@@ -51,6 +65,9 @@ impl RouterState {
             submitted_ms: self.clock.wall_ms(),
             finished_ms: None,
             origin: None,
+            jobs: 0,
+            done: 0,
+            job_states: Vec::new(),
         };
         self.next_seq += 1;
         let jobs = vec![JobRecord::new(); dag.len()];
@@ -302,12 +319,7 @@ impl RouterState {
                 );
                 return self.job_failed(id, i, error);
             }
-            Some(o) => self.pipelines.values().any(|q| {
-                q.rec.state == PipelineState::Succeeded
-                    && q.rec.origin.as_ref().is_some_and(|qo| {
-                        qo.schedule == upstream && qo.logical_date == o.logical_date
-                    })
-            }),
+            Some(o) => self.schedule_run_succeeded(&upstream, o.logical_date),
         };
         if met {
             if let Some(j) = self
@@ -409,6 +421,12 @@ impl RouterState {
     /// Runs again the jobs of a finished pipeline that did not succeed, or the named
     /// ones, and in either case their descendants; what succeeded otherwise is kept.
     pub(super) fn retry(&mut self, id: PipelineId, names: Vec<String>) -> Result<Reply> {
+        if !self.revive(id) {
+            return Ok(match self.lookup(id) {
+                Err(e) => Reply::Error(e),
+                Ok(_) => Reply::Error(ProtocolError::UnknownPipeline(id)),
+            });
+        }
         let Some(p) = self.pipelines.get(&id) else {
             return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
         };
@@ -483,7 +501,11 @@ impl RouterState {
     /// Cancels a pipeline: queued jobs never start, running ones are revoked.
     pub(super) fn cancel(&mut self, id: PipelineId) -> Result<Reply> {
         let Some(p) = self.pipelines.get(&id) else {
-            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+            // Not in memory: finished already, or unknown.
+            return Ok(match self.lookup(id) {
+                Ok(p) => Reply::Status(p.status()),
+                Err(e) => Reply::Error(e),
+            });
         };
         if !p.rec.state.is_final() {
             info!(pipeline = %id, "cancelling pipeline");

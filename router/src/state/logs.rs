@@ -151,8 +151,9 @@ impl RouterState {
         attempt: Option<u32>,
         after: u64,
     ) -> Result<Reply> {
-        let Some(p) = self.pipelines.get(&id) else {
-            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        let p = match self.lookup(id) {
+            Ok(p) => p,
+            Err(e) => return Ok(Reply::Error(e)),
         };
         let Some(i) = p.dag.index_of(job) else {
             return Ok(Reply::Error(ProtocolError::UnknownJob {

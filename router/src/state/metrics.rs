@@ -54,6 +54,13 @@ impl RouterState {
                 *m.jobs.entry(j.state.as_str().into()).or_default() += 1;
             }
         }
+        // Finished pipelines are not in memory: their counts are kept aside.
+        for (s, n) in &self.tally.pipelines {
+            *m.pipelines.entry(s.as_str().into()).or_default() += n;
+        }
+        for (s, n) in &self.tally.jobs {
+            *m.jobs.entry(s.as_str().into()).or_default() += n;
+        }
         m.queue_depth = (self.queues.values().map(|q| q.len()).sum::<usize>()
             + self.parked()
             + self.delayed.len()) as u64;

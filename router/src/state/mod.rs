@@ -18,6 +18,7 @@ mod advance;
 mod backfills;
 mod clock;
 mod dispatch;
+mod history;
 mod jobs;
 mod logs;
 mod metrics;
@@ -40,11 +41,13 @@ use pypelinin_common::protocol::{
     Assignment, ClusterConfig, Event, FromRouter, Histogram, JobChange, JobRef, PipelineId,
     PipelineSnapshot, ProtocolError, Push, Reply, Request, HEARTBEAT_INTERVAL, PEER_LIVENESS,
 };
+use pypelinin_common::schedule::RunKind;
 use pypelinin_common::status::{JobState, JobStatus, PipelineStatus};
 use pypelinin_common::Pipeline;
 use tracing::info;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use history::{PURGE_BATCH, PURGE_EVERY_MS};
 use metrics::LATENCY_BOUNDS;
 use peers::Peer;
 pub use peers::PREFETCH_HORIZON_MS;
@@ -192,6 +195,11 @@ pub struct RouterState {
     notify: notify::NotifyState,
     /// Finished history older than this is deleted (`None`: kept for ever).
     retention_ms: Option<u64>,
+    /// Pipelines closed this turn, dropped from memory once the commit has them.
+    closed: Vec<PipelineId>,
+    /// Counts of the history not held in memory.
+    tally: history::Tally,
+    purge: history::Purge,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -248,6 +256,9 @@ impl RouterState {
             logs: logs::Logs::default(),
             notify: notify::NotifyState::default(),
             retention_ms: None,
+            closed: Vec::new(),
+            tally: history::Tally::default(),
+            purge: history::Purge::default(),
         };
         s.aging_ms = s
             .config
@@ -255,49 +266,58 @@ impl RouterState {
             .unwrap_or(queue::DEFAULT_PRIORITY_AGING_MS);
         s.load_pools()?;
         let grace = s.clock.instant() + peer_timeout() * 2;
-        let (mut open, mut running) = (0, 0);
-        for (rec, jobs) in s.store.load()? {
-            let dag = Pipeline::new(rec.spec.clone()).map_err(|e| StoreError::Corrupt {
-                key: rec.id.to_string(),
-                message: e.to_string(),
-            })?;
-            let id = rec.id;
-            s.next_seq = s.next_seq.max(rec.seq + 1);
-            s.order.insert(rec.seq, id);
-            let done = jobs.iter().filter(|j| j.state.is_final()).count() as u32;
-            let is_open = !rec.state.is_final();
-            let todo: Vec<(u32, JobState, bool, u64)> = jobs
+        let (mut open, mut running, mut finished) = (0, 0, 0u64);
+        let (mut next_seq, mut tally) = (1, history::Tally::default());
+        let loaded = s.store.load_open(&mut |rec| {
+            next_seq = next_seq.max(rec.seq + 1);
+            finished += 1;
+            tally.add(&rec);
+            if let Some(o) = rec.origin.as_ref().filter(|o| o.kind != RunKind::Backfill) {
+                let last = tally
+                    .last_runs
+                    .entry(o.schedule.clone())
+                    .or_insert((0, rec.state));
+                if rec.seq >= last.0 {
+                    *last = (rec.seq, rec.state);
+                }
+            }
+        })?;
+        s.next_seq = next_seq;
+        s.tally = tally;
+        for loaded in loaded {
+            let entry = match history::entry_of(loaded) {
+                Ok(e) => e,
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        key: "an open pipeline's spec".into(),
+                        message: e,
+                    })
+                }
+            };
+            let id = entry.rec.id;
+            s.next_seq = s.next_seq.max(entry.rec.seq + 1);
+            s.order.insert(entry.rec.seq, id);
+            let todo: Vec<(u32, JobState, bool, u64)> = entry
+                .jobs
                 .iter()
                 .enumerate()
                 .map(|(i, j)| (i as u32, j.state, j.enqueued, j.not_before_ms))
                 .collect();
-            let armed = vec![false; jobs.len()];
-            let entry = PipelineEntry {
-                rec,
-                dag,
-                jobs,
-                owner: None,
-                done,
-                armed,
-                close_on_success: false,
-            };
             s.pipelines.insert(id, entry);
-            if is_open {
-                open += 1;
-                s.unowned.push_back(id);
-                for (i, state, enqueued, not_before_ms) in todo {
-                    match state {
-                        JobState::Queued if enqueued => s.schedule(id, i, not_before_ms),
-                        // Its next poke, as before the restart.
-                        JobState::Waiting => s.delayed.push(Reverse((not_before_ms, id, i))),
-                        JobState::Running => {
-                            // Its broker may still be running it: wait for it to say hello.
-                            running += 1;
-                            s.orphans.insert((id, i), grace);
-                            s.hold(id, i);
-                        }
-                        _ => {}
+            open += 1;
+            s.unowned.push_back(id);
+            for (i, state, enqueued, not_before_ms) in todo {
+                match state {
+                    JobState::Queued if enqueued => s.schedule(id, i, not_before_ms),
+                    // Its next poke, as before the restart.
+                    JobState::Waiting => s.delayed.push(Reverse((not_before_ms, id, i))),
+                    JobState::Running => {
+                        // Its broker may still be running it: wait for it to say hello.
+                        running += 1;
+                        s.orphans.insert((id, i), grace);
+                        s.hold(id, i);
                     }
+                    _ => {}
                 }
             }
         }
@@ -306,10 +326,7 @@ impl RouterState {
         s.load_notifications()?;
         info!(
             schedules = s.schedules.len(),
-            pipelines = s.pipelines.len(),
-            open,
-            running,
-            "router state loaded"
+            finished, open, running, "router state loaded"
         );
         Ok(s)
     }
@@ -330,7 +347,10 @@ impl RouterState {
             Request::Submit { id, pipeline } => self.submit(id, pipeline)?,
             Request::Status { id } => match self.pipeline_status(id) {
                 Some(s) => Reply::Status(s),
-                None => Reply::Error(ProtocolError::UnknownPipeline(id)),
+                None => match self.lookup(id) {
+                    Ok(p) => Reply::Status(p.status()),
+                    Err(e) => Reply::Error(e),
+                },
             },
             Request::Wait { ids, timeout_ms } => {
                 match self.wait(&to, ids, timeout_ms, now, false)? {
@@ -350,12 +370,15 @@ impl RouterState {
                 state,
                 schedule,
                 before,
-            } => Reply::List(self.list(limit as usize, state, schedule.as_deref(), before)),
+            } => match self.list(limit as usize, state, schedule.as_deref(), before) {
+                Ok(list) => Reply::List(list),
+                Err(e) => Reply::Error(e),
+            },
             Request::Retry { id, jobs } => self.retry(id, jobs)?,
             Request::Brokers => Reply::Brokers(self.brokers(now)),
-            Request::Spec { id } => match self.pipelines.get(&id) {
-                Some(p) => Reply::Spec(p.rec.spec.clone()),
-                None => Reply::Error(ProtocolError::UnknownPipeline(id)),
+            Request::Spec { id } => match self.lookup(id) {
+                Ok(p) => Reply::Spec(p.rec.spec.clone()),
+                Err(e) => Reply::Error(e),
             },
             Request::Metrics => Reply::Metrics(self.metrics()),
             Request::Cancel { id } => self.cancel(id)?,
@@ -423,6 +446,7 @@ impl RouterState {
     pub fn tick(&mut self, now: Instant) -> Result<()> {
         self.tick_schedules()?;
         self.tick_late();
+        self.tick_retention()?;
         let wall = self.clock.wall_ms();
         while let Some(Reverse((t, id, i))) = self.delayed.peek().copied() {
             if t > wall {
@@ -512,13 +536,18 @@ impl RouterState {
             self.store
                 .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
         }
-        for id in self.dirty_pipelines.drain() {
+        let mut dirty = std::mem::take(&mut self.dirty_pipelines);
+        for id in dirty.drain() {
+            self.stamp(id);
             self.store.put_pipeline(&self.pipelines[&id].rec)?;
         }
+        self.dirty_pipelines = dirty;
         self.write_schedules()?;
         self.write_backfills()?;
         self.write_notifications()?;
-        self.store.commit()
+        self.store.commit()?;
+        self.evict_closed();
+        Ok(())
     }
 
     /// Pushes that may leave before [`RouterState::commit`]: the job changes told to
@@ -552,7 +581,7 @@ impl RouterState {
         )
     }
 
-    /// Pipelines not yet final.
+    /// Pipelines not yet final (all of them in memory: finished ones are not).
     pub fn open_pipelines(&self) -> usize {
         self.pipelines
             .values()

@@ -101,7 +101,9 @@ impl RouterState {
                 }
             }
         }
-        let mut last_finished: BTreeMap<String, (u64, PipelineState)> = BTreeMap::new();
+        // The latest finished run of each schedule, noted while the history's records
+        // were read at load (finished pipelines are not held in memory).
+        let last_finished = std::mem::take(&mut self.tally.last_runs);
         for (seq, id) in &self.order {
             let p = &self.pipelines[id];
             let Some(origin) = &p.rec.origin else {
@@ -113,9 +115,7 @@ impl RouterState {
             if origin.kind == RunKind::Backfill {
                 continue; // counted (or not) by its backfill
             }
-            if p.rec.state.is_final() {
-                last_finished.insert(origin.schedule.clone(), (*seq, p.rec.state));
-            } else {
+            if !p.rec.state.is_final() {
                 entry.open.insert((*seq, *id));
             }
         }
@@ -275,10 +275,7 @@ impl RouterState {
             .iter()
             .rev()
             .map(|tick| TickRecord {
-                state: tick
-                    .pipeline
-                    .and_then(|id| self.pipelines.get(&id))
-                    .map(|p| p.rec.state),
+                state: tick.pipeline.and_then(|id| self.state_of(id)),
                 ..tick.clone()
             })
             .collect();
@@ -583,6 +580,30 @@ fn outcome(state: PipelineState) -> LastOutcome {
 
 /// The id of a schedule's run: the same schedule (name and creation time), tick and
 /// kind always give the same id.
+impl RouterState {
+    /// Whether a run of schedule `name` for `logical_date` succeeded. A tick's and a
+    /// trigger's run ids follow from the schedule and the date, and a backfill's runs
+    /// are listed in it, so this reads a few records, wherever they are (finished runs
+    /// are on disk only).
+    pub(super) fn schedule_run_succeeded(&self, name: &str, logical_date: u64) -> bool {
+        let succeeded = |id: PipelineId| self.state_of(id) == Some(PipelineState::Succeeded);
+        let ticked = self.schedules.get(name).is_some_and(|e| {
+            [RunKind::Scheduled, RunKind::Manual]
+                .into_iter()
+                .any(|kind| succeeded(run_id(name, e.rec.created_ms, logical_date, kind)))
+        });
+        ticked
+            || self
+                .backfills
+                .values()
+                .filter(|b| b.rec.spec.schedule == name)
+                .flat_map(|b| &b.rec.dates)
+                .filter(|d| d.logical_date == logical_date)
+                .filter_map(|d| d.pipeline)
+                .any(succeeded)
+    }
+}
+
 fn run_id(name: &str, created_ms: u64, logical_date: u64, kind: RunKind) -> PipelineId {
     let key = format!("pypelinin-schedule/{name}/{created_ms}/{kind:?}/{logical_date}");
     PipelineId(Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()))

@@ -4,10 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pypelinin_common::protocol::{
-    PipelineId, PipelineResult, PipelineSummary, ProtocolError, Reply, MAX_WAIT_MS,
-};
-use pypelinin_common::status::{JobState, PipelineState};
+use pypelinin_common::protocol::{PipelineId, PipelineResult, ProtocolError, Reply, MAX_WAIT_MS};
+use pypelinin_common::status::JobState;
 
 use super::{ReplyTo, Result, RouterState};
 
@@ -31,9 +29,14 @@ impl RouterState {
         let mut pending = 0;
         for id in &ids {
             match self.pipelines.get(id) {
-                None => return Ok(Some(Reply::Error(ProtocolError::UnknownPipeline(*id)))),
                 Some(p) if !p.rec.state.is_final() => pending += 1,
                 Some(_) => {}
+                // Not in memory: finished, if the store knows it.
+                None => match self.store.get_record(*id) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(Some(Reply::Error(ProtocolError::UnknownPipeline(*id)))),
+                    Err(e) => return Ok(Some(Reply::Error(ProtocolError::Storage(e.to_string())))),
+                },
             }
         }
         if pending == 0 || timeout_ms == 0 {
@@ -42,7 +45,11 @@ impl RouterState {
         let key = self.next_waiter;
         self.next_waiter += 1;
         for id in &ids {
-            if !self.pipelines[id].rec.state.is_final() {
+            if self
+                .pipelines
+                .get(id)
+                .is_some_and(|p| !p.rec.state.is_final())
+            {
                 self.waiting_on.entry(*id).or_default().push(key);
             }
         }
@@ -63,13 +70,21 @@ impl RouterState {
     /// The reply to a wait: statuses, or states with outputs.
     pub(super) fn answer(&self, ids: &[PipelineId], outputs: bool) -> Result<Reply> {
         if !outputs {
-            return Ok(Reply::Statuses(
-                ids.iter().map(|id| self.pipelines[id].status()).collect(),
-            ));
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                match self.lookup(*id) {
+                    Ok(p) => out.push(p.status()),
+                    Err(e) => return Ok(Reply::Error(e)),
+                }
+            }
+            return Ok(Reply::Statuses(out));
         }
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let p = &self.pipelines[id];
+            let p = match self.lookup(*id) {
+                Ok(p) => p,
+                Err(e) => return Ok(Reply::Error(e)),
+            };
             let mut result = PipelineResult {
                 id: *id,
                 state: p.rec.state,
@@ -96,8 +111,9 @@ impl RouterState {
     }
 
     pub(super) fn outputs(&self, id: PipelineId) -> Result<Reply> {
-        let Some(p) = self.pipelines.get(&id) else {
-            return Ok(Reply::Error(ProtocolError::UnknownPipeline(id)));
+        let p = match self.lookup(id) {
+            Ok(p) => p,
+            Err(e) => return Ok(Reply::Error(e)),
         };
         let mut out = BTreeMap::new();
         for (i, j) in p.jobs.iter().enumerate() {
@@ -108,40 +124,5 @@ impl RouterState {
             }
         }
         Ok(Reply::Outputs(out))
-    }
-
-    pub(super) fn list(
-        &self,
-        limit: usize,
-        state: Option<PipelineState>,
-        schedule: Option<&str>,
-        before: Option<u64>,
-    ) -> Vec<PipelineSummary> {
-        self.order
-            .range(..before.unwrap_or(u64::MAX))
-            .rev()
-            .map(|(_, id)| id)
-            .filter(|id| state.is_none_or(|s| self.pipelines[*id].rec.state == s))
-            .filter(|id| {
-                schedule.is_none_or(|name| {
-                    let origin = self.pipelines[*id].rec.origin.as_ref();
-                    origin.is_some_and(|o| o.schedule == name)
-                })
-            })
-            .take(limit)
-            .map(|id| {
-                let p = &self.pipelines[id];
-                PipelineSummary {
-                    id: *id,
-                    state: p.rec.state,
-                    submitted_ms: p.rec.submitted_ms,
-                    finished_ms: p.rec.finished_ms,
-                    jobs: p.jobs.len() as u32,
-                    done: p.done,
-                    origin: p.rec.origin.clone(),
-                    seq: p.rec.seq,
-                }
-            })
-            .collect()
     }
 }

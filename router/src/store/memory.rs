@@ -65,6 +65,24 @@ impl Tables {
     }
 }
 
+fn missing_job(id: PipelineId, i: u32) -> StoreError {
+    StoreError::Corrupt {
+        key: id.to_string(),
+        message: format!("no record of job {i}"),
+    }
+}
+
+fn jobs_of(c: &Tables, rec: &PipelineRecord) -> Result<Vec<JobRecord>, StoreError> {
+    (0..rec.spec.jobs.len() as u32)
+        .map(|i| {
+            c.jobs
+                .get(&(rec.id, i))
+                .cloned()
+                .ok_or_else(|| missing_job(rec.id, i))
+        })
+        .collect()
+}
+
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -84,27 +102,101 @@ impl MemoryStore {
 }
 
 impl StateStore for MemoryStore {
-    fn load(&self) -> Result<Vec<Loaded>, StoreError> {
+    fn load_open(
+        &self,
+        finished: &mut dyn FnMut(PipelineRecord),
+    ) -> Result<Vec<Loaded>, StoreError> {
         let m = self.lock();
         let c = &m.committed;
-        let mut out = Vec::with_capacity(c.pipelines.len());
+        let mut out = Vec::new();
         for rec in c.pipelines.values() {
-            let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
-            for i in 0..rec.spec.jobs.len() as u32 {
-                match c.jobs.get(&(rec.id, i)) {
-                    Some(j) => jobs.push(j.clone()),
-                    None => {
-                        return Err(StoreError::Corrupt {
-                            key: rec.id.to_string(),
-                            message: format!("no record of job {i}"),
-                        })
-                    }
-                }
+            if rec.state.is_final() {
+                finished(rec.clone());
+                continue;
             }
-            out.push((rec.clone(), jobs));
+            out.push((rec.clone(), jobs_of(c, rec)?));
         }
         out.sort_by_key(|(p, _)| p.seq);
         Ok(out)
+    }
+
+    fn get_pipeline(&self, id: PipelineId) -> Result<Option<Loaded>, StoreError> {
+        let m = self.lock();
+        let Some(rec) = m
+            .pending
+            .pipelines
+            .get(&id)
+            .or_else(|| m.committed.pipelines.get(&id))
+        else {
+            return Ok(None);
+        };
+        let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
+        for i in 0..rec.spec.jobs.len() as u32 {
+            let k = (id, i);
+            match m.pending.jobs.get(&k).or_else(|| m.committed.jobs.get(&k)) {
+                Some(j) => jobs.push(j.clone()),
+                None => return Err(missing_job(id, i)),
+            }
+        }
+        Ok(Some((rec.clone(), jobs)))
+    }
+
+    fn get_record(&self, id: PipelineId) -> Result<Option<PipelineRecord>, StoreError> {
+        let m = self.lock();
+        Ok(m.pending
+            .pipelines
+            .get(&id)
+            .or_else(|| m.committed.pipelines.get(&id))
+            .cloned())
+    }
+
+    fn records(
+        &self,
+        bound: u64,
+        newest_first: bool,
+        max: usize,
+    ) -> Result<Vec<PipelineRecord>, StoreError> {
+        let m = self.lock();
+        let mut all: BTreeMap<u64, &PipelineRecord> = BTreeMap::new();
+        for rec in m.committed.pipelines.values() {
+            all.insert(rec.seq, rec);
+        }
+        for rec in m.pending.pipelines.values() {
+            all.insert(rec.seq, rec);
+        }
+        let picked: Vec<PipelineRecord> = if newest_first {
+            all.range(..bound)
+                .rev()
+                .take(max)
+                .map(|(_, r)| (*r).clone())
+                .collect()
+        } else {
+            all.range(bound.saturating_add(1)..)
+                .take(max)
+                .map(|(_, r)| (*r).clone())
+                .collect()
+        };
+        Ok(picked)
+    }
+
+    fn delete_pipeline(&mut self, rec: &PipelineRecord, jobs: u32) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let m = &mut *guard;
+        let id = rec.id;
+        for t in [&mut m.pending, &mut m.committed] {
+            t.pipelines.remove(&id);
+            for i in 0..jobs {
+                t.jobs.remove(&(id, i));
+                t.outputs.remove(&(id, i));
+            }
+        }
+        m.logs.retain(|((p, _, _), _), _| *p != id);
+        m.log_meta.retain(|(p, _, _), _| *p != id);
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        0
     }
 
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {

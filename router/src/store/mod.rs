@@ -87,6 +87,17 @@ pub struct PipelineRecord {
     /// The schedule that made it, if one did.
     #[serde(default)]
     pub origin: Option<RunOrigin>,
+    /// How many jobs it has (kept here so that a listing of history need not read
+    /// the spec; 0 in records written before it was).
+    #[serde(default)]
+    pub jobs: u32,
+    /// How many of them are final, as of the last write of the record.
+    #[serde(default)]
+    pub done: u32,
+    /// Once finished, its jobs counted by final state (for `/metrics`, which counts
+    /// history the router no longer holds).
+    #[serde(default)]
+    pub job_states: Vec<(JobState, u32)>,
 }
 
 /// A schedule as stored. Removing a schedule writes it once more with `removed` set
@@ -239,8 +250,35 @@ pub struct LogMeta {
 /// an fsync per batch of lines would cost more than the lines), so they become
 /// durable on the store's own cadence, or at [`StateStore::flush_logs`].
 pub trait StateStore: Send {
-    /// Everything stored, oldest pipeline first.
-    fn load(&self) -> Result<Vec<Loaded>, StoreError>;
+    /// The pipelines not yet final, with their jobs, oldest first: what the router
+    /// holds in memory. Each finished pipeline's record (without its spec or jobs) is
+    /// handed to `finished` instead, and not kept. A finished record that does not
+    /// decode is skipped with a warning naming the database and the record: the history
+    /// around it is still served. An open one that does not decode is an error: work
+    /// would be lost.
+    fn load_open(
+        &self,
+        finished: &mut dyn FnMut(PipelineRecord),
+    ) -> Result<Vec<Loaded>, StoreError>;
+    /// A pipeline as stored, with its spec and jobs (finished pipelines are read from
+    /// here: the router keeps only open ones).
+    fn get_pipeline(&self, id: PipelineId) -> Result<Option<Loaded>, StoreError>;
+    /// A pipeline's record without its spec or jobs: enough for a listing.
+    fn get_record(&self, id: PipelineId) -> Result<Option<PipelineRecord>, StoreError>;
+    /// Up to `max` pipeline records by submission order: with `newest_first`, those
+    /// whose `seq` is below `bound`, newest first; otherwise those above it, oldest
+    /// first. Records without their spec.
+    fn records(
+        &self,
+        bound: u64,
+        newest_first: bool,
+        max: usize,
+    ) -> Result<Vec<PipelineRecord>, StoreError>;
+    /// Deletes a finished pipeline: its record, spec, `jobs` job records and outputs
+    /// (part of the turn's commit), and its logs (at once: they are not journaled).
+    fn delete_pipeline(&mut self, rec: &PipelineRecord, jobs: u32) -> Result<(), StoreError>;
+    /// Bytes the store's files take on disk (0 for a store in memory).
+    fn disk_bytes(&self) -> u64;
     /// Writes a pipeline record.
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError>;
     /// Writes a job record.

@@ -2,7 +2,7 @@
 //! a sled database that checkpoints fold the journal into. Part of the one `store`
 //! module; its tests are in `sled/tests.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::SyncSender;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use pypelinin_common::protocol::{LogLine, PipelineId};
 use pypelinin_common::{Data, PipelineSpec};
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     BackfillRecord, Durability, JobRecord, Loaded, LogKey, LogMeta, NotificationRecord,
@@ -57,8 +57,9 @@ pub struct SledStore {
     /// router's thread; `None` in [`Durability::Flush`] mode, which syncs every commit.
     syncer: Option<SyncSender<File>>,
     checkpoint_bytes: u64,
-    /// Outputs written since the last checkpoint began.
-    recent: Outputs,
+    /// History records written since the last checkpoint began: reads see them before
+    /// sled does.
+    recent: Overlay,
     checkpoint: Option<Checkpoint>,
     specs_written: HashSet<PipelineId>,
     /// In [`Durability::Background`] mode, where log flushes are asked for, to run off
@@ -66,13 +67,34 @@ pub struct SledStore {
     log_flusher: Option<(SyncSender<()>, JoinHandle<()>)>,
 }
 
-/// Encoded outputs by job key.
-type Outputs = HashMap<[u8; 20], Vec<u8>>;
+/// The records of pipelines' history (records, specs, jobs, outputs and the order
+/// index) written to the journal since a checkpoint began, encoded, by table and key:
+/// sled has them only once that checkpoint is done, and the router, which no longer
+/// holds finished pipelines, reads them back. An empty value is a deletion. Its size is
+/// bounded by [`CHECKPOINT_BYTES`] of journal.
+#[derive(Default)]
+struct Overlay {
+    records: HashMap<(Table, [u8; 20]), Vec<u8>>,
+    seqs: BTreeMap<u64, Vec<u8>>,
+}
 
-/// A checkpoint under way: the outputs it writes (readable here until it is done) and
+impl Overlay {
+    fn get(&self, table: Table, key: &[u8]) -> Option<&Vec<u8>> {
+        self.records.get(&(table, pad(key)))
+    }
+}
+
+/// A key of at most 20 bytes, padded with zeros.
+fn pad(key: &[u8]) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..key.len()].copy_from_slice(key);
+    k
+}
+
+/// A checkpoint under way: the records it writes (readable here until it is done) and
 /// its thread.
 struct Checkpoint {
-    outputs: Arc<Outputs>,
+    overlay: Arc<Overlay>,
     thread: JoinHandle<Result<(), StoreError>>,
 }
 
@@ -84,6 +106,8 @@ struct Trees {
     jobs: sled::Tree,
     outputs: sled::Tree,
     specs: sled::Tree,
+    /// Submission order: `seq` (big-endian) to pipeline id, for listing history.
+    seqs: sled::Tree,
     schedules: sled::Tree,
     backfills: sled::Tree,
     pools: sled::Tree,
@@ -99,10 +123,18 @@ struct Trees {
 /// in place) can find it still locked.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The most memory sled's page cache takes (its default is 1 GiB): history is read
+/// rarely, and the router's memory must not grow with it.
+pub const SLED_CACHE_BYTES: u64 = 32 << 20;
+
 fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
     let started = std::time::Instant::now();
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+        {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && started.elapsed() < LOCK_WAIT =>
@@ -122,6 +154,7 @@ impl Trees {
             jobs: db.open_tree("jobs")?,
             outputs: db.open_tree("outputs")?,
             specs: db.open_tree("specs")?,
+            seqs: db.open_tree("seqs")?,
             schedules: db.open_tree("schedules")?,
             backfills: db.open_tree("backfills")?,
             pools: db.open_tree("pools")?,
@@ -131,23 +164,26 @@ impl Trees {
         })
     }
 
-    /// Writes `changes` and flushes. Outputs first, then jobs, specs and pipelines: a
-    /// crash between two batches leaves at worst an output without its job record,
-    /// and the journal, still there, is replayed again.
+    /// Writes `changes` and flushes. Outputs first, then jobs, specs, pipelines and
+    /// the order index: a crash between two batches leaves at worst an output without
+    /// its job record, and the journal, still there, is replayed again. An empty value
+    /// removes the record.
     fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut batches: [sled::Batch; 8] = Default::default();
+        let mut batches: [sled::Batch; 9] = Default::default();
         for ((table, key), value) in changes {
-            if *table == Table::Notification && value.is_empty() {
+            if value.is_empty() {
                 batches[*table as usize].remove(&key[..]);
             } else {
                 batches[*table as usize].insert(&key[..], &value[..]);
             }
         }
-        let [pipelines, specs, jobs, outputs, schedules, backfills, pools, notifications] = batches;
+        let [pipelines, specs, jobs, outputs, schedules, backfills, pools, notifications, seqs] =
+            batches;
         self.outputs.apply_batch(outputs)?;
         self.jobs.apply_batch(jobs)?;
         self.specs.apply_batch(specs)?;
         self.pipelines.apply_batch(pipelines)?;
+        self.seqs.apply_batch(seqs)?;
         self.schedules.apply_batch(schedules)?;
         self.backfills.apply_batch(backfills)?;
         self.pools.apply_batch(pools)?;
@@ -171,6 +207,7 @@ impl SledStore {
             );
         }
         let journal = Journal::create(dir, found.last().map_or(1, |n| n + 1))?;
+        index_seqs(dir, &trees)?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
             journal,
@@ -180,7 +217,7 @@ impl SledStore {
                 Durability::Background => Some(background_syncer()?),
             },
             checkpoint_bytes: CHECKPOINT_BYTES,
-            recent: Outputs::new(),
+            recent: Overlay::default(),
             checkpoint: None,
             specs_written: HashSet::new(),
             log_flusher: match durability {
@@ -213,7 +250,7 @@ impl SledStore {
     fn start_checkpoint(&mut self) -> Result<(), StoreError> {
         let last = self.journal.number();
         self.journal = Journal::create(&self.dir, last + 1)?;
-        let outputs = Arc::new(std::mem::take(&mut self.recent));
+        let overlay = Arc::new(std::mem::take(&mut self.recent));
         let (trees, dir) = (self.trees.clone(), self.dir.clone());
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
@@ -222,9 +259,167 @@ impl SledStore {
                 debug!(records, "checkpoint written");
                 Ok(())
             })?;
-        self.checkpoint = Some(Checkpoint { outputs, thread });
+        self.checkpoint = Some(Checkpoint { overlay, thread });
         Ok(())
     }
+
+    /// Journals a record of the history, and keeps it readable until sled has it.
+    fn put_history(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        self.journal.put(table, key, &value);
+        if table == Table::Seq {
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(key);
+            self.recent.seqs.insert(u64::from_be_bytes(seq), value);
+        } else {
+            self.recent.records.insert((table, pad(key)), value);
+        }
+    }
+
+    /// The latest value of a history record: written since a checkpoint began, being
+    /// checkpointed, or in sled.
+    fn read(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let pending = self
+            .recent
+            .get(table, key)
+            .or_else(|| self.checkpoint.as_ref()?.overlay.get(table, key));
+        if let Some(v) = pending {
+            return Ok((!v.is_empty()).then(|| v.clone()));
+        }
+        let tree = match table {
+            Table::Pipeline => &self.trees.pipelines,
+            Table::Spec => &self.trees.specs,
+            Table::Job => &self.trees.jobs,
+            Table::Output => &self.trees.outputs,
+            Table::Seq => &self.trees.seqs,
+            _ => return Ok(None),
+        };
+        Ok(tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// A record that did not decode, named with the database it is in.
+    fn corrupt(&self, what: &str, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Corrupt { key, message } => StoreError::Corrupt {
+                key: format!("{what} ({key}) in {}", self.dir.display()),
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// The pipeline ids of the order index past `bound`, in the direction asked, the
+    /// journal's latest entries over sled's.
+    fn seq_ids(
+        &self,
+        bound: u64,
+        newest_first: bool,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        type Source<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + 'a>;
+        fn overlay(seqs: &BTreeMap<u64, Vec<u8>>, bound: u64, newest_first: bool) -> Source<'_> {
+            let item = |(k, v): (&u64, &Vec<u8>)| Ok((*k, v.clone()));
+            if newest_first {
+                Box::new(seqs.range(..bound).rev().map(item))
+            } else {
+                Box::new(seqs.range(bound.saturating_add(1)..).map(item))
+            }
+        }
+        let sled_range: Source<'_> = {
+            let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+                let (k, v) = item?;
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&k[..8.min(k.len())]);
+                Ok((u64::from_be_bytes(seq), v.to_vec()))
+            };
+            if newest_first {
+                Box::new(
+                    self.trees
+                        .seqs
+                        .range(..bound.to_be_bytes())
+                        .rev()
+                        .map(decode),
+                )
+            } else {
+                Box::new(
+                    self.trees
+                        .seqs
+                        .range((
+                            std::ops::Bound::Excluded(bound.to_be_bytes()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .map(decode),
+                )
+            }
+        };
+        // Highest precedence first: what was written since the checkpoint began, what
+        // the checkpoint is writing, then sled.
+        let mut sources: Vec<std::iter::Peekable<Source<'_>>> = vec![
+            overlay(&self.recent.seqs, bound, newest_first).peekable(),
+            match &self.checkpoint {
+                Some(c) => overlay(&c.overlay.seqs, bound, newest_first),
+                None => Box::new(std::iter::empty()),
+            }
+            .peekable(),
+            sled_range.peekable(),
+        ];
+        std::iter::from_fn(move || loop {
+            let mut best: Option<(usize, u64)> = None;
+            for (n, src) in sources.iter_mut().enumerate() {
+                match src.peek() {
+                    Some(Err(_)) => return src.next(),
+                    Some(Ok((k, _))) => {
+                        let better = match best {
+                            None => true,
+                            Some((_, b)) => (newest_first && *k > b) || (!newest_first && *k < b),
+                        };
+                        if better {
+                            best = Some((n, *k));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            let (n, k) = best?;
+            let item = sources[n].next();
+            // Shadowed entries of the same seq in lower sources are skipped.
+            for src in sources.iter_mut().skip(n + 1) {
+                while src
+                    .peek()
+                    .is_some_and(|r| r.as_ref().is_ok_and(|(x, _)| *x == k))
+                {
+                    src.next();
+                }
+            }
+            match item {
+                Some(Ok((_, v))) if v.is_empty() => continue,
+                other => return other,
+            }
+        })
+    }
+}
+
+/// Builds the order index of a database written before it had one.
+fn index_seqs(dir: &Path, trees: &Trees) -> Result<(), StoreError> {
+    if !trees.seqs.is_empty() || trees.pipelines.is_empty() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    let mut n = 0;
+    for item in trees.pipelines.iter() {
+        let (k, v) = item?;
+        match rmp_serde::from_slice::<PipelineRecord>(&v) {
+            Ok(rec) => {
+                batch.insert(&rec.seq.to_be_bytes()[..], &k[..]);
+                n += 1;
+            }
+            Err(e) => {
+                warn!(db = %dir.display(), key = ?k, error = %e, "pipeline record does not decode; left out of the history's index")
+            }
+        }
+    }
+    trees.seqs.apply_batch(batch)?;
+    trees.db.flush()?;
+    info!(pipelines = n, "indexed the history by submission order");
+    Ok(())
 }
 
 /// A thread that syncs the journal files it is sent; it ends with the store.
@@ -326,73 +521,177 @@ fn dec<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, St
 }
 
 impl StateStore for SledStore {
-    fn load(&self) -> Result<Vec<Loaded>, StoreError> {
-        let t = &self.trees;
+    fn load_open(
+        &self,
+        finished: &mut dyn FnMut(PipelineRecord),
+    ) -> Result<Vec<Loaded>, StoreError> {
         let mut out = Vec::new();
-        for item in t.pipelines.iter() {
+        for item in self.trees.pipelines.iter() {
             let (k, v) = item?;
-            let mut rec: PipelineRecord = dec(&k, &v)?;
-            rec.spec = match t.specs.get(&k)? {
-                Some(spec) => dec(&k, &spec)?,
-                // Databases written before specs had their own tree kept it inline.
-                None => dec::<InlineSpec>(&k, &v)?.spec,
+            let rec: PipelineRecord = match dec(&k, &v) {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(error = %self.corrupt("pipeline record", e), "skipped a pipeline record that does not decode; the rest of the history is served");
+                    continue;
+                }
             };
-            let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
-            for j in t.jobs.scan_prefix(&k) {
-                let (jk, jv) = j?;
-                jobs.push(dec::<JobRecord>(&jk, &jv)?);
+            if rec.state.is_final() {
+                finished(rec);
+                continue;
             }
-            // Jobs are written in full at submission, so a short list means corruption.
-            if jobs.len() != rec.spec.jobs.len() {
-                return Err(StoreError::Corrupt {
-                    key: rec.id.to_string(),
-                    message: format!(
-                        "{} job records for {} jobs",
-                        jobs.len(),
-                        rec.spec.jobs.len()
-                    ),
-                });
+            let id = rec.id;
+            match self.get_pipeline(id) {
+                Ok(Some(loaded)) => out.push(loaded),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(pipeline = %id, error = %e, "skipped an open pipeline whose records do not decode");
+                }
             }
-            out.push((rec, jobs));
         }
         out.sort_by_key(|(p, _)| p.seq);
         Ok(out)
     }
 
+    fn get_pipeline(&self, id: PipelineId) -> Result<Option<Loaded>, StoreError> {
+        let k = id.0.as_bytes();
+        let Some(v) = self.read(Table::Pipeline, k)? else {
+            return Ok(None);
+        };
+        let name = |what: &str| format!("{what} of pipeline {id}");
+        let mut rec: PipelineRecord = dec(k, &v).map_err(|e| self.corrupt(&name("record"), e))?;
+        rec.spec = match self.read(Table::Spec, k)? {
+            Some(spec) => dec(k, &spec),
+            // Databases written before specs had their own tree kept it inline.
+            None => dec::<InlineSpec>(k, &v).map(|s| s.spec),
+        }
+        .map_err(|e| self.corrupt(&name("spec"), e))?;
+        let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
+        for i in 0..rec.spec.jobs.len() as u32 {
+            let jk = job_key(id, i);
+            // Jobs are written in full at submission, so a missing one means corruption.
+            let Some(jv) = self.read(Table::Job, &jk)? else {
+                return Err(self.corrupt(
+                    &name("jobs"),
+                    StoreError::Corrupt {
+                        key: id.to_string(),
+                        message: format!("no record of job {i} of {}", rec.spec.jobs.len()),
+                    },
+                ));
+            };
+            jobs.push(dec::<JobRecord>(&jk, &jv).map_err(|e| self.corrupt(&name("job"), e))?);
+        }
+        Ok(Some((rec, jobs)))
+    }
+
+    fn get_record(&self, id: PipelineId) -> Result<Option<PipelineRecord>, StoreError> {
+        let k = id.0.as_bytes();
+        match self.read(Table::Pipeline, k)? {
+            Some(v) => dec(k, &v)
+                .map(Some)
+                .map_err(|e| self.corrupt(&format!("record of pipeline {id}"), e)),
+            None => Ok(None),
+        }
+    }
+
+    fn records(
+        &self,
+        bound: u64,
+        newest_first: bool,
+        max: usize,
+    ) -> Result<Vec<PipelineRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.seq_ids(bound, newest_first) {
+            if out.len() >= max {
+                break;
+            }
+            let (seq, id) = item?;
+            let Ok(bytes) = <[u8; 16]>::try_from(&id[..]) else {
+                warn!(seq, db = %self.dir.display(), "order index entry is not a pipeline id; skipped");
+                continue;
+            };
+            let id = PipelineId(uuid::Uuid::from_bytes(bytes));
+            match self.get_record(id) {
+                Ok(Some(rec)) => out.push(rec),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "pipeline record does not decode; left out of the listing")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_pipeline(&mut self, rec: &PipelineRecord, jobs: u32) -> Result<(), StoreError> {
+        let k = rec.id.0.as_bytes();
+        self.put_history(Table::Pipeline, k, Vec::new());
+        self.put_history(Table::Spec, k, Vec::new());
+        self.put_history(Table::Seq, &rec.seq.to_be_bytes(), Vec::new());
+        for i in 0..jobs {
+            let jk = job_key(rec.id, i);
+            self.put_history(Table::Job, &jk, Vec::new());
+            self.put_history(Table::Output, &jk, Vec::new());
+        }
+        self.specs_written.remove(&rec.id);
+        let mut batch = sled::Batch::default();
+        for key in self.trees.logs.scan_prefix(k).keys() {
+            batch.remove(key?);
+        }
+        self.trees.logs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir)
+    }
+
     fn put_pipeline(&mut self, rec: &PipelineRecord) -> Result<(), StoreError> {
+        let k = *rec.id.0.as_bytes();
+        // The spec and the index entry once per pipeline while it is open; a retried
+        // pipeline writes them again, harmlessly, and nothing here outlives it.
         if !self.specs_written.contains(&rec.id) {
-            self.journal
-                .put(Table::Spec, rec.id.0.as_bytes(), &enc(&rec.spec)?);
+            self.put_history(Table::Spec, &k, enc(&rec.spec)?);
+            self.put_history(Table::Seq, &rec.seq.to_be_bytes(), k.to_vec());
+        }
+        if rec.state.is_final() {
+            self.specs_written.remove(&rec.id);
+        } else {
             self.specs_written.insert(rec.id);
         }
-        self.journal
-            .put(Table::Pipeline, rec.id.0.as_bytes(), &enc(rec)?);
+        self.put_history(Table::Pipeline, &k, enc(rec)?);
         Ok(())
     }
 
     fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
-        self.journal.put(Table::Job, &job_key(id, job), &enc(rec)?);
+        self.put_history(Table::Job, &job_key(id, job), enc(rec)?);
         Ok(())
     }
 
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
-        let (key, value) = (job_key(id, job), enc(output)?);
-        self.journal.put(Table::Output, &key, &value);
-        self.recent.insert(key, value);
+        self.put_history(Table::Output, &job_key(id, job), enc(output)?);
         Ok(())
     }
 
     fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError> {
         let k = job_key(id, job);
-        let pending = self
-            .recent
-            .get(&k)
-            .or_else(|| self.checkpoint.as_ref()?.outputs.get(&k));
-        if let Some(v) = pending {
-            return Ok(Some(dec(&k, v)?));
-        }
-        match self.trees.outputs.get(k)? {
-            Some(v) => Ok(Some(dec(&k, &v)?)),
+        match self.read(Table::Output, &k)? {
+            Some(v) => {
+                Ok(Some(dec(&k, &v).map_err(|e| {
+                    self.corrupt(&format!("output of pipeline {id}"), e)
+                })?))
+            }
             None => Ok(None),
         }
     }

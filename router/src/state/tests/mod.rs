@@ -7,6 +7,7 @@ mod advance;
 mod backfills;
 mod dag_rule;
 mod dispatch;
+mod history;
 mod jobs;
 mod logs;
 mod notify;
