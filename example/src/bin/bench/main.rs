@@ -84,8 +84,9 @@ struct Args {
     /// Soak: a row (router memory, throughput, disk) every this many pipelines finished.
     #[arg(long, default_value_t = 100_000)]
     every: usize,
-    /// The router deletes finished history older than this (`30s`, `10m`, `1h`; handed
-    /// to `BoundRouter::set_retention`); default: it keeps everything. Any scenario's
+    /// The router deletes finished history older than this (`30s`, `10m`, `1h`), as the
+    /// daemon's `--retention` does (`BoundRouter::set_retention`); default: it keeps
+    /// everything. Any scenario's
     /// router takes it; the soak scenario is the one that shows its effect on disk and
     /// memory.
     #[arg(long, value_parser = humantime::parse_duration)]
