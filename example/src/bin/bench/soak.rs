@@ -21,7 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use pypelinin_common::protocol::PipelineId;
+use pypelinin_client::ClientError;
+use pypelinin_common::protocol::{PipelineId, ProtocolError};
+use pypelinin_common::transport::TransportError;
 use pypelinin_common::{PipelineSpec, PipelineState};
 use serde_json::{json, Value};
 
@@ -72,6 +74,24 @@ fn next_batch(submitted: usize, total: usize, every: usize, batch: usize) -> usi
         batch.min(boundary - submitted)
     } else {
         batch
+    }
+}
+
+/// With `--retention`, a pipeline the router no longer knows finished and was deleted
+/// before the driver asked for it (debug builds, a retention of seconds): said as such,
+/// since a bare "unknown pipeline" would read as lost work.
+fn deleted_early(e: ClientError, retention: Option<Duration>) -> anyhow::Error {
+    match (&e, retention) {
+        (
+            ClientError::Transport(TransportError::Refused(ProtocolError::UnknownPipeline(id))),
+            Some(d),
+        ) => anyhow::anyhow!(
+            "pipeline {id} was deleted by the router's retention before the driver asked for \
+             its result: --retention {} is shorter than a pipeline waits to be awaited here \
+             (about the time the window of pipelines in flight takes); give a longer one",
+            humantime::format_duration(d)
+        ),
+        _ => e.into(),
     }
 }
 
@@ -131,13 +151,16 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
             row_started
         });
         let ids = in_flight.pop_front().context("a batch in flight")?;
-        let results = pm.results(&ids, BATCH_TIMEOUT).with_context(|| {
-            format!(
-                "waiting for pipelines {}..{}",
-                finished,
-                finished + ids.len()
-            )
-        })?;
+        let results = pm
+            .results(&ids, BATCH_TIMEOUT)
+            .map_err(|e| deleted_early(e, args.retention))
+            .with_context(|| {
+                format!(
+                    "waiting for pipelines {}..{}",
+                    finished,
+                    finished + ids.len()
+                )
+            })?;
         for r in &results {
             ensure!(
                 r.state == PipelineState::Succeeded,
@@ -183,6 +206,7 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
     let tail: usize = in_flight.iter().map(Vec::len).sum();
     for ids in in_flight {
         pm.results(&ids, BATCH_TIMEOUT)
+            .map_err(|e| deleted_early(e, args.retention))
             .context("waiting for the pipelines past the last row")?;
     }
     let (first, last) = (&rows[0], &rows[rows.len() - 1]);
@@ -245,6 +269,24 @@ mod tests {
     fn past_the_total_batches_are_whole() {
         assert_eq!(next_batch(3_000, 3_000, 1_000, 1_000), 1_000);
         assert_eq!(next_batch(4_000, 3_000, 1_000, 500), 500);
+    }
+
+    #[test]
+    fn an_unknown_pipeline_under_retention_is_said_to_be_deleted_early() {
+        let unknown = || {
+            ClientError::Transport(TransportError::Refused(ProtocolError::UnknownPipeline(
+                PipelineId::new(),
+            )))
+        };
+        let said = deleted_early(unknown(), Some(Duration::from_secs(2))).to_string();
+        assert!(said.contains("deleted by the router's retention"), "{said}");
+        assert!(said.contains("--retention 2s"), "{said}");
+        // Without retention, nothing is deleted: unknown is unknown.
+        let said = deleted_early(unknown(), None).to_string();
+        assert!(said.starts_with("unknown pipeline"), "{said}");
+        // Other errors pass through as they are.
+        let said = deleted_early(ClientError::Closed, Some(Duration::from_secs(2))).to_string();
+        assert_eq!(said, ClientError::Closed.to_string());
     }
 
     #[test]
