@@ -33,7 +33,8 @@ pub struct Cluster {
     api: String,
     broadcast: String,
     security: Security,
-    _dir: tempfile::TempDir,
+    /// Holds the router's database (`db`) and, with `--curve`, the run's keys; removed on drop.
+    dir: tempfile::TempDir,
 }
 
 /// With `--curve`: a router pair and a member pair under `dir`, the member authorized;
@@ -97,11 +98,18 @@ impl Cluster {
             )?,
             false => Security::None,
         };
+        let mut router_only = router_keys;
+        if let Some(d) = args.retention {
+            router_only.extend([
+                "--retention".into(),
+                humantime::format_duration(d).to_string(),
+            ]);
+        }
         let router = Command::new(&exe)
             .args(["--role", "router", "--db"])
             .arg(dir.path().join("db"))
             .args(&common)
-            .args(&router_keys)
+            .args(&router_only)
             .stdout(Stdio::piped())
             .spawn()?;
         // Each process is pushed as soon as it is spawned, so that Drop stops whatever
@@ -111,7 +119,7 @@ impl Cluster {
             api: String::new(),
             broadcast: String::new(),
             security,
-            _dir: dir,
+            dir,
         };
         let mut line = String::new();
         BufReader::new(c.procs[0].stdout.take().context("router stdout")?).read_line(&mut line)?;
@@ -226,14 +234,36 @@ impl Cluster {
     }
 
     pub fn router_peak_rss_kb(&self) -> u64 {
+        self.router_status_kb("VmHWM:")
+    }
+
+    /// The router's resident memory now (VmRSS), in KiB: unlike the peak, it falls when
+    /// the router frees memory, which is what a soak run watches.
+    pub fn router_rss_kb(&self) -> u64 {
+        self.router_status_kb("VmRSS:")
+    }
+
+    /// A KiB figure of the router's /proc/PID/status (0 if unreadable).
+    fn router_status_kb(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.procs[0].id()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// The router's CPU seconds so far (user and system), without the rest of the
+    /// cluster's.
+    pub fn router_cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(self.procs[0].id())
+    }
+
+    /// The router's `--db` directory: what its disk use is measured over.
+    pub fn router_db(&self) -> PathBuf {
+        self.dir.path().join("db")
     }
 }
 

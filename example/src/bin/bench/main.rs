@@ -18,6 +18,9 @@
 //! using `pypelinin.Broker` (`example/bench/python_broker.py`) in place of the Rust
 //! broker role. Both need an interpreter that can `import pypelinin` (`--python`); without
 //! one they are skipped with a message, so that `--scenario all` runs anywhere.
+//!
+//! Two scenarios stand apart from `all` and report rows of their own: `scale` (brokers
+//! added, `scale.rs`) and `soak` (one router over a long run, `soak.rs`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -32,6 +35,7 @@ use serde_json::{json, Value};
 mod cluster;
 mod python;
 mod scale;
+mod soak;
 use cluster::{BrokerKind, Cluster, CPU_PARTS};
 
 /// Benchmarks the cluster on the peers' scenarios.
@@ -74,6 +78,19 @@ struct Args {
     /// Scale: the job lengths to run, in ms, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10,1")]
     job_ms: Vec<u64>,
+    /// Soak: how many three-job pipelines to run through the one router.
+    #[arg(long, default_value_t = 1_000_000)]
+    pipelines: usize,
+    /// Soak: a row (router memory, throughput, disk) every this many pipelines finished.
+    #[arg(long, default_value_t = 100_000)]
+    every: usize,
+    /// The router deletes finished history older than this (`30s`, `10m`, `1h`), as the
+    /// daemon's `--retention` does (`BoundRouter::set_retention`); default: it keeps
+    /// everything. Any scenario's
+    /// router takes it; the soak scenario is the one that shows its effect on disk and
+    /// memory.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
     /// Internal: slots of a broker role.
     #[arg(long, hide = true)]
     slots: Option<usize>,
@@ -133,6 +150,11 @@ enum Scenario {
     /// 4, 8 and 16 brokers of 4 slots (`--brokers`, `--job-ms`), against the ideal rate
     /// brokers × 4 × 1000 / ms.
     Scale,
+    /// Soak (issue 14; not part of `all`): `--pipelines` three-job `Noop` chains (a → b
+    /// → c) through one router, a bounded window in flight; every `--every` pipelines
+    /// finished, a row of the router's current memory, the interval's jobs/s and the
+    /// router's disk use, to show whether the router stays flat over a long run.
+    Soak,
     All,
 }
 
@@ -183,7 +205,10 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
                     pypelinin_router::Durability::Background
                 },
             };
-            let router = pypelinin_router::BoundRouter::bind_secured(config, &security)?;
+            let mut router = pypelinin_router::BoundRouter::bind_secured(config, &security)?;
+            if let Some(retention) = args.retention {
+                router.set_retention(Some(retention));
+            }
             println!(
                 "router listening api={} broadcast={}",
                 router.api_endpoint, router.broadcast_endpoint
@@ -473,7 +498,7 @@ fn run_scenario(
                 router_us(c1, c2) - router_us(c0, c1),
             );
         }
-        Scenario::Scale | Scenario::All => bail!("not a single scenario"),
+        Scenario::Scale | Scenario::Soak | Scenario::All => bail!("not a single scenario"),
     }
     let mut cpu1 = c.cpu_seconds();
     cpu1[3] += client_cpu;
@@ -521,6 +546,7 @@ fn drive(args: &Args) -> anyhow::Result<()> {
             Scenario::S10,
         ],
         Scenario::Scale => return scale::drive(args),
+        Scenario::Soak => return soak::drive(args),
         s => vec![s],
     };
     let python = python::interpreter(args.python.as_deref());
