@@ -1,6 +1,6 @@
 //! The pypelinin router: the one central process of a cluster.
 //!
-//! It owns the state of every pipeline and job (durable in a write-ahead journal checkpointed into sled), answers every peer's
+//! It owns the state of every pipeline and job (durable in a write-ahead journal checkpointed into a redb database), answers every peer's
 //! requests on one ROUTER socket from one thread, pushes jobs to brokers with free slots
 //! and pipelines to pipeliners, and broadcasts events on a PUB socket.
 

@@ -19,7 +19,7 @@ use pypelinin_router::{BoundRouter, Durability, NotifyConfig, RouterConfig};
 struct Args {
     #[command(flatten)]
     endpoints: pypelinin_common::cli::Endpoints,
-    /// Directory of the database (sled, and the journal in front of it) that keeps the
+    /// Directory of the database (a journal in front of a redb file, history.redb) that keeps the
     /// cluster's state.
     #[arg(long, env = "PYPELININ_DB", default_value = "pypelinin-router.db")]
     db: PathBuf,

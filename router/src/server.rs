@@ -17,7 +17,7 @@ use tracing::{debug, error, info, warn};
 use crate::notify::deliver::{Deliverer, SmtpConfig};
 use crate::notify::{NotifyDefaults, RetryPolicy};
 use crate::state::{Outgoing, ReplyTo, RouterState};
-use crate::store::{Durability, SledStore, StoreError};
+use crate::store::{DiskStore, Durability, StoreError};
 
 /// Most frames handled in one turn before committing and answering.
 pub const MAX_BATCH: usize = 4096;
@@ -31,7 +31,7 @@ pub struct RouterConfig {
     pub api: String,
     /// Broadcast address to bind.
     pub broadcast: String,
-    /// Directory of the sled database.
+    /// Directory of the database (the journal, and redb behind it).
     pub db: PathBuf,
     /// Handed to brokers.
     pub cluster: ClusterConfig,
@@ -112,7 +112,7 @@ impl BoundRouter {
     /// [`BoundRouter::bind`] with `security`: with [`Security::Server`], both sockets
     /// are CURVE servers and a ZAP handler admits only the authorized client keys.
     pub fn bind_secured(config: RouterConfig, security: &Security) -> Result<Self, RouterError> {
-        let store = SledStore::open(&config.db, config.durability)?;
+        let store = DiskStore::open(&config.db, config.durability)?;
         let state = RouterState::load(Box::new(store), config.cluster.clone())?;
         let ctx = zmq::Context::new();
         // The ZAP handler must be bound before a CURVE server socket accepts anyone, or

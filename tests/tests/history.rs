@@ -167,12 +167,18 @@ fn a_history_record_corrupted_on_disk_is_named_and_the_rest_is_served() {
         .expect("the router stops on SIGTERM");
     let db = c.dir.path().join("db");
     {
-        let sled = sled::open(&db).unwrap();
-        let tree = sled.open_tree("pipelines").unwrap();
-        assert!(tree.get(done[2].0.as_bytes()).unwrap().is_some());
-        tree.insert(done[2].0.as_bytes(), &b"\xc1 not a record"[..])
-            .unwrap();
-        sled.flush().unwrap();
+        let file = db.join("history.redb");
+        let redb = redb::Database::create(&file).unwrap();
+        let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("pipelines");
+        let tx = redb.begin_write().unwrap();
+        {
+            use redb::ReadableTable;
+            let mut t = tx.open_table(def).unwrap();
+            assert!(t.get(&done[2].0.as_bytes()[..]).unwrap().is_some());
+            t.insert(&done[2].0.as_bytes()[..], &b"\xc1 not a record"[..])
+                .unwrap();
+        }
+        tx.commit().unwrap();
     }
     c.restart_router();
     let mut pm = c.client();

@@ -3,7 +3,7 @@
 //! A pipeline leaves the router's memory at the commit that makes its end durable
 //! ([`RouterState::evict_closed`]); from then on `status`, `outputs`, `logs`, `list`,
 //! `spec`, waits and the dashboard read it from the store, which answers from its
-//! journal until sled has it. Memory thus grows with what is live, not with what ran.
+//! journal until the database has it. Memory thus grows with what is live, not with what ran.
 //! A retry brings a finished pipeline back in. With a retention
 //! ([`RouterState::set_retention`]), a timer deletes finished pipelines older than it,
 //! with their outputs and logs, a bounded batch per turn.

@@ -13,9 +13,9 @@ use super::{
 };
 
 /// A [`StateStore`] in memory: nothing survives the process. For tests of the state
-/// machine, which then need no disk and no sled; clones share one store, so a test
+/// machine, which then need no disk and no database; clones share one store, so a test
 /// can load a second [`crate::state::RouterState`] from what the first one wrote, as a
-/// restarted router would. Only committed writes are loaded, as with sled's journal.
+/// restarted router would. Only committed writes are loaded, as with the journal.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Memory>>,
@@ -27,7 +27,7 @@ struct Memory {
     pending: Tables,
     committed: Tables,
     commits: u64,
-    /// Logs are not part of commits (as with sled, they are kept as they come).
+    /// Logs are not part of commits (as on disk, they are kept as they come).
     logs: BTreeMap<(LogKey, u64), LogLine>,
     log_meta: HashMap<LogKey, LogMeta>,
 }

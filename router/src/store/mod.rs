@@ -1,4 +1,4 @@
-//! Durable router state behind a small trait, so that sled can be swapped out.
+//! Durable router state behind a small trait, so that the database can be swapped out (it was: sled, then redb).
 //!
 //! The router writes every change through a [`StateStore`] and calls
 //! [`StateStore::commit`] once per event-loop turn, before it sends any reply: a change
@@ -7,8 +7,9 @@
 //! `pypelinin_router::store::X`, whichever file holds it:
 //! - this file: the [`StateStore`] trait, the records it keeps ([`PipelineRecord`],
 //!   [`JobRecord`], [`Loaded`]), [`StoreError`] and the [`Durability`] modes;
-//! - `sled.rs`: [`SledStore`], the durable implementation (a write-ahead journal
-//!   checkpointed into sled), with its tests in `sled/tests.rs`;
+//! - `disk.rs`: [`DiskStore`], the durable implementation (a write-ahead journal
+//!   checkpointed into a redb database, `disk/db.rs`), with its tests in
+//!   `disk/tests.rs`;
 //! - `memory.rs`: [`MemoryStore`], the in-memory implementation for tests.
 
 use std::collections::VecDeque;
@@ -23,27 +24,41 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::notify::NotificationRecord;
 
+mod disk;
 mod memory;
-mod sled;
 
+pub use self::disk::{
+    DiskStore, BACKGROUND_SYNC, CACHE_BYTES, CHECKPOINT_BYTES, FILE, LOG_WRITE_BYTES,
+    LOG_WRITE_EVERY,
+};
 pub use self::memory::MemoryStore;
-pub use self::sled::{SledStore, BACKGROUND_SYNC, CHECKPOINT_BYTES};
+
+/// The durable store's name before its database moved from sled to redb.
+pub type SledStore = DiskStore;
 
 /// A storage failure; the router stops rather than acknowledge what it could not keep.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled failed.
+    /// sled failed (reading a database of an earlier release, to copy it in).
     #[error("sled: {0}")]
     Sled(#[from] ::sled::Error),
     /// The journal could not be read or written.
     #[error("journal: {0}")]
     Io(#[from] std::io::Error),
-    /// A checkpoint into sled failed.
+    /// A checkpoint into the database failed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     /// A record did not encode (a job's output that MessagePack cannot hold).
     #[error("encoding a record: {0}")]
     Encode(String),
+    /// The database failed (redb), naming its file.
+    #[error("database {path}: {message}")]
+    Db {
+        /// The database file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
     /// A record did not decode (a corrupt or foreign database).
     #[error("corrupt record {key}: {message}")]
     Corrupt {

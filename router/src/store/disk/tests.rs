@@ -1,5 +1,6 @@
-//! Tests of [`SledStore`](super::SledStore): what only the journal holds survives a
-//! restart, and checkpoints move records into sled and remove old journals.
+//! Tests of [`DiskStore`](super::DiskStore): what only the journal holds survives a
+//! restart, checkpoints move records into the database and remove old journals, history
+//! reads back from wherever it is, and a database sled wrote is copied in.
 
 use super::*;
 use pypelinin_common::status::{JobState, PipelineState};
@@ -23,7 +24,7 @@ fn pipeline(seq: u64) -> PipelineRecord {
 }
 
 /// Writes `n` pipelines of two jobs, one commit each, job `a` finished with output.
-fn write(store: &mut SledStore, n: u64) -> Vec<PipelineId> {
+fn write(store: &mut DiskStore, n: u64) -> Vec<PipelineId> {
     (1..=n)
         .map(|seq| {
             let rec = pipeline(seq);
@@ -43,7 +44,7 @@ fn write(store: &mut SledStore, n: u64) -> Vec<PipelineId> {
         .collect()
 }
 
-fn check_outputs(store: &SledStore, ids: &[PipelineId]) {
+fn check_outputs(store: &DiskStore, ids: &[PipelineId]) {
     for (k, id) in ids.iter().enumerate() {
         let out = store.get_output(*id, 0).unwrap().expect("output kept");
         assert_eq!(out["seq"], serde_json::json!(k as u64 + 1));
@@ -52,7 +53,7 @@ fn check_outputs(store: &SledStore, ids: &[PipelineId]) {
 }
 
 /// What a restarted router loads.
-fn check(store: &SledStore, ids: &[PipelineId]) {
+fn check(store: &DiskStore, ids: &[PipelineId]) {
     let loaded = store.load_open(&mut |_| {}).unwrap();
     assert_eq!(loaded.len(), ids.len());
     for ((rec, jobs), id) in loaded.iter().zip(ids) {
@@ -68,12 +69,12 @@ fn check(store: &SledStore, ids: &[PipelineId]) {
 fn what_only_the_journal_holds_is_there_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
-        let mut s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
         write(&mut s, 20)
     };
-    // Nothing reached sled: the journal alone carries the 20 pipelines.
+    // Nothing reached the database: the journal alone carries the 20 pipelines.
     assert_eq!(journal::list(dir.path()).unwrap(), vec![1]);
-    let s = SledStore::open(dir.path(), Durability::Background).unwrap();
+    let s = DiskStore::open(dir.path(), Durability::Background).unwrap();
     check(&s, &ids);
     assert_eq!(
         journal::list(dir.path()).unwrap(),
@@ -83,23 +84,29 @@ fn what_only_the_journal_holds_is_there_after_a_restart() {
 }
 
 #[test]
-fn checkpoints_move_records_to_sled_and_remove_old_journals() {
+fn checkpoints_move_records_to_the_database_and_remove_old_journals() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
-        let mut s = SledStore::open(dir.path(), Durability::Background)
+        let mut s = DiskStore::open(dir.path(), Durability::Background)
             .unwrap()
             .checkpoint_after(1);
         let ids = write(&mut s, 50);
         // Readable whether a record sits in the journal, in a running checkpoint
-        // or in sled.
+        // or in the database.
         check_outputs(&s, &ids);
         s.reap_checkpoint(true).unwrap();
-        assert!(!s.trees.outputs.is_empty(), "a checkpoint wrote to sled");
+        assert!(
+            !s.db
+                .page(db::table(Table::Output), None, None, false, 1)
+                .unwrap()
+                .is_empty(),
+            "a checkpoint wrote to the database"
+        );
         ids
     };
     let left = journal::list(dir.path()).unwrap();
     assert!(left.len() <= 2, "old journals removed: {left:?}");
-    let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     check(&s, &ids);
 }
 
@@ -122,7 +129,7 @@ fn logs_after_a_reopen(durability: Durability) {
         dropped: 0,
     };
     {
-        let mut s = SledStore::open(dir.path(), durability).unwrap();
+        let mut s = DiskStore::open(dir.path(), durability).unwrap();
         for seq in 1..=5 {
             s.put_log((id, 1, 2), &line(seq)).unwrap();
         }
@@ -131,7 +138,7 @@ fn logs_after_a_reopen(durability: Durability) {
         s.trim_log((id, 1, 2), 2, &meta).unwrap();
         s.flush_logs().unwrap();
     }
-    let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     let (meta, lines) = s.read_log((id, 1, 2), 0).unwrap();
     assert_eq!(meta.dropped_bytes, 9);
     assert_eq!(lines, vec![line(3), line(4), line(5)]);
@@ -151,7 +158,7 @@ fn pools_and_their_removal_survive_a_restart() {
         removed,
     };
     {
-        let mut s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
         s.put_pool(&pool("db", 4, false)).unwrap();
         s.put_pool(&pool("api", 2, false)).unwrap();
         s.commit().unwrap();
@@ -159,7 +166,7 @@ fn pools_and_their_removal_survive_a_restart() {
         s.put_pool(&pool("api", 0, true)).unwrap();
         s.commit().unwrap();
     }
-    let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     assert_eq!(s.load_pools().unwrap(), vec![pool("db", 6, false)]);
 }
 
@@ -191,7 +198,7 @@ fn notifications_are_kept_updated_and_removed_through_the_journal_and_checkpoint
     let dir = tempfile::tempdir().unwrap();
     for checkpoint in [u64::MAX, 1] {
         let kept = {
-            let mut s = SledStore::open(dir.path(), Durability::Flush)
+            let mut s = DiskStore::open(dir.path(), Durability::Flush)
                 .unwrap()
                 .checkpoint_after(checkpoint);
             for r in s.load_notifications().unwrap() {
@@ -210,7 +217,7 @@ fn notifications_are_kept_updated_and_removed_through_the_journal_and_checkpoint
             s.reap_checkpoint(true).unwrap();
             recs.split_off(1)
         };
-        let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
         assert_eq!(
             s.load_notifications().unwrap(),
             kept,
@@ -220,7 +227,7 @@ fn notifications_are_kept_updated_and_removed_through_the_journal_and_checkpoint
 }
 
 /// Marks the pipelines `ids` (written by [`write`]) finished, one commit each.
-fn finish(store: &mut SledStore, ids: &[PipelineId]) {
+fn finish(store: &mut DiskStore, ids: &[PipelineId]) {
     for (k, id) in ids.iter().enumerate() {
         let (mut rec, _) = store.get_pipeline(*id).unwrap().expect("written");
         assert_eq!(rec.seq, k as u64 + 1);
@@ -231,7 +238,7 @@ fn finish(store: &mut SledStore, ids: &[PipelineId]) {
     }
 }
 
-fn seqs(store: &SledStore, bound: u64, newest_first: bool, max: usize) -> Vec<u64> {
+fn seqs(store: &DiskStore, bound: u64, newest_first: bool, max: usize) -> Vec<u64> {
     store
         .records(bound, newest_first, max)
         .unwrap()
@@ -241,7 +248,7 @@ fn seqs(store: &SledStore, bound: u64, newest_first: bool, max: usize) -> Vec<u6
 }
 
 #[test]
-fn history_is_read_back_from_the_journal_a_checkpoint_or_sled_and_deleted_for_good() {
+fn history_is_read_back_from_the_journal_a_checkpoint_or_the_database_and_deleted_for_good() {
     let dir = tempfile::tempdir().unwrap();
     let log = LogLine {
         seq: 1,
@@ -251,7 +258,7 @@ fn history_is_read_back_from_the_journal_a_checkpoint_or_sled_and_deleted_for_go
         dropped: 0,
     };
     let ids = {
-        let mut s = SledStore::open(dir.path(), Durability::Background)
+        let mut s = DiskStore::open(dir.path(), Durability::Background)
             .unwrap()
             .checkpoint_after(4096);
         let ids = write(&mut s, 60);
@@ -259,7 +266,7 @@ fn history_is_read_back_from_the_journal_a_checkpoint_or_sled_and_deleted_for_go
         for id in &ids {
             s.put_log((*id, 0, 1), &log).unwrap();
         }
-        // Wherever each record is now (journal, checkpoint under way, sled), it reads
+        // Wherever each record is now (journal, checkpoint under way, database), it reads
         // back whole, and the order index pages both ways.
         for id in &ids {
             let (rec, jobs) = s.get_pipeline(*id).unwrap().expect("kept");
@@ -289,9 +296,9 @@ fn history_is_read_back_from_the_journal_a_checkpoint_or_sled_and_deleted_for_go
         s.reap_checkpoint(true).unwrap();
         ids
     };
-    // After a restart (journal replayed into sled), the deleted stay deleted and a
+    // After a restart (journal replayed into the database), the deleted stay deleted and a
     // start loads no finished pipeline into memory.
-    let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     let mut finished = Vec::new();
     let open = s.load_open(&mut |rec| finished.push(rec.id)).unwrap();
     assert!(open.is_empty());
@@ -299,34 +306,35 @@ fn history_is_read_back_from_the_journal_a_checkpoint_or_sled_and_deleted_for_go
     assert!(finished.iter().all(|id| ids[30..].contains(id)));
     assert!(s.get_pipeline(ids[10]).unwrap().is_none());
     assert_eq!(seqs(&s, u64::MAX, true, 100).len(), 30);
-    assert!(s
-        .trees
-        .jobs
-        .scan_prefix(ids[10].0.as_bytes())
-        .next()
-        .is_none());
-    assert!(s.trees.outputs.get(job_key(ids[10], 0)).unwrap().is_none());
+    for t in [Table::Job, Table::Output] {
+        assert!(s
+            .db
+            .get(db::table(t), &job_key(ids[10], 0))
+            .unwrap()
+            .is_none());
+    }
 }
 
 #[test]
 fn a_corrupt_history_record_is_named_and_the_rest_is_still_served() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
-        let mut s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+        let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
         let ids = write(&mut s, 5);
         finish(&mut s, &ids);
         ids
     };
     {
-        // Folded into sled at this open; then a record is overwritten with garbage.
-        let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
-        s.trees
-            .pipelines
-            .insert(ids[2].0.as_bytes(), &b"\xc1garbage"[..])
-            .unwrap();
-        s.trees.db.flush().unwrap();
+        // Folded into the database at this open; then a record is overwritten with garbage.
+        let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+        let mut garbage = Changes::new();
+        garbage.insert(
+            (Table::Pipeline, ids[2].0.as_bytes().to_vec()),
+            b"\xc1garbage".to_vec(),
+        );
+        s.db.write(&garbage).unwrap();
     }
-    let s = SledStore::open(dir.path(), Durability::Flush).unwrap();
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     let mut finished = 0;
     s.load_open(&mut |_| finished += 1).unwrap();
     assert_eq!(finished, 4, "the corrupt one is skipped, the others loaded");
@@ -338,4 +346,48 @@ fn a_corrupt_history_record_is_named_and_the_rest_is_still_served() {
     );
     assert!(s.get_pipeline(ids[3]).unwrap().is_some());
     assert_eq!(seqs(&s, u64::MAX, true, 10), vec![5, 4, 2, 1]);
+}
+
+#[test]
+fn a_database_sled_wrote_is_copied_in_at_the_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = PipelineId::new();
+    let rec = PipelineRecord {
+        state: PipelineState::Succeeded,
+        finished_ms: Some(3),
+        ..pipeline(7)
+    };
+    {
+        // What a router of the previous release left: sled's trees, no order index.
+        let sled = sled::open(dir.path()).unwrap();
+        let mut rec = rec.clone();
+        rec.id = id;
+        sled.open_tree("pipelines")
+            .unwrap()
+            .insert(id.0.as_bytes(), enc(&rec).unwrap())
+            .unwrap();
+        sled.open_tree("specs")
+            .unwrap()
+            .insert(id.0.as_bytes(), enc(&rec.spec).unwrap())
+            .unwrap();
+        let jobs = sled.open_tree("jobs").unwrap();
+        for i in 0..2 {
+            jobs.insert(job_key(id, i), enc(&JobRecord::new()).unwrap())
+                .unwrap();
+        }
+        sled.flush().unwrap();
+    }
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    let (got, jobs) = s.get_pipeline(id).unwrap().expect("copied in");
+    assert_eq!(
+        (got.seq, got.state, jobs.len()),
+        (7, PipelineState::Succeeded, 2)
+    );
+    assert_eq!(seqs(&s, u64::MAX, true, 10), vec![7], "indexed");
+    assert!(dir.path().join("sled-migrated").join("conf").exists());
+    assert!(!dir.path().join("conf").exists());
+    drop(s);
+    // Once: a second start finds no sled files and keeps what it has.
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    assert!(s.get_pipeline(id).unwrap().is_some());
 }

@@ -1,6 +1,10 @@
-//! [`SledStore`]: the router's durable [`StateStore`], a write-ahead journal in front of
-//! a sled database that checkpoints fold the journal into. Part of the one `store`
-//! module; its tests are in `sled/tests.rs`.
+//! [`DiskStore`]: the router's durable [`StateStore`], a write-ahead journal in front of
+//! a database (`db.rs`, redb) that checkpoints fold the journal into. Part of the one
+//! `store` module; its tests are in `disk/tests.rs`.
+
+mod db;
+
+pub use db::{CACHE_BYTES, FILE};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -26,31 +30,33 @@ use crate::journal::{self, Changes, Journal, Table};
 struct InlineSpec {
     spec: PipelineSpec,
 }
-/// Journal bytes after which a checkpoint folds the journal into sled.
+/// Journal bytes after which a checkpoint folds the journal into the database.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// In [`Durability::Background`] mode, the longest a journal write waits for its sync.
 pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 
-/// The sled implementation, with a write-ahead journal in front of it.
+/// The durable store: a write-ahead journal in front of a database.
 ///
-/// Every commit appends one frame to the journal ([`crate::journal`]); sled is written
-/// only by checkpoints, on a thread of their own, which read the journals back and
-/// write the latest value of each record in them. A pipeline that starts and ends
-/// between two checkpoints thus costs sled one write per record instead of one per
-/// change, and none on the router's thread. Only outputs are kept here in memory until
-/// sled has them (the router reads them back for children and results; everything
-/// else it holds itself). At start-up the journals left are replayed into sled first.
+/// Every commit appends one frame to the journal ([`crate::journal`]); the database is
+/// written only by checkpoints, on a thread of their own, which read the journals back
+/// and write the latest value of each record in them, in one transaction. A pipeline
+/// that starts and ends between two checkpoints thus costs the database one write per
+/// record instead of one per change, and none on the router's thread. What the journal
+/// holds of pipelines' history is also kept here, in memory, until the database has it
+/// (the router reads finished pipelines back). At start-up the journals left are
+/// replayed into the database first.
 ///
-/// Captured logs bypass the journal: they go straight into a sled tree of their own,
-/// which sled writes out on its own cadence (every half second, on its flusher
-/// thread), and [`StateStore::flush_logs`] forces when a job changes: at once in
-/// [`Durability::Flush`] mode (the turn's commit waits for it, so a finished job's log
-/// is on disk with its result), on another thread in [`Durability::Background`]. The
-/// tradeoff: a crash loses at most the last half second of the logs of jobs still
-/// running, and a log line never costs an fsync of its own.
-pub struct SledStore {
+/// Captured logs bypass the journal: lines wait here, in memory, and go to the
+/// database's log table in batches, every [`LOG_WRITE_EVERY`] or
+/// [`LOG_WRITE_BYTES`], and whenever [`StateStore::flush_logs`] is called (a job
+/// changed): synced at once in [`Durability::Flush`] mode (the turn's commit waits for
+/// it, so a finished job's log is on disk with its result), synced from another thread
+/// in [`Durability::Background`]. The tradeoff: a crash loses at most the last half
+/// second of the logs of jobs still running, and a log line never costs an fsync of its
+/// own.
+pub struct DiskStore {
     dir: PathBuf,
-    trees: Trees,
+    db: db::Db,
     journal: Journal,
     last_sync: Instant,
     /// In [`Durability::Background`] mode, where journal files go to be synced off the
@@ -58,18 +64,28 @@ pub struct SledStore {
     syncer: Option<SyncSender<File>>,
     checkpoint_bytes: u64,
     /// History records written since the last checkpoint began: reads see them before
-    /// sled does.
+    /// the database does.
     recent: Overlay,
     checkpoint: Option<Checkpoint>,
     specs_written: HashSet<PipelineId>,
-    /// In [`Durability::Background`] mode, where log flushes are asked for, to run off
+    durability: Durability,
+    /// Log lines not yet in the database, by key: read from here until they are.
+    logs: BTreeMap<[u8; 32], Vec<u8>>,
+    logs_bytes: usize,
+    logs_written: Instant,
+    /// In [`Durability::Background`] mode, where log syncs are asked for, to run off
     /// the router's thread.
-    log_flusher: Option<(SyncSender<()>, JoinHandle<()>)>,
+    log_syncer: Option<(SyncSender<()>, JoinHandle<()>)>,
 }
+
+/// The longest a log line waits in memory before it is written to the database.
+pub const LOG_WRITE_EVERY: Duration = Duration::from_millis(500);
+/// Log bytes waiting in memory that make a write at once.
+pub const LOG_WRITE_BYTES: usize = 1 << 20;
 
 /// The records of pipelines' history (records, specs, jobs, outputs and the order
 /// index) written to the journal since a checkpoint began, encoded, by table and key:
-/// sled has them only once that checkpoint is done, and the router, which no longer
+/// the database has them only once that checkpoint is done, and the router, which no longer
 /// holds finished pipelines, reads them back. An empty value is a deletion. Its size is
 /// bounded by [`CHECKPOINT_BYTES`] of journal.
 #[derive(Default)]
@@ -98,107 +114,13 @@ struct Checkpoint {
     thread: JoinHandle<Result<(), StoreError>>,
 }
 
-/// The database's trees; clones share them.
-#[derive(Clone)]
-struct Trees {
-    db: sled::Db,
-    pipelines: sled::Tree,
-    jobs: sled::Tree,
-    outputs: sled::Tree,
-    specs: sled::Tree,
-    /// Submission order: `seq` (big-endian) to pipeline id, for listing history.
-    seqs: sled::Tree,
-    schedules: sled::Tree,
-    backfills: sled::Tree,
-    pools: sled::Tree,
-    /// The notification outbox, by sequence number.
-    notifications: sled::Tree,
-    /// Logs, by [`log_key`]; sequence number 0 holds the attempt's [`LogMeta`].
-    logs: sled::Tree,
-}
-
-/// How long opening the database waits for its file lock. sled's own background
-/// flusher holds the database for a moment after the last handle is dropped, so that a
-/// store reopened at once in the same process (a restart in tests, a store swapped
-/// in place) can find it still locked.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The most memory sled's page cache takes (its default is 1 GiB): history is read
-/// rarely, and the router's memory must not grow with it.
-pub const SLED_CACHE_BYTES: u64 = 32 << 20;
-
-fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
-    let started = std::time::Instant::now();
-    loop {
-        match sled::Config::new()
-            .path(dir)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-        {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && started.elapsed() < LOCK_WAIT =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
-impl Trees {
-    fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open_db(dir)?;
-        Ok(Trees {
-            pipelines: db.open_tree("pipelines")?,
-            jobs: db.open_tree("jobs")?,
-            outputs: db.open_tree("outputs")?,
-            specs: db.open_tree("specs")?,
-            seqs: db.open_tree("seqs")?,
-            schedules: db.open_tree("schedules")?,
-            backfills: db.open_tree("backfills")?,
-            pools: db.open_tree("pools")?,
-            notifications: db.open_tree("notifications")?,
-            logs: db.open_tree("logs")?,
-            db,
-        })
-    }
-
-    /// Writes `changes` and flushes. Outputs first, then jobs, specs, pipelines and
-    /// the order index: a crash between two batches leaves at worst an output without
-    /// its job record, and the journal, still there, is replayed again. An empty value
-    /// removes the record.
-    fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut batches: [sled::Batch; 9] = Default::default();
-        for ((table, key), value) in changes {
-            if value.is_empty() {
-                batches[*table as usize].remove(&key[..]);
-            } else {
-                batches[*table as usize].insert(&key[..], &value[..]);
-            }
-        }
-        let [pipelines, specs, jobs, outputs, schedules, backfills, pools, notifications, seqs] =
-            batches;
-        self.outputs.apply_batch(outputs)?;
-        self.jobs.apply_batch(jobs)?;
-        self.specs.apply_batch(specs)?;
-        self.pipelines.apply_batch(pipelines)?;
-        self.seqs.apply_batch(seqs)?;
-        self.schedules.apply_batch(schedules)?;
-        self.backfills.apply_batch(backfills)?;
-        self.pools.apply_batch(pools)?;
-        self.notifications.apply_batch(notifications)?;
-        self.db.flush()?;
-        Ok(())
-    }
-}
-
-impl SledStore {
+impl DiskStore {
     /// Opens (or creates) the database in `dir`, replaying any journal left there.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let trees = Trees::open(dir)?;
+        std::fs::create_dir_all(dir)?;
+        let db = db::Db::open(dir)?;
         let found = journal::list(dir)?;
-        let folded = fold(dir, &trees, found.last().copied().unwrap_or(0))?;
+        let folded = fold(dir, &db, found.last().copied().unwrap_or(0))?;
         if folded > 0 {
             info!(
                 journals = found.len(),
@@ -207,8 +129,8 @@ impl SledStore {
             );
         }
         let journal = Journal::create(dir, found.last().map_or(1, |n| n + 1))?;
-        index_seqs(dir, &trees)?;
-        Ok(SledStore {
+        index_seqs(&db)?;
+        Ok(DiskStore {
             dir: dir.to_path_buf(),
             journal,
             last_sync: Instant::now(),
@@ -220,11 +142,15 @@ impl SledStore {
             recent: Overlay::default(),
             checkpoint: None,
             specs_written: HashSet::new(),
-            log_flusher: match durability {
+            durability,
+            logs: BTreeMap::new(),
+            logs_bytes: 0,
+            logs_written: Instant::now(),
+            log_syncer: match durability {
                 Durability::Flush => None,
-                Durability::Background => Some(log_flusher(trees.logs.clone())?),
+                Durability::Background => Some(log_syncer(db.clone())?),
             },
-            trees,
+            db,
         })
     }
 
@@ -246,16 +172,16 @@ impl SledStore {
         })
     }
 
-    /// Starts a new journal and folds everything before it into sled, in the background.
+    /// Starts a new journal and folds everything before it into the database, in the background.
     fn start_checkpoint(&mut self) -> Result<(), StoreError> {
         let last = self.journal.number();
         self.journal = Journal::create(&self.dir, last + 1)?;
         let overlay = Arc::new(std::mem::take(&mut self.recent));
-        let (trees, dir) = (self.trees.clone(), self.dir.clone());
+        let (db, dir) = (self.db.clone(), self.dir.clone());
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
-                let records = fold(&dir, &trees, last)?;
+                let records = fold(&dir, &db, last)?;
                 debug!(records, "checkpoint written");
                 Ok(())
             })?;
@@ -263,7 +189,7 @@ impl SledStore {
         Ok(())
     }
 
-    /// Journals a record of the history, and keeps it readable until sled has it.
+    /// Journals a record of the history, and keeps it readable until the database has it.
     fn put_history(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
         self.journal.put(table, key, &value);
         if table == Table::Seq {
@@ -275,25 +201,62 @@ impl SledStore {
         }
     }
 
-    /// The latest value of a history record: written since a checkpoint began, being
-    /// checkpointed, or in sled.
-    fn read(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let pending = self
-            .recent
+    /// What the journal holds of a history record: written since a checkpoint began,
+    /// or being checkpointed (`Some(empty)`: deleted).
+    fn pending(&self, table: Table, key: &[u8]) -> Option<&Vec<u8>> {
+        self.recent
             .get(table, key)
-            .or_else(|| self.checkpoint.as_ref()?.overlay.get(table, key));
-        if let Some(v) = pending {
+            .or_else(|| self.checkpoint.as_ref()?.overlay.get(table, key))
+    }
+
+    /// The latest value of a history record: in the journal, or in the database.
+    fn read(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.pending(table, key) {
             return Ok((!v.is_empty()).then(|| v.clone()));
         }
-        let tree = match table {
-            Table::Pipeline => &self.trees.pipelines,
-            Table::Spec => &self.trees.specs,
-            Table::Job => &self.trees.jobs,
-            Table::Output => &self.trees.outputs,
-            Table::Seq => &self.trees.seqs,
-            _ => return Ok(None),
-        };
-        Ok(tree.get(key)?.map(|v| v.to_vec()))
+        self.db.get(db::table(table), key)
+    }
+
+    /// [`DiskStore::read`] of several keys of one table, the database's in one read.
+    fn read_many(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut out: Vec<Option<Option<Vec<u8>>>> = keys
+            .iter()
+            .map(|k| {
+                self.pending(table, k)
+                    .map(|v| (!v.is_empty()).then(|| v.clone()))
+            })
+            .collect();
+        let missing: Vec<Vec<u8>> = keys
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !missing.is_empty() {
+            let mut found = self.db.get_many(db::table(table), &missing)?.into_iter();
+            for o in out.iter_mut().filter(|o| o.is_none()) {
+                *o = Some(found.next().flatten());
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
+    }
+
+    /// Writes the waiting log lines to the database (synced if `durable`).
+    fn write_logs(&mut self, durable: bool) -> Result<(), StoreError> {
+        if !self.logs.is_empty() {
+            let puts: Vec<([u8; 32], Vec<u8>)> =
+                std::mem::take(&mut self.logs).into_iter().collect();
+            self.db.write_logs(&puts, &[], durable)?;
+            self.logs_bytes = 0;
+        } else if durable {
+            self.db.sync()?;
+        }
+        self.logs_written = Instant::now();
+        Ok(())
     }
 
     /// A record that did not decode, named with the database it is in.
@@ -308,7 +271,7 @@ impl SledStore {
     }
 
     /// The pipeline ids of the order index past `bound`, in the direction asked, the
-    /// journal's latest entries over sled's.
+    /// journal's latest entries over the database's.
     fn seq_ids(
         &self,
         bound: u64,
@@ -323,35 +286,39 @@ impl SledStore {
                 Box::new(seqs.range(bound.saturating_add(1)..).map(item))
             }
         }
-        let sled_range: Source<'_> = {
-            let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| {
-                let (k, v) = item?;
-                let mut seq = [0u8; 8];
-                seq.copy_from_slice(&k[..8.min(k.len())]);
-                Ok((u64::from_be_bytes(seq), v.to_vec()))
-            };
-            if newest_first {
-                Box::new(
-                    self.trees
-                        .seqs
-                        .range(..bound.to_be_bytes())
-                        .rev()
-                        .map(decode),
-                )
-            } else {
-                Box::new(
-                    self.trees
-                        .seqs
-                        .range((
-                            std::ops::Bound::Excluded(bound.to_be_bytes()),
-                            std::ops::Bound::Unbounded,
-                        ))
-                        .map(decode),
-                )
+        let mut from: Option<u64> = Some(bound);
+        let mut page: std::collections::VecDeque<(u64, Vec<u8>)> = Default::default();
+        let db = &self.db;
+        let stored: Source<'_> = Box::new(std::iter::from_fn(move || {
+            if page.is_empty() {
+                let after = from?;
+                let key = after.to_be_bytes();
+                let got = match db.page(
+                    db::table(Table::Seq),
+                    Some(&key),
+                    None,
+                    newest_first,
+                    db::PAGE,
+                ) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        from = None;
+                        return Some(Err(e));
+                    }
+                };
+                let full = got.len() == db::PAGE;
+                for (k, v) in got {
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(&k[..8.min(k.len())]);
+                    page.push_back((u64::from_be_bytes(seq), v));
+                }
+                // The next page starts past this one's last entry; a short page was the end.
+                from = page.back().map(|last| last.0).filter(|_| full);
             }
-        };
+            page.pop_front().map(Ok)
+        }));
         // Highest precedence first: what was written since the checkpoint began, what
-        // the checkpoint is writing, then sled.
+        // the checkpoint is writing, then the database.
         let mut sources: Vec<std::iter::Peekable<Source<'_>>> = vec![
             overlay(&self.recent.seqs, bound, newest_first).peekable(),
             match &self.checkpoint {
@@ -359,7 +326,7 @@ impl SledStore {
                 None => Box::new(std::iter::empty()),
             }
             .peekable(),
-            sled_range.peekable(),
+            stored.peekable(),
         ];
         std::iter::from_fn(move || loop {
             let mut best: Option<(usize, u64)> = None;
@@ -398,26 +365,27 @@ impl SledStore {
 }
 
 /// Builds the order index of a database written before it had one.
-fn index_seqs(dir: &Path, trees: &Trees) -> Result<(), StoreError> {
-    if !trees.seqs.is_empty() || trees.pipelines.is_empty() {
+fn index_seqs(db: &db::Db) -> Result<(), StoreError> {
+    let seqs = db::table(Table::Seq);
+    let pipelines = db::table(Table::Pipeline);
+    if !db.page(seqs, None, None, false, 1)?.is_empty()
+        || db.page(pipelines, None, None, false, 1)?.is_empty()
+    {
         return Ok(());
     }
-    let mut batch = sled::Batch::default();
-    let mut n = 0;
-    for item in trees.pipelines.iter() {
-        let (k, v) = item?;
+    let mut changes = Changes::new();
+    for (k, v) in db.all(pipelines)? {
         match rmp_serde::from_slice::<PipelineRecord>(&v) {
             Ok(rec) => {
-                batch.insert(&rec.seq.to_be_bytes()[..], &k[..]);
-                n += 1;
+                changes.insert((Table::Seq, rec.seq.to_be_bytes().to_vec()), k);
             }
             Err(e) => {
-                warn!(db = %dir.display(), key = ?k, error = %e, "pipeline record does not decode; left out of the history's index")
+                warn!(key = ?k, error = %e, "pipeline record does not decode; left out of the history's index")
             }
         }
     }
-    trees.seqs.apply_batch(batch)?;
-    trees.db.flush()?;
+    let n = changes.len();
+    db.write(&changes)?;
     info!(pipelines = n, "indexed the history by submission order");
     Ok(())
 }
@@ -437,24 +405,25 @@ fn background_syncer() -> Result<SyncSender<File>, StoreError> {
     Ok(tx)
 }
 
-/// A thread that flushes the logs tree when asked; it ends with the store.
-fn log_flusher(logs: sled::Tree) -> Result<(SyncSender<()>, JoinHandle<()>), StoreError> {
+/// A thread that syncs the database when asked (logs written without waiting for the
+/// disk); it ends with the store.
+fn log_syncer(db: db::Db) -> Result<(SyncSender<()>, JoinHandle<()>), StoreError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
     let thread = std::thread::Builder::new()
-        .name("log-flush".into())
+        .name("log-sync".into())
         .spawn(move || {
             for () in rx {
-                if let Err(e) = logs.flush() {
-                    warn!(error = %e, "flushing the logs failed");
+                if let Err(e) = db.sync() {
+                    warn!(error = %e, "syncing the logs failed");
                 }
             }
         })?;
     Ok((tx, thread))
 }
 
-/// Replays the journals of `dir` numbered up to `last` into sled, then removes them;
-/// how many records it wrote.
-fn fold(dir: &Path, trees: &Trees, last: u64) -> Result<usize, StoreError> {
+/// Replays the journals of `dir` numbered up to `last` into the database, then removes
+/// them; how many records it wrote.
+fn fold(dir: &Path, db: &db::Db, last: u64) -> Result<usize, StoreError> {
     let found: Vec<u64> = journal::list(dir)?
         .into_iter()
         .filter(|n| *n <= last)
@@ -472,7 +441,7 @@ fn fold(dir: &Path, trees: &Trees, last: u64) -> Result<usize, StoreError> {
         }
     }
     if !changes.is_empty() {
-        trees.write(&changes)?;
+        db.write(&changes)?;
     }
     for &n in &found {
         std::fs::remove_file(journal::path(dir, n))?;
@@ -480,11 +449,14 @@ fn fold(dir: &Path, trees: &Trees, last: u64) -> Result<usize, StoreError> {
     Ok(changes.len())
 }
 
-impl Drop for SledStore {
+impl Drop for DiskStore {
     fn drop(&mut self) {
-        // The flusher holds the database open: it ends (flushing what it was asked to)
-        // before the store is gone, so that the directory can be opened again at once.
-        if let Some((tx, thread)) = self.log_flusher.take() {
+        if let Err(e) = self.write_logs(true) {
+            warn!(error = %e, "writing the last log lines failed");
+        }
+        // The syncer holds the database open: it ends before the store is gone, so that
+        // the directory can be opened again at once.
+        if let Some((tx, thread)) = self.log_syncer.take() {
             drop(tx);
             let _ = thread.join();
         }
@@ -520,31 +492,43 @@ fn dec<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, St
     })
 }
 
-impl StateStore for SledStore {
+impl StateStore for DiskStore {
     fn load_open(
         &self,
         finished: &mut dyn FnMut(PipelineRecord),
     ) -> Result<Vec<Loaded>, StoreError> {
         let mut out = Vec::new();
-        for item in self.trees.pipelines.iter() {
-            let (k, v) = item?;
-            let rec: PipelineRecord = match dec(&k, &v) {
-                Ok(r) => r,
-                Err(e) => {
-                    error!(error = %self.corrupt("pipeline record", e), "skipped a pipeline record that does not decode; the rest of the history is served");
+        // Page by page: the history's records are read once, and not all held at once.
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            let page = self.db.page(
+                db::table(Table::Pipeline),
+                from.as_deref(),
+                None,
+                false,
+                4096,
+            )?;
+            let Some((last, _)) = page.last() else { break };
+            from = Some(last.clone());
+            for (k, v) in page {
+                let rec: PipelineRecord = match dec(&k, &v) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!(error = %self.corrupt("pipeline record", e), "skipped a pipeline record that does not decode; the rest of the history is served");
+                        continue;
+                    }
+                };
+                if rec.state.is_final() {
+                    finished(rec);
                     continue;
                 }
-            };
-            if rec.state.is_final() {
-                finished(rec);
-                continue;
-            }
-            let id = rec.id;
-            match self.get_pipeline(id) {
-                Ok(Some(loaded)) => out.push(loaded),
-                Ok(None) => {}
-                Err(e) => {
-                    error!(pipeline = %id, error = %e, "skipped an open pipeline whose records do not decode");
+                let id = rec.id;
+                match self.get_pipeline(id) {
+                    Ok(Some(loaded)) => out.push(loaded),
+                    Ok(None) => {}
+                    Err(e) => {
+                        error!(pipeline = %id, error = %e, "skipped an open pipeline whose records do not decode");
+                    }
                 }
             }
         }
@@ -566,19 +550,24 @@ impl StateStore for SledStore {
         }
         .map_err(|e| self.corrupt(&name("spec"), e))?;
         let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
-        for i in 0..rec.spec.jobs.len() as u32 {
-            let jk = job_key(id, i);
+        let n = rec.spec.jobs.len() as u32;
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| job_key(id, i).to_vec()).collect();
+        for (i, (jk, jv)) in keys
+            .iter()
+            .zip(self.read_many(Table::Job, &keys)?)
+            .enumerate()
+        {
             // Jobs are written in full at submission, so a missing one means corruption.
-            let Some(jv) = self.read(Table::Job, &jk)? else {
+            let Some(jv) = jv else {
                 return Err(self.corrupt(
                     &name("jobs"),
                     StoreError::Corrupt {
                         key: id.to_string(),
-                        message: format!("no record of job {i} of {}", rec.spec.jobs.len()),
+                        message: format!("no record of job {i} of {n}"),
                     },
                 ));
             };
-            jobs.push(dec::<JobRecord>(&jk, &jv).map_err(|e| self.corrupt(&name("job"), e))?);
+            jobs.push(dec::<JobRecord>(jk, &jv).map_err(|e| self.corrupt(&name("job"), e))?);
         }
         Ok(Some((rec, jobs)))
     }
@@ -632,11 +621,18 @@ impl StateStore for SledStore {
             self.put_history(Table::Output, &jk, Vec::new());
         }
         self.specs_written.remove(&rec.id);
-        let mut batch = sled::Batch::default();
-        for key in self.trees.logs.scan_prefix(k).keys() {
-            batch.remove(key?);
+        // Its logs: every attempt of every job, waiting here or in the database.
+        let (lo, hi) = (
+            log_key((rec.id, 0, 0), 0),
+            log_key((rec.id, u32::MAX, u32::MAX), u64::MAX),
+        );
+        let waiting: Vec<[u8; 32]> = self.logs.range(lo..=hi).map(|(k, _)| *k).collect();
+        for k in waiting {
+            if let Some(v) = self.logs.remove(&k) {
+                self.logs_bytes = self.logs_bytes.saturating_sub(v.len());
+            }
         }
-        self.trees.logs.apply_batch(batch)?;
+        self.db.write_logs(&[], &[(lo, hi)], false)?;
         Ok(())
     }
 
@@ -698,8 +694,7 @@ impl StateStore for SledStore {
 
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.trees.schedules.iter() {
-            let (k, v) = item?;
+        for (k, v) in self.db.all(db::table(Table::Schedule))? {
             let rec: ScheduleRecord = dec(&k, &v)?;
             if !rec.removed {
                 out.push(rec);
@@ -716,8 +711,7 @@ impl StateStore for SledStore {
 
     fn load_backfills(&self) -> Result<Vec<BackfillRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.trees.backfills.iter() {
-            let (k, v) = item?;
+        for (k, v) in self.db.all(db::table(Table::Backfill))? {
             out.push(dec::<BackfillRecord>(&k, &v)?);
         }
         Ok(out)
@@ -731,8 +725,7 @@ impl StateStore for SledStore {
 
     fn load_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.trees.pools.iter() {
-            let (k, v) = item?;
+        for (k, v) in self.db.all(db::table(Table::Pool))? {
             let rec: PoolRecord = dec(&k, &v)?;
             if !rec.removed {
                 out.push(rec);
@@ -765,40 +758,53 @@ impl StateStore for SledStore {
     }
 
     fn put_log(&mut self, key: LogKey, line: &LogLine) -> Result<(), StoreError> {
-        self.trees
-            .logs
-            .insert(log_key(key, line.seq.max(1)), enc(line)?)?;
+        let v = enc(line)?;
+        self.logs_bytes += v.len();
+        self.logs.insert(log_key(key, line.seq.max(1)), v);
+        if self.logs_bytes >= LOG_WRITE_BYTES || self.logs_written.elapsed() >= LOG_WRITE_EVERY {
+            self.write_logs(false)?;
+        }
         Ok(())
     }
 
     fn trim_log(&mut self, key: LogKey, upto: u64, meta: &LogMeta) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for k in self
-            .trees
-            .logs
-            .range(log_key(key, 1)..=log_key(key, upto))
-            .keys()
-        {
-            batch.remove(k?);
+        let (lo, hi) = (log_key(key, 1), log_key(key, upto));
+        let dropped: Vec<[u8; 32]> = self.logs.range(lo..=hi).map(|(k, _)| *k).collect();
+        for k in dropped {
+            if let Some(v) = self.logs.remove(&k) {
+                self.logs_bytes = self.logs_bytes.saturating_sub(v.len());
+            }
         }
-        batch.insert(&log_key(key, 0)[..], enc(meta)?);
-        self.trees.logs.apply_batch(batch)?;
+        self.db
+            .write_logs(&[(log_key(key, 0), enc(meta)?)], &[(lo, hi)], false)?;
         Ok(())
     }
 
     fn read_log(&self, key: LogKey, after: u64) -> Result<(LogMeta, Vec<LogLine>), StoreError> {
         let k0 = log_key(key, 0);
-        let meta = match self.trees.logs.get(k0)? {
+        let meta = match self
+            .logs
+            .get(&k0)
+            .cloned()
+            .map_or_else(|| self.db.get(db::LOGS, &k0), |v| Ok(Some(v)))?
+        {
             Some(v) => dec(&k0, &v)?,
             None => LogMeta::default(),
         };
-        let mut lines = Vec::new();
-        for item in self
-            .trees
-            .logs
-            .range(log_key(key, after.saturating_add(1).max(1))..=log_key(key, u64::MAX))
-        {
-            let (k, v) = item?;
+        let (lo, hi) = (
+            log_key(key, after.saturating_add(1).max(1)),
+            log_key(key, u64::MAX),
+        );
+        // The database's lines, then those still waiting here (newer, or the same).
+        let mut all: BTreeMap<[u8; 32], Vec<u8>> = BTreeMap::new();
+        for (k, v) in self.db.log_range(&lo, &hi)? {
+            all.insert(k, v);
+        }
+        for (k, v) in self.logs.range(lo..=hi) {
+            all.insert(*k, v.clone());
+        }
+        let mut lines = Vec::with_capacity(all.len());
+        for (k, v) in all {
             lines.push(dec(&k, &v)?);
         }
         Ok((meta, lines))
@@ -806,8 +812,7 @@ impl StateStore for SledStore {
 
     fn load_notifications(&self) -> Result<Vec<NotificationRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.trees.notifications.iter() {
-            let (k, v) = item?;
+        for (k, v) in self.db.all(db::table(Table::Notification))? {
             out.push(dec::<NotificationRecord>(&k, &v)?);
         }
         Ok(out)
@@ -826,16 +831,17 @@ impl StateStore for SledStore {
     }
 
     fn flush_logs(&mut self) -> Result<(), StoreError> {
-        match &self.log_flusher {
-            // One asked is enough: a flush waiting to run covers this one.
-            Some((tx, _)) => {
-                let _ = tx.try_send(());
-            }
-            None => {
-                self.trees.logs.flush()?;
+        match self.durability {
+            Durability::Flush => self.write_logs(true),
+            Durability::Background => {
+                self.write_logs(false)?;
+                // One asked is enough: a sync waiting to run covers this one.
+                if let Some((tx, _)) = &self.log_syncer {
+                    let _ = tx.try_send(());
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 

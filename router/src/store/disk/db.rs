@@ -1,0 +1,290 @@
+//! The database behind the journal: one redb file, `history.redb`, a table per kind of
+//! record. redb keeps its memory within a set cache whatever the size of the file,
+//! which is what lets the router run for months: sled 0.34, used before, held about
+//! 33 KiB of memory per pipeline stored (measured by the soak benchmark, 60,000
+//! pipelines: 2 GiB), growing with history. A database sled wrote is copied in once,
+//! at the first start that finds one.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, TableDefinition, TableHandle};
+use tracing::{info, warn};
+
+use super::super::StoreError;
+use crate::journal::{Changes, Table};
+
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+/// Entries read back: key and value.
+pub(super) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// Log lines read back, by key.
+pub(super) type LogEntries = Vec<([u8; 32], Vec<u8>)>;
+type Guards<'a> = (
+    redb::AccessGuard<'a, &'static [u8]>,
+    redb::AccessGuard<'a, &'static [u8]>,
+);
+
+/// The tables in [`Table`] order: an entry's table byte is its index here.
+const TABLES: [Def; 9] = [
+    TableDefinition::new("pipelines"),
+    TableDefinition::new("specs"),
+    TableDefinition::new("jobs"),
+    TableDefinition::new("outputs"),
+    TableDefinition::new("schedules"),
+    TableDefinition::new("backfills"),
+    TableDefinition::new("pools"),
+    TableDefinition::new("notifications"),
+    TableDefinition::new("seqs"),
+];
+
+/// Captured logs, by attempt and line number (not journaled: see the store).
+pub(super) const LOGS: Def = TableDefinition::new("logs");
+
+/// The file's name in the database directory.
+pub const FILE: &str = "history.redb";
+
+/// Memory redb may use to cache the file's pages: history is read rarely, and the
+/// router's memory must not grow with it.
+pub const CACHE_BYTES: usize = 32 << 20;
+
+/// Entries read from the database per step of a range.
+pub(super) const PAGE: usize = 512;
+
+/// A database failure, with the file it concerns.
+trait At<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
+    fn at(self, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Db {
+            path: path.display().to_string(),
+            message: e.into().to_string(),
+        })
+    }
+}
+
+/// The database; clones share it.
+#[derive(Clone)]
+pub(super) struct Db {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens (or creates) the database of `dir`, copying in what sled kept there.
+    pub(super) fn open(dir: &Path) -> Result<Db, StoreError> {
+        let path = dir.join(FILE);
+        let fresh = !path.exists();
+        let err = path.as_path();
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .at(err)?;
+        let db = Db {
+            db: Arc::new(db),
+            path: path.clone(),
+        };
+        // Every table exists from the start, so that a read never meets a missing one.
+        let tx = db.db.begin_write().at(err)?;
+        for def in TABLES.iter().chain([&LOGS]) {
+            tx.open_table(*def).at(err)?;
+        }
+        tx.commit().at(err)?;
+        if fresh {
+            db.migrate_from_sled(dir)?;
+        }
+        Ok(db)
+    }
+
+    /// Writes `changes` in one durable transaction (an empty value removes a record).
+    pub(super) fn write(&self, changes: &Changes) -> Result<(), StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_write().at(err)?;
+        {
+            let mut tables = Vec::with_capacity(TABLES.len());
+            for def in TABLES {
+                tables.push(tx.open_table(def).at(err)?);
+            }
+            // Sorted by key, each table's writes touch each page once.
+            let mut sorted: Vec<_> = changes.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for ((table, key), value) in sorted {
+                let t = &mut tables[*table as usize];
+                if value.is_empty() {
+                    t.remove(&key[..]).at(err)?;
+                } else {
+                    t.insert(&key[..], &value[..]).at(err)?;
+                }
+            }
+        }
+        tx.commit().at(err)?;
+        Ok(())
+    }
+
+    /// The value of `key` in `table`.
+    pub(super) fn get(&self, table: Def, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_read().at(err)?;
+        let t = tx.open_table(table).at(err)?;
+        let v = t.get(key).at(err)?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    /// The values of several keys of `table`, read together.
+    pub(super) fn get_many(
+        &self,
+        table: Def,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_read().at(err)?;
+        let t = tx.open_table(table).at(err)?;
+        keys.iter()
+            .map(|k| Ok(t.get(&k[..]).at(err)?.map(|g| g.value().to_vec())))
+            .collect()
+    }
+
+    /// Up to `max` entries of `table` with keys past `from` (excluded, or from the start
+    /// when `None`), in the direction asked.
+    pub(super) fn page(
+        &self,
+        table: Def,
+        from: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        newest_first: bool,
+        max: usize,
+    ) -> Result<Entries, StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_read().at(err)?;
+        let t = tx.open_table(table).at(err)?;
+        let (lo, hi) = if newest_first {
+            (
+                upto.map_or(Bound::Unbounded, Bound::Included),
+                from.map_or(Bound::Unbounded, Bound::Excluded),
+            )
+        } else {
+            (
+                from.map_or(Bound::Unbounded, Bound::Excluded),
+                upto.map_or(Bound::Unbounded, Bound::Included),
+            )
+        };
+        let range = t.range::<&[u8]>((lo, hi)).at(err)?;
+        let pick = |item: Result<Guards<'_>, redb::StorageError>| {
+            let (k, v) = item.at(err)?;
+            Ok((k.value().to_vec(), v.value().to_vec()))
+        };
+        if newest_first {
+            range.rev().take(max).map(pick).collect()
+        } else {
+            range.take(max).map(pick).collect()
+        }
+    }
+
+    /// The log lines with keys from `lo` to `hi`, both included.
+    pub(super) fn log_range(&self, lo: &[u8; 32], hi: &[u8; 32]) -> Result<LogEntries, StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_read().at(err)?;
+        let t = tx.open_table(LOGS).at(err)?;
+        let mut out = Vec::new();
+        for item in t.range::<&[u8]>(&lo[..]..=&hi[..]).at(err)? {
+            let (k, v) = item.at(err)?;
+            let mut key = [0u8; 32];
+            if k.value().len() == 32 {
+                key.copy_from_slice(k.value());
+                out.push((key, v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of a table, in key order.
+    pub(super) fn all(&self, table: Def) -> Result<Entries, StoreError> {
+        self.page(table, None, None, false, usize::MAX)
+    }
+
+    /// Writes log lines and removes ranges of them, in one transaction; `durable`
+    /// waits for the disk.
+    pub(super) fn write_logs(
+        &self,
+        puts: &[([u8; 32], Vec<u8>)],
+        removes: &[([u8; 32], [u8; 32])],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let err = self.path.as_path();
+        let mut tx = self.db.begin_write().at(err)?;
+        if !durable {
+            tx.set_durability(Durability::None);
+        }
+        {
+            let mut t = tx.open_table(LOGS).at(err)?;
+            for (lo, hi) in removes {
+                t.retain_in::<&[u8], _>(&lo[..]..=&hi[..], |_, _| false)
+                    .at(err)?;
+            }
+            for (k, v) in puts {
+                t.insert(&k[..], &v[..]).at(err)?;
+            }
+        }
+        tx.commit().at(err)?;
+        Ok(())
+    }
+
+    /// Makes every commit so far durable (those made without waiting for the disk).
+    pub(super) fn sync(&self) -> Result<(), StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_write().at(err)?;
+        tx.commit().at(err)?;
+        Ok(())
+    }
+
+    /// Copies the trees of a sled database found in `dir` into this one, once; sled's
+    /// files are then moved to `dir/sled-migrated/` (delete it once satisfied).
+    fn migrate_from_sled(&self, dir: &Path) -> Result<(), StoreError> {
+        if !dir.join("conf").exists() || !dir.join("db").exists() {
+            return Ok(());
+        }
+        let sled = sled::Config::new().path(dir).open()?;
+        let err = self.path.as_path();
+        let tx = self.db.begin_write().at(err)?;
+        let mut records = 0usize;
+        {
+            for def in TABLES.iter().chain([&LOGS]) {
+                let name = def.name();
+                if !sled.tree_names().iter().any(|n| &n[..] == name.as_bytes()) {
+                    continue;
+                }
+                let tree = sled.open_tree(name)?;
+                let mut t = tx.open_table(*def).at(err)?;
+                for item in tree.iter() {
+                    let (k, v) = item?;
+                    t.insert(&k[..], &v[..]).at(err)?;
+                    records += 1;
+                }
+            }
+        }
+        tx.commit().at(err)?;
+        drop(sled);
+        let aside = dir.join("sled-migrated");
+        std::fs::create_dir_all(&aside)?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name == "conf" || name == "db" || name == "blobs" || name.starts_with("snap.") {
+                std::fs::rename(entry.path(), aside.join(&*name))?;
+            }
+        }
+        info!(records, moved_to = %aside.display(), "copied the sled database into {FILE}");
+        if records == 0 {
+            warn!("the sled database was empty");
+        }
+        Ok(())
+    }
+}
+
+/// The definition of the table of journal table `t`.
+pub(super) fn table(t: Table) -> Def {
+    TABLES[t as usize]
+}
