@@ -37,6 +37,9 @@ pub enum Table {
     Notification = 7,
     /// Submission order: `seq` (big-endian) to pipeline id, for listing history.
     Seq = 8,
+    /// Captured log lines, by attempt and line number (line 0: what is known of the
+    /// attempt's log besides its lines).
+    Log = 9,
 }
 
 impl Table {
@@ -51,6 +54,7 @@ impl Table {
             6 => Table::Pool,
             7 => Table::Notification,
             8 => Table::Seq,
+            9 => Table::Log,
             _ => return None,
         })
     }

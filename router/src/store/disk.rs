@@ -46,14 +46,12 @@ pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 /// (the router reads finished pipelines back). At start-up the journals left are
 /// replayed into the database first.
 ///
-/// Captured logs bypass the journal: lines wait here, in memory, and go to the
-/// database's log table in batches, every [`LOG_WRITE_EVERY`] or
-/// [`LOG_WRITE_BYTES`], and whenever [`StateStore::flush_logs`] is called (a job
-/// changed): synced at once in [`Durability::Flush`] mode (the turn's commit waits for
-/// it, so a finished job's log is on disk with its result), synced from another thread
-/// in [`Durability::Background`]. The tradeoff: a crash loses at most the last half
-/// second of the logs of jobs still running, and a log line never costs an fsync of its
-/// own.
+/// Captured log lines go through the journal too, but a turn that wrote nothing but
+/// log lines is not synced: its frame reaches the disk with the next turn that needs a
+/// sync (a job's end among them, so a finished job's log is on disk with its result),
+/// or from the background syncer. A log line thus never costs an fsync of its own, a
+/// crash of the router process loses none, and a crash of the machine can lose the
+/// lines of jobs still running since their last change.
 pub struct DiskStore {
     dir: PathBuf,
     db: db::Db,
@@ -68,20 +66,9 @@ pub struct DiskStore {
     recent: Overlay,
     checkpoint: Option<Checkpoint>,
     specs_written: HashSet<PipelineId>,
-    durability: Durability,
-    /// Log lines not yet in the database, by key: read from here until they are.
-    logs: BTreeMap<[u8; 32], Vec<u8>>,
-    logs_bytes: usize,
-    logs_written: Instant,
-    /// In [`Durability::Background`] mode, where log syncs are asked for, to run off
-    /// the router's thread.
-    log_syncer: Option<(SyncSender<()>, JoinHandle<()>)>,
+    /// This turn wrote something other than log lines: its frame must be synced.
+    needs_sync: bool,
 }
-
-/// The longest a log line waits in memory before it is written to the database.
-pub const LOG_WRITE_EVERY: Duration = Duration::from_millis(500);
-/// Log bytes waiting in memory that make a write at once.
-pub const LOG_WRITE_BYTES: usize = 1 << 20;
 
 /// The records of pipelines' history (records, specs, jobs, outputs and the order
 /// index) written to the journal since a checkpoint began, encoded, by table and key:
@@ -92,10 +79,14 @@ pub const LOG_WRITE_BYTES: usize = 1 << 20;
 struct Overlay {
     records: HashMap<(Table, [u8; 20]), Vec<u8>>,
     seqs: BTreeMap<u64, Vec<u8>>,
+    logs: BTreeMap<[u8; 32], Vec<u8>>,
 }
 
 impl Overlay {
     fn get(&self, table: Table, key: &[u8]) -> Option<&Vec<u8>> {
+        if table == Table::Log {
+            return self.logs.get(key);
+        }
         self.records.get(&(table, pad(key)))
     }
 }
@@ -142,14 +133,7 @@ impl DiskStore {
             recent: Overlay::default(),
             checkpoint: None,
             specs_written: HashSet::new(),
-            durability,
-            logs: BTreeMap::new(),
-            logs_bytes: 0,
-            logs_written: Instant::now(),
-            log_syncer: match durability {
-                Durability::Flush => None,
-                Durability::Background => Some(log_syncer(db.clone())?),
-            },
+            needs_sync: false,
             db,
         })
     }
@@ -192,13 +176,55 @@ impl DiskStore {
     /// Journals a record of the history, and keeps it readable until the database has it.
     fn put_history(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
         self.journal.put(table, key, &value);
-        if table == Table::Seq {
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(key);
-            self.recent.seqs.insert(u64::from_be_bytes(seq), value);
-        } else {
-            self.recent.records.insert((table, pad(key)), value);
+        match table {
+            Table::Seq => {
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(key);
+                self.recent.seqs.insert(u64::from_be_bytes(seq), value);
+            }
+            Table::Log => {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(key);
+                self.recent.logs.insert(k, value);
+                return;
+            }
+            _ => {
+                self.recent.records.insert((table, pad(key)), value);
+            }
         }
+        self.needs_sync = true;
+    }
+
+    /// The log entries from `lo` to `hi`: the database's, under what the journal holds
+    /// (a deletion removes one).
+    fn log_entries(
+        &self,
+        lo: &[u8; 32],
+        hi: &[u8; 32],
+    ) -> Result<BTreeMap<[u8; 32], Vec<u8>>, StoreError> {
+        let mut all: BTreeMap<[u8; 32], Vec<u8>> = self.db.log_range(lo, hi)?.into_iter().collect();
+        let layers = [
+            self.checkpoint.as_ref().map(|c| &c.overlay.logs),
+            Some(&self.recent.logs),
+        ];
+        for layer in layers.into_iter().flatten() {
+            for (k, v) in layer.range(*lo..=*hi) {
+                if v.is_empty() {
+                    all.remove(k);
+                } else {
+                    all.insert(*k, v.clone());
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// Deletes the log entries from `lo` to `hi`.
+    fn delete_logs(&mut self, lo: &[u8; 32], hi: &[u8; 32]) -> Result<(), StoreError> {
+        for k in self.log_entries(lo, hi)?.into_keys() {
+            self.put_history(Table::Log, &k, Vec::new());
+        }
+        Ok(())
     }
 
     /// What the journal holds of a history record: written since a checkpoint began,
@@ -207,6 +233,17 @@ impl DiskStore {
         self.recent
             .get(table, key)
             .or_else(|| self.checkpoint.as_ref()?.overlay.get(table, key))
+    }
+
+    /// A record that did not decode, named with the database it is in.
+    fn corrupt(&self, what: &str, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Corrupt { key, message } => StoreError::Corrupt {
+                key: format!("{what} ({key}) in {}", self.dir.display()),
+                message,
+            },
+            other => other,
+        }
     }
 
     /// The latest value of a history record: in the journal, or in the database.
@@ -243,31 +280,6 @@ impl DiskStore {
             }
         }
         Ok(out.into_iter().map(Option::flatten).collect())
-    }
-
-    /// Writes the waiting log lines to the database (synced if `durable`).
-    fn write_logs(&mut self, durable: bool) -> Result<(), StoreError> {
-        if !self.logs.is_empty() {
-            let puts: Vec<([u8; 32], Vec<u8>)> =
-                std::mem::take(&mut self.logs).into_iter().collect();
-            self.db.write_logs(&puts, &[], durable)?;
-            self.logs_bytes = 0;
-        } else if durable {
-            self.db.sync()?;
-        }
-        self.logs_written = Instant::now();
-        Ok(())
-    }
-
-    /// A record that did not decode, named with the database it is in.
-    fn corrupt(&self, what: &str, e: StoreError) -> StoreError {
-        match e {
-            StoreError::Corrupt { key, message } => StoreError::Corrupt {
-                key: format!("{what} ({key}) in {}", self.dir.display()),
-                message,
-            },
-            other => other,
-        }
     }
 
     /// The pipeline ids of the order index past `bound`, in the direction asked, the
@@ -405,22 +417,6 @@ fn background_syncer() -> Result<SyncSender<File>, StoreError> {
     Ok(tx)
 }
 
-/// A thread that syncs the database when asked (logs written without waiting for the
-/// disk); it ends with the store.
-fn log_syncer(db: db::Db) -> Result<(SyncSender<()>, JoinHandle<()>), StoreError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let thread = std::thread::Builder::new()
-        .name("log-sync".into())
-        .spawn(move || {
-            for () in rx {
-                if let Err(e) = db.sync() {
-                    warn!(error = %e, "syncing the logs failed");
-                }
-            }
-        })?;
-    Ok((tx, thread))
-}
-
 /// Replays the journals of `dir` numbered up to `last` into the database, then removes
 /// them; how many records it wrote.
 fn fold(dir: &Path, db: &db::Db, last: u64) -> Result<usize, StoreError> {
@@ -451,15 +447,6 @@ fn fold(dir: &Path, db: &db::Db, last: u64) -> Result<usize, StoreError> {
 
 impl Drop for DiskStore {
     fn drop(&mut self) {
-        if let Err(e) = self.write_logs(true) {
-            warn!(error = %e, "writing the last log lines failed");
-        }
-        // The syncer holds the database open: it ends before the store is gone, so that
-        // the directory can be opened again at once.
-        if let Some((tx, thread)) = self.log_syncer.take() {
-            drop(tx);
-            let _ = thread.join();
-        }
         if let Err(e) = self.reap_checkpoint(true) {
             warn!(error = %e, "checkpoint failed; the journal will be replayed at the next start");
         }
@@ -621,19 +608,11 @@ impl StateStore for DiskStore {
             self.put_history(Table::Output, &jk, Vec::new());
         }
         self.specs_written.remove(&rec.id);
-        // Its logs: every attempt of every job, waiting here or in the database.
-        let (lo, hi) = (
-            log_key((rec.id, 0, 0), 0),
-            log_key((rec.id, u32::MAX, u32::MAX), u64::MAX),
-        );
-        let waiting: Vec<[u8; 32]> = self.logs.range(lo..=hi).map(|(k, _)| *k).collect();
-        for k in waiting {
-            if let Some(v) = self.logs.remove(&k) {
-                self.logs_bytes = self.logs_bytes.saturating_sub(v.len());
-            }
-        }
-        self.db.write_logs(&[], &[(lo, hi)], false)?;
-        Ok(())
+        // Its logs: every attempt of every job.
+        self.delete_logs(
+            &log_key((rec.id, 0, 0), 0),
+            &log_key((rec.id, u32::MAX, u32::MAX), u64::MAX),
+        )
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -741,7 +720,8 @@ impl StateStore for DiskStore {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.journal.append(self.syncer.is_none())?;
+        let sync = self.syncer.is_none() && std::mem::take(&mut self.needs_sync);
+        self.journal.append(sync)?;
         if let Some(syncer) = &self.syncer {
             if self.last_sync.elapsed() >= BACKGROUND_SYNC {
                 self.last_sync = Instant::now();
@@ -758,53 +738,25 @@ impl StateStore for DiskStore {
     }
 
     fn put_log(&mut self, key: LogKey, line: &LogLine) -> Result<(), StoreError> {
-        let v = enc(line)?;
-        self.logs_bytes += v.len();
-        self.logs.insert(log_key(key, line.seq.max(1)), v);
-        if self.logs_bytes >= LOG_WRITE_BYTES || self.logs_written.elapsed() >= LOG_WRITE_EVERY {
-            self.write_logs(false)?;
-        }
+        self.put_history(Table::Log, &log_key(key, line.seq.max(1)), enc(line)?);
         Ok(())
     }
 
     fn trim_log(&mut self, key: LogKey, upto: u64, meta: &LogMeta) -> Result<(), StoreError> {
-        let (lo, hi) = (log_key(key, 1), log_key(key, upto));
-        let dropped: Vec<[u8; 32]> = self.logs.range(lo..=hi).map(|(k, _)| *k).collect();
-        for k in dropped {
-            if let Some(v) = self.logs.remove(&k) {
-                self.logs_bytes = self.logs_bytes.saturating_sub(v.len());
-            }
-        }
-        self.db
-            .write_logs(&[(log_key(key, 0), enc(meta)?)], &[(lo, hi)], false)?;
+        self.delete_logs(&log_key(key, 1), &log_key(key, upto))?;
+        self.put_history(Table::Log, &log_key(key, 0), enc(meta)?);
         Ok(())
     }
 
     fn read_log(&self, key: LogKey, after: u64) -> Result<(LogMeta, Vec<LogLine>), StoreError> {
         let k0 = log_key(key, 0);
-        let meta = match self
-            .logs
-            .get(&k0)
-            .cloned()
-            .map_or_else(|| self.db.get(db::LOGS, &k0), |v| Ok(Some(v)))?
-        {
+        let meta = match self.read(Table::Log, &k0)? {
             Some(v) => dec(&k0, &v)?,
             None => LogMeta::default(),
         };
-        let (lo, hi) = (
-            log_key(key, after.saturating_add(1).max(1)),
-            log_key(key, u64::MAX),
-        );
-        // The database's lines, then those still waiting here (newer, or the same).
-        let mut all: BTreeMap<[u8; 32], Vec<u8>> = BTreeMap::new();
-        for (k, v) in self.db.log_range(&lo, &hi)? {
-            all.insert(k, v);
-        }
-        for (k, v) in self.logs.range(lo..=hi) {
-            all.insert(*k, v.clone());
-        }
-        let mut lines = Vec::with_capacity(all.len());
-        for (k, v) in all {
+        let lo = log_key(key, after.saturating_add(1).max(1));
+        let mut lines = Vec::new();
+        for (k, v) in self.log_entries(&lo, &log_key(key, u64::MAX))? {
             lines.push(dec(&k, &v)?);
         }
         Ok((meta, lines))
@@ -831,17 +783,9 @@ impl StateStore for DiskStore {
     }
 
     fn flush_logs(&mut self) -> Result<(), StoreError> {
-        match self.durability {
-            Durability::Flush => self.write_logs(true),
-            Durability::Background => {
-                self.write_logs(false)?;
-                // One asked is enough: a sync waiting to run covers this one.
-                if let Some((tx, _)) = &self.log_syncer {
-                    let _ = tx.try_send(());
-                }
-                Ok(())
-            }
-        }
+        // Lines are in the journal: the turn's commit syncs them with the job's change.
+        self.needs_sync = true;
+        Ok(())
     }
 }
 

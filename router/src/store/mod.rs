@@ -27,10 +27,7 @@ pub use crate::notify::NotificationRecord;
 mod disk;
 mod memory;
 
-pub use self::disk::{
-    DiskStore, BACKGROUND_SYNC, CACHE_BYTES, CHECKPOINT_BYTES, FILE, LOG_WRITE_BYTES,
-    LOG_WRITE_EVERY,
-};
+pub use self::disk::{DiskStore, BACKGROUND_SYNC, CACHE_BYTES, CHECKPOINT_BYTES, FILE};
 pub use self::memory::MemoryStore;
 
 /// The durable store's name before its database moved from sled to redb.
@@ -260,10 +257,10 @@ pub struct LogMeta {
 
 /// Where the router keeps its state.
 ///
-/// Logs are apart from the rest: [`StateStore::put_log`] and the other log writes are
-/// not part of a turn's [`StateStore::commit`] (a log line acknowledges nothing, and
-/// an fsync per batch of lines would cost more than the lines), so they become
-/// durable on the store's own cadence, or at [`StateStore::flush_logs`].
+/// Logs are written with the turn's [`StateStore::commit`] like the rest, but need no
+/// sync of their own (a log line acknowledges nothing, and an fsync per batch of lines
+/// would cost more than the lines): they become durable with the next commit that
+/// syncs, which [`StateStore::flush_logs`] asks for when a job changed.
 pub trait StateStore: Send {
     /// The pipelines not yet final, with their jobs, oldest first: what the router
     /// holds in memory. Each finished pipeline's record (without its spec or jobs) is
@@ -324,7 +321,8 @@ pub trait StateStore: Send {
     /// An attempt's log: what is known besides its lines, and its lines numbered after
     /// `after`, oldest first.
     fn read_log(&self, key: LogKey, after: u64) -> Result<(LogMeta, Vec<LogLine>), StoreError>;
-    /// Makes the log writes so far durable now (a job ended: its log is complete).
+    /// Asks that this turn's commit make the log writes so far durable (a job ended: its
+    /// log is complete).
     fn flush_logs(&mut self) -> Result<(), StoreError>;
     /// Every notification kept (pending ones and the latest finished), oldest first.
     fn load_notifications(&self) -> Result<Vec<NotificationRecord>, StoreError>;

@@ -9,7 +9,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, Durability, TableDefinition, TableHandle};
+use redb::{Database, TableDefinition, TableHandle};
 use tracing::{info, warn};
 
 use super::super::StoreError;
@@ -26,7 +26,7 @@ type Guards<'a> = (
 );
 
 /// The tables in [`Table`] order: an entry's table byte is its index here.
-const TABLES: [Def; 9] = [
+const TABLES: [Def; 10] = [
     TableDefinition::new("pipelines"),
     TableDefinition::new("specs"),
     TableDefinition::new("jobs"),
@@ -36,10 +36,11 @@ const TABLES: [Def; 9] = [
     TableDefinition::new("pools"),
     TableDefinition::new("notifications"),
     TableDefinition::new("seqs"),
+    TableDefinition::new("logs"),
 ];
 
-/// Captured logs, by attempt and line number (not journaled: see the store).
-pub(super) const LOGS: Def = TableDefinition::new("logs");
+/// Captured logs, by attempt and line number.
+pub(super) const LOGS: Def = TABLES[Table::Log as usize];
 
 /// The file's name in the database directory.
 pub const FILE: &str = "history.redb";
@@ -88,7 +89,7 @@ impl Db {
         };
         // Every table exists from the start, so that a read never meets a missing one.
         let tx = db.db.begin_write().at(err)?;
-        for def in TABLES.iter().chain([&LOGS]) {
+        for def in TABLES.iter() {
             tx.open_table(*def).at(err)?;
         }
         tx.commit().at(err)?;
@@ -204,41 +205,6 @@ impl Db {
         self.page(table, None, None, false, usize::MAX)
     }
 
-    /// Writes log lines and removes ranges of them, in one transaction; `durable`
-    /// waits for the disk.
-    pub(super) fn write_logs(
-        &self,
-        puts: &[([u8; 32], Vec<u8>)],
-        removes: &[([u8; 32], [u8; 32])],
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        let err = self.path.as_path();
-        let mut tx = self.db.begin_write().at(err)?;
-        if !durable {
-            tx.set_durability(Durability::None);
-        }
-        {
-            let mut t = tx.open_table(LOGS).at(err)?;
-            for (lo, hi) in removes {
-                t.retain_in::<&[u8], _>(&lo[..]..=&hi[..], |_, _| false)
-                    .at(err)?;
-            }
-            for (k, v) in puts {
-                t.insert(&k[..], &v[..]).at(err)?;
-            }
-        }
-        tx.commit().at(err)?;
-        Ok(())
-    }
-
-    /// Makes every commit so far durable (those made without waiting for the disk).
-    pub(super) fn sync(&self) -> Result<(), StoreError> {
-        let err = self.path.as_path();
-        let tx = self.db.begin_write().at(err)?;
-        tx.commit().at(err)?;
-        Ok(())
-    }
-
     /// Copies the trees of a sled database found in `dir` into this one, once; sled's
     /// files are then moved to `dir/sled-migrated/` (delete it once satisfied).
     fn migrate_from_sled(&self, dir: &Path) -> Result<(), StoreError> {
@@ -250,7 +216,7 @@ impl Db {
         let tx = self.db.begin_write().at(err)?;
         let mut records = 0usize;
         {
-            for def in TABLES.iter().chain([&LOGS]) {
+            for def in TABLES.iter() {
                 let name = def.name();
                 if !sled.tree_names().iter().any(|n| &n[..] == name.as_bytes()) {
                     continue;

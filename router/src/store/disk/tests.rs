@@ -136,7 +136,8 @@ fn logs_after_a_reopen(durability: Durability) {
         s.put_log((id, 1, 3), &line(1)).unwrap();
         let meta = LogMeta { dropped_bytes: 9 };
         s.trim_log((id, 1, 2), 2, &meta).unwrap();
-        s.flush_logs().unwrap();
+        // The turn's commit: lines are in its journal frame.
+        s.commit().unwrap();
     }
     let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     let (meta, lines) = s.read_log((id, 1, 2), 0).unwrap();
