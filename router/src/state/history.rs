@@ -86,6 +86,13 @@ pub(super) struct Purge {
     pub(super) next_ms: u64,
     /// Pipelines deleted since the router started.
     pub(super) deleted: u64,
+    /// Every pipeline up to this `seq` was dealt with: deleted, or held back below.
+    /// Each pass starts after it, so that it walks neither the deleted ones again nor
+    /// the journal's deletions of them.
+    cursor: u64,
+    /// Pipelines passed over while older than the retention (still open, or finished
+    /// too recently): looked at again at each pass.
+    held: BTreeMap<u64, PipelineId>,
 }
 
 /// Builds a pipeline entry from what the store holds.
@@ -314,38 +321,43 @@ impl RouterState {
         }
         let cutoff = now.saturating_sub(retention);
         let mut deleted = 0;
-        let mut cursor = 0;
+        // Those passed over before: deleted once they are finished and old enough.
+        let held: Vec<(u64, PipelineId)> = self.purge.held.iter().map(|(s, i)| (*s, *i)).collect();
+        for (seq, id) in held {
+            if deleted >= PURGE_BATCH {
+                break;
+            }
+            match self.store.get_record(id)? {
+                Some(rec) if self.expired(&rec, cutoff) => {
+                    self.delete_expired(&rec)?;
+                    deleted += 1;
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            self.purge.held.remove(&seq);
+        }
         let mut caught_up = false;
         'scan: while deleted < PURGE_BATCH {
-            let chunk = self.store.records(cursor, false, PURGE_BATCH)?;
+            let chunk = self.store.records(self.purge.cursor, false, PURGE_BATCH)?;
             if chunk.is_empty() {
                 caught_up = true;
                 break;
             }
             for rec in &chunk {
-                cursor = rec.seq;
                 if rec.submitted_ms >= cutoff {
                     caught_up = true;
                     break 'scan; // everything after it is newer still
                 }
-                let expired = !self.pipelines.contains_key(&rec.id)
-                    && rec.state.is_final()
-                    && rec.finished_ms.is_some_and(|f| f < cutoff);
-                if !expired {
-                    continue;
-                }
-                let jobs = match rec.jobs {
-                    0 => match self.store.get_pipeline(rec.id) {
-                        Ok(Some((full, _))) => full.spec.jobs.len() as u32,
-                        _ => 0,
-                    },
-                    n => n,
-                };
-                self.store.delete_pipeline(rec, jobs)?;
-                self.tally.remove(rec);
-                deleted += 1;
-                if deleted >= PURGE_BATCH {
-                    break 'scan;
+                self.purge.cursor = rec.seq;
+                if self.expired(rec, cutoff) {
+                    self.delete_expired(rec)?;
+                    deleted += 1;
+                    if deleted >= PURGE_BATCH {
+                        break 'scan;
+                    }
+                } else {
+                    self.purge.held.insert(rec.seq, rec.id);
                 }
             }
         }
@@ -361,6 +373,27 @@ impl RouterState {
         if caught_up || deleted < PURGE_BATCH {
             self.purge.next_ms = now + PURGE_EVERY_MS;
         }
+        Ok(())
+    }
+
+    /// Whether `rec` is past the retention: finished before `cutoff`, and not open in
+    /// memory (a retry may have reopened it since the record was written).
+    fn expired(&self, rec: &PipelineRecord, cutoff: u64) -> bool {
+        !self.pipelines.contains_key(&rec.id)
+            && rec.state.is_final()
+            && rec.finished_ms.is_some_and(|f| f < cutoff)
+    }
+
+    fn delete_expired(&mut self, rec: &PipelineRecord) -> Result<()> {
+        let jobs = match rec.jobs {
+            0 => match self.store.get_pipeline(rec.id) {
+                Ok(Some((full, _))) => full.spec.jobs.len() as u32,
+                _ => 0,
+            },
+            n => n,
+        };
+        self.store.delete_pipeline(rec, jobs)?;
+        self.tally.remove(rec);
         Ok(())
     }
 

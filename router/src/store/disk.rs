@@ -4,7 +4,7 @@
 
 mod db;
 
-pub use db::{CACHE_BYTES, FILE};
+pub use db::{CACHE_BYTES, COMPACT_MIN_BYTES, FILE};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -109,9 +109,10 @@ impl DiskStore {
     /// Opens (or creates) the database in `dir`, replaying any journal left there.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = db::Db::open(dir)?;
+        let mut db = db::Db::open(dir)?;
         let found = journal::list(dir)?;
         let folded = fold(dir, &db, found.last().copied().unwrap_or(0))?;
+        db.compact_if_sparse()?;
         if folded > 0 {
             info!(
                 journals = found.len(),

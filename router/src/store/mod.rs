@@ -27,7 +27,9 @@ pub use crate::notify::NotificationRecord;
 mod disk;
 mod memory;
 
-pub use self::disk::{DiskStore, BACKGROUND_SYNC, CACHE_BYTES, CHECKPOINT_BYTES, FILE};
+pub use self::disk::{
+    DiskStore, BACKGROUND_SYNC, CACHE_BYTES, CHECKPOINT_BYTES, COMPACT_MIN_BYTES, FILE,
+};
 pub use self::memory::MemoryStore;
 
 /// The durable store's name before its database moved from sled to redb.

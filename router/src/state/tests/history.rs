@@ -284,3 +284,50 @@ fn a_large_backlog_is_deleted_a_batch_per_turn() {
     assert_eq!(r.state.purged(), n as u64, "the rest at the next turn");
     assert!(list(&mut r, None, None).is_empty());
 }
+
+#[test]
+fn a_pipeline_passed_over_while_open_is_deleted_once_finished_and_old_enough() {
+    let mut r = Rig::with_peers(1);
+    r.state.set_retention(Some(Duration::from_secs(60)));
+    let long = r.submit_planned(single());
+    assert_eq!(r.assigned().len(), 1, "it holds the first broker's slot");
+    let done = run_one_more(&mut r);
+    r.clock.advance(Duration::from_secs(120));
+    // Peers silent that long are gone: they say hello again (the job stays running).
+    r.pipeliner();
+    r.turn();
+    assert_eq!(
+        r.state.purged(),
+        1,
+        "the finished one goes, the open one is passed over"
+    );
+    assert!(matches!(
+        r.send(CLIENT, Request::Status { id: done }),
+        Reply::Error(ProtocolError::UnknownPipeline(_))
+    ));
+    r.send(CLIENT, Request::Cancel { id: long });
+    assert_eq!(r.pipeline_state(long), PipelineState::Cancelled);
+    r.clock.advance(Duration::from_secs(30));
+    r.turn();
+    assert_eq!(r.state.purged(), 1, "finished 30 s ago: kept");
+    r.clock.advance(Duration::from_secs(31));
+    r.turn();
+    assert_eq!(
+        r.state.purged(),
+        2,
+        "past the retention: deleted on a later pass"
+    );
+    assert!(list(&mut r, None, None).is_empty());
+}
+
+/// Runs `single()` to success while another pipeline holds the broker's one slot: on a
+/// second broker.
+fn run_one_more(r: &mut Rig) -> PipelineId {
+    r.broker(b"broker-2", "b2", 1, 0);
+    let id = r.submit_planned(single());
+    let a = r.assigned_to(b"broker-2").remove(0);
+    let report = r.report_from(b"broker-2", a.job, Ok(output(1)));
+    assert!(matches!(report, Reply::Ok), "{report:?}");
+    assert_eq!(r.pipeline_state(id), PipelineState::Succeeded);
+    id
+}

@@ -205,6 +205,15 @@ impl Db {
         self.page(table, None, None, false, usize::MAX)
     }
 
+    /// Compacts the file if it is large and mostly free (see [`COMPACT_MIN_BYTES`]);
+    /// only before the database is shared with a checkpoint.
+    pub(super) fn compact_if_sparse(&mut self) -> Result<(), StoreError> {
+        match Arc::get_mut(&mut self.db) {
+            Some(db) => compact(db, &self.path),
+            None => Ok(()),
+        }
+    }
+
     /// Copies the trees of a sled database found in `dir` into this one, once; sled's
     /// files are then moved to `dir/sled-migrated/` (delete it once satisfied).
     fn migrate_from_sled(&self, dir: &Path) -> Result<(), StoreError> {
@@ -248,6 +257,37 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// A file at least this large is compacted at start-up when over half of it is free
+/// (history deleted by the retention): redb reuses freed pages while it runs, so the
+/// file stays flat, but only a compaction gives the space back to the system.
+pub const COMPACT_MIN_BYTES: u64 = 8 << 20;
+
+fn compact(db: &mut Database, path: &Path) -> Result<(), StoreError> {
+    let before = std::fs::metadata(path)?.len();
+    if before < COMPACT_MIN_BYTES {
+        return Ok(());
+    }
+    let used = {
+        let tx = db.begin_write().at(path)?;
+        let stats = tx.stats().at(path)?;
+        tx.abort().at(path)?;
+        stats.allocated_pages() * stats.page_size() as u64
+    };
+    if before <= used * 2 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    while db.compact().at(path)? {}
+    let after = std::fs::metadata(path)?.len();
+    info!(
+        before_mib = before >> 20,
+        after_mib = after >> 20,
+        ms = started.elapsed().as_millis() as u64,
+        "compacted the database (history deleted by the retention)"
+    );
+    Ok(())
 }
 
 /// The definition of the table of journal table `t`.

@@ -392,3 +392,55 @@ fn a_database_sled_wrote_is_copied_in_at_the_first_start() {
     let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     assert!(s.get_pipeline(id).unwrap().is_some());
 }
+
+#[test]
+fn a_database_mostly_deleted_is_compacted_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(FILE);
+    let big: Data = [("blob".to_string(), serde_json::json!("x".repeat(8_000)))]
+        .into_iter()
+        .collect();
+    let n = 2_000;
+    let full = {
+        let mut s = DiskStore::open(dir.path(), Durability::Background)
+            .unwrap()
+            .checkpoint_after(1 << 20);
+        let ids = write(&mut s, n);
+        for id in &ids {
+            s.put_output(*id, 1, &big).unwrap();
+        }
+        s.commit().unwrap();
+        finish(&mut s, &ids);
+        s.reap_checkpoint(true).unwrap();
+        s.start_checkpoint().unwrap();
+        s.reap_checkpoint(true).unwrap();
+        let full = std::fs::metadata(&file).unwrap().len();
+        assert!(full > COMPACT_MIN_BYTES, "{full} bytes");
+        // The retention deletes all but the last ten.
+        for id in &ids[..ids.len() - 10] {
+            let rec = s.get_record(*id).unwrap().unwrap();
+            s.delete_pipeline(&rec, 2).unwrap();
+        }
+        s.commit().unwrap();
+        s.start_checkpoint().unwrap();
+        s.reap_checkpoint(true).unwrap();
+        assert!(
+            std::fs::metadata(&file).unwrap().len() >= full / 2,
+            "a running database keeps its file's size (it reuses the pages)"
+        );
+        full
+    };
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    let after = std::fs::metadata(&file).unwrap().len();
+    assert!(
+        after * 4 < full,
+        "compacted at the start: {full} -> {after} bytes"
+    );
+    assert_eq!(seqs(&s, u64::MAX, true, 100).len(), 10, "the rest kept");
+    assert_eq!(
+        s.get_output(s.records(u64::MAX, true, 1).unwrap()[0].id, 1)
+            .unwrap()
+            .unwrap(),
+        big
+    );
+}
