@@ -1588,6 +1588,42 @@ fn dashboard_in_headless_chromium() {
     click_now("#trigger");
     browser.wait_text(&["Triggered: run"], Duration::from_secs(15));
 
+    // Past a page (200 rows) the list pages back by cursor, Older and Newest; the first
+    // pipelines, finished long ago, are read back from the router's disk.
+    let mut many = Vec::new();
+    for _ in 0..200 {
+        many.push(
+            pm.start_async(&PipelineSpec::default().job("only", "Noop", &[]))
+                .unwrap(),
+        );
+    }
+    pm.confirm().unwrap();
+    pm.wait_all(&many, Duration::from_secs(60)).unwrap();
+    browser.goto(&c.url("/"));
+    let newest = many.last().unwrap().to_string();
+    browser.wait_text(&[&newest], Duration::from_secs(15));
+    eventually("the Older button", Duration::from_secs(15), || {
+        (browser.script("return !document.getElementById('older').hidden;") == json!(true))
+            .then_some(())
+    });
+    assert!(
+        !browser.text().contains(&ok_s),
+        "the first pipeline is on a later page"
+    );
+    click_now("#older");
+    browser.wait_text(&[&ok_s, &bad_s], Duration::from_secs(15));
+    assert!(
+        !browser.text().contains(&newest),
+        "an older page holds older pipelines"
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('newer').hidden;"),
+        json!(false)
+    );
+    click_now("#newer");
+    browser.wait_text(&[&newest], Duration::from_secs(15));
+    assert!(!browser.text().contains(&ok_s));
+
     eprintln!(
         "browser test took {:.1?}; screenshots in {}",
         started.elapsed(),

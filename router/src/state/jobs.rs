@@ -68,6 +68,7 @@ impl RouterState {
             jobs: 0,
             done: 0,
             job_states: Vec::new(),
+            logs: false,
         };
         self.next_seq += 1;
         let jobs = vec![JobRecord::new(); dag.len()];

@@ -78,6 +78,12 @@ impl RouterState {
             index.cost += line.cost();
             index.lines.push_back((line.seq, line.cost(), line.dropped));
             self.store.put_log(key, &line)?;
+            if let Some(p) = self.pipelines.get_mut(&job.pipeline) {
+                if !p.rec.logs {
+                    p.rec.logs = true;
+                    self.dirty_pipelines.insert(job.pipeline);
+                }
+            }
             while index.cost > MAX_LOG_BYTES_PER_ATTEMPT {
                 let Some((seq, cost, before)) = index.lines.pop_front() else {
                     break;

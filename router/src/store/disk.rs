@@ -576,23 +576,28 @@ impl StateStore for DiskStore {
         newest_first: bool,
         max: usize,
     ) -> Result<Vec<PipelineRecord>, StoreError> {
-        let mut out = Vec::new();
+        // The ids first, then their records in one read of the database.
+        let mut keys: Vec<Vec<u8>> = Vec::new();
         for item in self.seq_ids(bound, newest_first) {
-            if out.len() >= max {
+            if keys.len() >= max {
                 break;
             }
             let (seq, id) = item?;
-            let Ok(bytes) = <[u8; 16]>::try_from(&id[..]) else {
+            if id.len() != 16 {
                 warn!(seq, db = %self.dir.display(), "order index entry is not a pipeline id; skipped");
                 continue;
-            };
-            let id = PipelineId(uuid::Uuid::from_bytes(bytes));
-            match self.get_record(id) {
-                Ok(Some(rec)) => out.push(rec),
-                Ok(None) => {}
-                Err(e) => {
-                    warn!(error = %e, "pipeline record does not decode; left out of the listing")
-                }
+            }
+            keys.push(id);
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, v) in keys.iter().zip(self.read_many(Table::Pipeline, &keys)?) {
+            let Some(v) = v else { continue };
+            match dec::<PipelineRecord>(k, &v) {
+                Ok(rec) => out.push(rec),
+                Err(e) => warn!(
+                    error = %self.corrupt("pipeline record", e),
+                    "pipeline record does not decode; left out of the listing"
+                ),
             }
         }
         Ok(out)
@@ -609,7 +614,10 @@ impl StateStore for DiskStore {
             self.put_history(Table::Output, &jk, Vec::new());
         }
         self.specs_written.remove(&rec.id);
-        // Its logs: every attempt of every job.
+        // Its logs: every attempt of every job (none to look for if it captured none).
+        if !rec.logs {
+            return Ok(());
+        }
         self.delete_logs(
             &log_key((rec.id, 0, 0), 0),
             &log_key((rec.id, u32::MAX, u32::MAX), u64::MAX),

@@ -112,6 +112,15 @@ pub struct PipelineRecord {
     /// history the router no longer holds).
     #[serde(default)]
     pub job_states: Vec<(JobState, u32)>,
+    /// Log lines were captured for it, so that deleting it looks for logs only then
+    /// (a record written before this field existed reads as `true`: it may have some).
+    #[serde(default = "unknown_logs")]
+    pub logs: bool,
+}
+
+/// Records written before [`PipelineRecord::logs`] existed may have logs.
+fn unknown_logs() -> bool {
+    true
 }
 
 /// A schedule as stored. Removing a schedule writes it once more with `removed` set

@@ -20,6 +20,7 @@ fn pipeline(seq: u64) -> PipelineRecord {
         jobs: 2,
         done: 0,
         job_states: Vec::new(),
+        logs: true,
     }
 }
 
