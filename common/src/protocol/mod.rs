@@ -193,8 +193,11 @@ pub fn encode<T: Serialize>(id: u64, body: &T) -> Vec<u8> {
         id,
         body,
     };
-    // Our message types are plain data: encoding into a Vec cannot fail.
-    rmp_serde::to_vec_named(&frame).expect("protocol messages always encode")
+    // Our message types are plain data: encoding into a Vec cannot fail. Sized ahead for
+    // the common small message, so that encoding seldom reallocates.
+    let mut buf = Vec::with_capacity(256);
+    rmp_serde::encode::write_named(&mut buf, &frame).expect("protocol messages always encode");
+    buf
 }
 
 /// Decodes a frame, bounded in size and nesting.

@@ -469,8 +469,13 @@ fn log_key((id, job, attempt): LogKey, seq: u64) -> [u8; 32] {
     k
 }
 
+/// Records are stored compact: fields by position, not by name (about half the bytes
+/// and the CPU of named fields, measured on the router's hot path). Records written by
+/// earlier releases, by name, still decode: serde reads a struct from either form.
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
+    let mut buf = Vec::with_capacity(256);
+    rmp_serde::encode::write(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
+    Ok(buf)
 }
 
 fn dec<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {

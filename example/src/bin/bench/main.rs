@@ -38,6 +38,10 @@ mod scale;
 mod soak;
 use cluster::{BrokerKind, Cluster, CPU_PARTS};
 
+/// The allocator of the `pypelinin-router` binary, whose role the bench's router plays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks the cluster on the peers' scenarios.
 #[derive(Parser, Debug)]
 #[command(version, about)]

@@ -364,17 +364,19 @@ fn a_database_sled_wrote_is_copied_in_at_the_first_start() {
         let sled = sled::open(dir.path()).unwrap();
         let mut rec = rec.clone();
         rec.id = id;
+        // Encoded as that release did: fields by name.
+        let named = |v: &dyn erased::Named| v.named();
         sled.open_tree("pipelines")
             .unwrap()
-            .insert(id.0.as_bytes(), enc(&rec).unwrap())
+            .insert(id.0.as_bytes(), named(&rec))
             .unwrap();
         sled.open_tree("specs")
             .unwrap()
-            .insert(id.0.as_bytes(), enc(&rec.spec).unwrap())
+            .insert(id.0.as_bytes(), named(&rec.spec))
             .unwrap();
         let jobs = sled.open_tree("jobs").unwrap();
         for i in 0..2 {
-            jobs.insert(job_key(id, i), enc(&JobRecord::new()).unwrap())
+            jobs.insert(job_key(id, i), named(&JobRecord::new()))
                 .unwrap();
         }
         sled.flush().unwrap();
@@ -444,4 +446,16 @@ fn a_database_mostly_deleted_is_compacted_at_the_next_start() {
             .unwrap(),
         big
     );
+}
+
+/// Encoding by field name, as releases before the compact encoding stored records.
+mod erased {
+    pub(super) trait Named {
+        fn named(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Named for T {
+        fn named(&self) -> Vec<u8> {
+            rmp_serde::to_vec_named(self).unwrap()
+        }
+    }
 }
