@@ -469,12 +469,11 @@ fn log_key((id, job, attempt): LogKey, seq: u64) -> [u8; 32] {
     k
 }
 
-/// Records are stored compact: fields by position, not by name (about half the bytes
-/// and the CPU of named fields, measured on the router's hot path). Records written by
-/// earlier releases, by name, still decode: serde reads a struct from either form.
+/// Records are stored with their fields named (some types skip empty fields, which a
+/// positional encoding cannot do), into a buffer sized ahead for a small record.
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     let mut buf = Vec::with_capacity(256);
-    rmp_serde::encode::write(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
+    rmp_serde::encode::write_named(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
     Ok(buf)
 }
 
