@@ -198,11 +198,8 @@ impl RouterState {
         }
     }
 
-    /// A pipeline's listing line from memory, or from its record.
+    /// A finished pipeline's listing line, from its record.
     fn summary(&self, rec: &PipelineRecord) -> PipelineSummary {
-        if let Some(p) = self.pipelines.get(&rec.id) {
-            return summary_of(&p.rec, p.jobs.len() as u32, p.done);
-        }
         let (mut jobs, mut done) = (rec.jobs, rec.done);
         if jobs == 0 {
             // A record written before it carried its counts: read the spec and jobs.
@@ -268,9 +265,7 @@ impl RouterState {
             };
             if from_store {
                 let Some(rec) = stored.pop_front() else { break };
-                if live.peek().is_some_and(|(l, _)| **l == rec.seq) {
-                    continue; // open: memory's copy is taken when its turn comes
-                }
+                // An open one's copy in memory is newer: taken when `live` reaches it.
                 if !self.pipelines.contains_key(&rec.id) && keep(&rec) {
                     out.push(self.summary(&rec));
                 }
@@ -297,14 +292,19 @@ impl RouterState {
                     None => f(rec),
                 }
             }
-            match chunk.last() {
-                Some(last) if chunk.len() == 4096 => cursor = last.seq,
-                _ => break,
+            if let Some(last) = chunk.last() {
+                cursor = last.seq;
+            }
+            if chunk.len() < 4096 {
+                break;
             }
         }
         // Submitted this turn: not in the store yet.
-        for (seq, id) in self.order.range(cursor.saturating_add(1)..) {
-            let _ = seq;
+        for id in self
+            .order
+            .range(cursor.saturating_add(1)..)
+            .map(|(_, id)| id)
+        {
             f(&self.pipelines[id].rec);
         }
         Ok(())
