@@ -6,7 +6,8 @@ mod db;
 
 pub use db::{CACHE_BYTES, COMPACT_MIN_BYTES, FILE};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::SyncSender;
@@ -70,16 +71,21 @@ pub struct DiskStore {
     needs_sync: bool,
 }
 
-/// The records of pipelines' history (records, specs, jobs, outputs and the order
-/// index) written to the journal since a checkpoint began, encoded, by table and key:
-/// the database has them only once that checkpoint is done, and the router, which no longer
-/// holds finished pipelines, reads them back. An empty value is a deletion. Its size is
-/// bounded by [`CHECKPOINT_BYTES`] of journal.
+/// Every record written to the journal since a checkpoint began, encoded, by table and
+/// key, latest value only: the checkpoint writes the database from it (the journal is
+/// read back only at start-up, after a crash), and the router, which no longer holds
+/// finished pipelines, reads its history from it until the database has it. An empty
+/// value is a deletion. Its size is bounded by [`CHECKPOINT_BYTES`] of journal.
 #[derive(Default)]
 struct Overlay {
-    records: HashMap<(Table, [u8; 20]), Vec<u8>>,
+    /// Records, specs, jobs and outputs, by table and key (of at most 20 bytes).
+    records: foldhash::HashMap<(Table, Key20), Vec<u8>>,
+    /// The order index.
     seqs: BTreeMap<u64, Vec<u8>>,
+    /// Captured log lines, in key order for ranges.
     logs: BTreeMap<[u8; 32], Vec<u8>>,
+    /// Schedules, backfills, pools and notifications: few, and read only at start-up.
+    other: Changes,
 }
 
 impl Overlay {
@@ -87,15 +93,56 @@ impl Overlay {
         if table == Table::Log {
             return self.logs.get(key);
         }
-        self.records.get(&(table, pad(key)))
+        self.records.get(&(table, Key20::new(key)))
+    }
+
+    /// Its entries, as the database writes them.
+    fn entries(&self) -> impl Iterator<Item = (Table, Cow<'_, [u8]>, &[u8])> {
+        let records = self
+            .records
+            .iter()
+            .map(|((t, k), v)| (*t, Cow::Borrowed(k.bytes()), &v[..]));
+        let seqs = self
+            .seqs
+            .iter()
+            .map(|(s, v)| (Table::Seq, Cow::Owned(s.to_be_bytes().to_vec()), &v[..]));
+        let logs = self
+            .logs
+            .iter()
+            .map(|(k, v)| (Table::Log, Cow::Borrowed(&k[..]), &v[..]));
+        let other = self
+            .other
+            .iter()
+            .map(|((t, k), v)| (*t, Cow::Borrowed(&k[..]), &v[..]));
+        records.chain(seqs).chain(logs).chain(other)
+    }
+
+    fn len(&self) -> usize {
+        self.records.len() + self.seqs.len() + self.logs.len() + self.other.len()
     }
 }
 
-/// A key of at most 20 bytes, padded with zeros.
-fn pad(key: &[u8]) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..key.len()].copy_from_slice(key);
-    k
+/// A key of at most 20 bytes (a pipeline id, or a pipeline id and a job index), held
+/// inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key20 {
+    len: u8,
+    bytes: [u8; 20],
+}
+
+impl Key20 {
+    fn new(key: &[u8]) -> Self {
+        let mut bytes = [0u8; 20];
+        bytes[..key.len()].copy_from_slice(key);
+        Key20 {
+            len: key.len() as u8,
+            bytes,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
 }
 
 /// A checkpoint under way: the records it writes (readable here until it is done) and
@@ -162,12 +209,18 @@ impl DiskStore {
         let last = self.journal.number();
         self.journal = Journal::create(&self.dir, last + 1)?;
         let overlay = Arc::new(std::mem::take(&mut self.recent));
-        let (db, dir) = (self.db.clone(), self.dir.clone());
+        let (db, dir, records) = (self.db.clone(), self.dir.clone(), overlay.clone());
+        // The journals up to `last` hold exactly what the overlay does (it was started
+        // with the journal after the last checkpoint's): the database is written from
+        // the overlay, without reading them back, and they are then removed.
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
-                let records = fold(&dir, &db, last)?;
-                debug!(records, "checkpoint written");
+                db.write_entries(records.entries())?;
+                for n in journal::list(&dir)?.into_iter().filter(|n| *n <= last) {
+                    std::fs::remove_file(journal::path(&dir, n))?;
+                }
+                debug!(records = records.len(), "checkpoint written");
                 Ok(())
             })?;
         self.checkpoint = Some(Checkpoint { overlay, thread });
@@ -190,9 +243,16 @@ impl DiskStore {
                 return;
             }
             _ => {
-                self.recent.records.insert((table, pad(key)), value);
+                self.recent.records.insert((table, Key20::new(key)), value);
             }
         }
+        self.needs_sync = true;
+    }
+
+    /// Journals a schedule, backfill, pool or notification record (empty: removed).
+    fn put_other(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        self.journal.put(table, key, &value);
+        self.recent.other.insert((table, key.to_vec()), value);
         self.needs_sync = true;
     }
 
@@ -696,8 +756,7 @@ impl StateStore for DiskStore {
     }
 
     fn put_schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError> {
-        self.journal
-            .put(Table::Schedule, rec.spec.name.as_bytes(), &enc(rec)?);
+        self.put_other(Table::Schedule, rec.spec.name.as_bytes(), enc(rec)?);
         Ok(())
     }
 
@@ -710,8 +769,7 @@ impl StateStore for DiskStore {
     }
 
     fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError> {
-        self.journal
-            .put(Table::Backfill, &rec.id.to_be_bytes(), &enc(rec)?);
+        self.put_other(Table::Backfill, &rec.id.to_be_bytes(), enc(rec)?);
         Ok(())
     }
 
@@ -727,8 +785,7 @@ impl StateStore for DiskStore {
     }
 
     fn put_pool(&mut self, rec: &PoolRecord) -> Result<(), StoreError> {
-        self.journal
-            .put(Table::Pool, rec.name.as_bytes(), &enc(rec)?);
+        self.put_other(Table::Pool, rec.name.as_bytes(), enc(rec)?);
         Ok(())
     }
 
@@ -784,14 +841,12 @@ impl StateStore for DiskStore {
     }
 
     fn put_notification(&mut self, rec: &NotificationRecord) -> Result<(), StoreError> {
-        self.journal
-            .put(Table::Notification, &rec.seq.to_be_bytes(), &enc(rec)?);
+        self.put_other(Table::Notification, &rec.seq.to_be_bytes(), enc(rec)?);
         Ok(())
     }
 
     fn remove_notification(&mut self, seq: u64) -> Result<(), StoreError> {
-        self.journal
-            .put(Table::Notification, &seq.to_be_bytes(), &[]);
+        self.put_other(Table::Notification, &seq.to_be_bytes(), Vec::new());
         Ok(())
     }
 

@@ -111,6 +111,82 @@ fn checkpoints_move_records_to_the_database_and_remove_old_journals() {
     check(&s, &ids);
 }
 
+/// Waits for a running checkpoint, then checkpoints what was written since.
+fn checkpoint_all(s: &mut DiskStore) {
+    s.reap_checkpoint(true).unwrap();
+    s.start_checkpoint().unwrap();
+    s.reap_checkpoint(true).unwrap();
+}
+
+#[test]
+fn a_checkpoint_writes_every_table_from_what_it_holds_deletions_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = DiskStore::open(dir.path(), Durability::Flush)
+        .unwrap()
+        .checkpoint_after(1);
+    let pool = |name: &str, removed: bool| PoolRecord {
+        name: name.into(),
+        capacity: 3,
+        removed,
+    };
+    s.put_pool(&pool("keep", false)).unwrap();
+    s.put_pool(&pool("gone", false)).unwrap();
+    assert!(s.needs_sync, "a turn that changed only pools is synced");
+    let ids = write(&mut s, 3);
+    checkpoint_all(&mut s);
+    // The database has it all, and the journals it came from are gone.
+    let pools: Vec<Vec<u8>> =
+        s.db.all(db::table(Table::Pool))
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+    assert_eq!(pools, vec![b"gone".to_vec(), b"keep".to_vec()]);
+    let seqs = s.db.all(db::table(Table::Seq)).unwrap();
+    assert_eq!(seqs.len(), 3);
+    assert_eq!(
+        seqs[0].0,
+        1u64.to_be_bytes().to_vec(),
+        "seq keys are 8 bytes"
+    );
+    assert!(journal::list(dir.path()).unwrap().iter().all(|n| *n > 1));
+    // A removal and a deletion go through the next checkpoint the same way.
+    s.put_pool(&pool("gone", true)).unwrap();
+    let rec = s.get_record(ids[0]).unwrap().unwrap();
+    s.delete_pipeline(&rec, 2).unwrap();
+    s.commit().unwrap();
+    s.reap_checkpoint(true).unwrap();
+    assert!(s
+        .db
+        .get(db::table(Table::Pipeline), ids[0].0.as_bytes())
+        .unwrap()
+        .is_none());
+    assert!(s
+        .db
+        .get(db::table(Table::Job), &job_key(ids[0], 0))
+        .unwrap()
+        .is_none());
+    assert!(s
+        .db
+        .get(db::table(Table::Pipeline), ids[1].0.as_bytes())
+        .unwrap()
+        .is_some());
+    drop(s);
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    let names: Vec<String> = s
+        .load_pools()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, vec!["keep".to_string()]);
+    assert!(s.get_pipeline(ids[0]).unwrap().is_none());
+    assert_eq!(
+        s.get_output(ids[2], 0).unwrap().unwrap()["seq"],
+        serde_json::json!(3)
+    );
+}
+
 #[test]
 fn logs_are_kept_trimmed_and_read_back_after_a_reopen() {
     for durability in [Durability::Flush, Durability::Background] {
