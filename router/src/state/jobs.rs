@@ -59,7 +59,7 @@ impl RouterState {
         }
         let rec = PipelineRecord {
             id,
-            spec: dag.spec().clone(),
+            spec: dag.to_spec(),
             state: PipelineState::Queued,
             seq: self.next_seq,
             submitted_ms: self.clock.wall_ms(),

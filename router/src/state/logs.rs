@@ -10,7 +10,9 @@
 //!
 //! [`StateStore::put_log`]: crate::store::StateStore::put_log
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::time::Instant;
 
 use pypelinin_common::protocol::{

@@ -1,7 +1,7 @@
 //! Peers and their leases: brokers and pipeliners saying hello, what each holds,
 //! and what happens to that when one leaves or falls silent.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::time::Instant;
 
 use pypelinin_common::protocol::{

@@ -14,7 +14,9 @@
 //! run queue as slots free up. Within a pool the order is strict: a job does not take
 //! a free slot while a better job of the same pool waits for more slots than are free.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use pypelinin_common::pipeline::MAX_POOL_NAME_LEN;
 use pypelinin_common::protocol::{PipelineId, PoolRequest, PoolStatus, ProtocolError, Reply};

@@ -4,7 +4,7 @@
 //! question users of a shared cluster ask. Reasons are worked out when a status is
 //! asked for, never stored: they cost nothing on the dispatch path.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use pypelinin_common::protocol::PipelineId;
 use pypelinin_common::render;
