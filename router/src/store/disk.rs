@@ -537,6 +537,16 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     Ok(buf)
 }
 
+/// Pipeline and job records, written on every change, are stored with their fields by
+/// position: their types skip no field, and serde fills fields added since (all
+/// `#[serde(default)]`, at the end) when an older, shorter record is read. Records
+/// written by name before still decode.
+fn enc_compact<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    let mut buf = Vec::with_capacity(128);
+    rmp_serde::encode::write(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
+    Ok(buf)
+}
+
 fn dec<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: format!("{key:02x?}"),
@@ -718,12 +728,12 @@ impl StateStore for DiskStore {
         } else {
             self.specs_written.insert(rec.id);
         }
-        self.put_history(Table::Pipeline, &k, enc(rec)?);
+        self.put_history(Table::Pipeline, &k, enc_compact(rec)?);
         Ok(())
     }
 
     fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
-        self.put_history(Table::Job, &job_key(id, job), enc(rec)?);
+        self.put_history(Table::Job, &job_key(id, job), enc_compact(rec)?);
         Ok(())
     }
 

@@ -535,3 +535,97 @@ mod erased {
         }
     }
 }
+
+#[test]
+fn pipeline_and_job_records_stored_by_position_read_back_whole_and_older_forms_still_decode() {
+    use pypelinin_common::schedule::{RunKind, RunOrigin};
+    use pypelinin_common::status::Attempt;
+    let mut rec = pipeline(7);
+    rec.state = PipelineState::Failed;
+    rec.finished_ms = Some(9);
+    rec.origin = Some(RunOrigin {
+        schedule: "nightly".into(),
+        logical_date: 5,
+        kind: RunKind::Backfill,
+        backfill: Some(2),
+    });
+    rec.done = 2;
+    rec.job_states = vec![(JobState::Succeeded, 1), (JobState::Failed, 1)];
+    rec.logs = false;
+    let mut job = JobRecord::new();
+    job.state = JobState::Failed;
+    job.failures = 2;
+    job.error = Some("boom".into());
+    job.history = vec![Attempt {
+        number: 1,
+        broker: "b1".into(),
+        started_ms: 3,
+        finished_ms: Some(4),
+        error: Some("boom".into()),
+    }];
+    job.pokes = 1;
+    job.waiting_for = Some("file".into());
+    job.late = true;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+        s.put_pipeline(&rec).unwrap();
+        s.put_job(rec.id, 0, &job).unwrap();
+        s.put_job(rec.id, 1, &JobRecord::new()).unwrap();
+        s.commit().unwrap();
+        checkpoint_all(&mut s);
+        let stored =
+            s.db.get(db::table(Table::Job), &job_key(rec.id, 0))
+                .unwrap()
+                .unwrap();
+        assert!(
+            stored.len() < enc(&job).unwrap().len(),
+            "stored by position, smaller than by name"
+        );
+    }
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    let (back, jobs) = s.get_pipeline(rec.id).unwrap().unwrap();
+    assert_eq!(
+        format!(
+            "{:?}",
+            (
+                &back.state,
+                back.finished_ms,
+                &back.origin,
+                back.done,
+                &back.job_states,
+                back.logs,
+                back.spec.jobs.len()
+            )
+        ),
+        format!(
+            "{:?}",
+            (
+                &rec.state,
+                rec.finished_ms,
+                &rec.origin,
+                rec.done,
+                &rec.job_states,
+                rec.logs,
+                2
+            )
+        )
+    );
+    assert_eq!(format!("{:?}", jobs[0]), format!("{job:?}"));
+    // A record written by name (earlier releases) decodes.
+    let named: JobRecord = dec(b"k", &enc(&job).unwrap()).unwrap();
+    assert_eq!(format!("{named:?}"), format!("{job:?}"));
+    // A positional record from before the last fields existed gets their defaults.
+    let older = rmp_serde::to_vec(&(
+        JobState::Succeeded,
+        false,
+        0u32,
+        0u64,
+        None::<String>,
+        Vec::<Attempt>::new(),
+    ))
+    .unwrap();
+    let older: JobRecord = dec(b"k", &older).unwrap();
+    assert_eq!(older.state, JobState::Succeeded);
+    assert_eq!((older.pokes, older.late, older.wait_checks), (0, false, 0));
+}
