@@ -78,3 +78,42 @@ fn a_restarted_router_gives_open_pipelines_to_a_pipeliner_again() {
         .collect();
     assert_eq!(given, vec![open], "a finished pipeline is not walked again");
 }
+
+#[test]
+fn a_pipeline_none_of_whose_jobs_changed_before_a_restart_loads_with_every_job_queued() {
+    // A submission writes the pipeline and its spec, not one record per job: a job is
+    // written at its first change.
+    let mut r = Rig::new();
+    let id = r.submit(chain());
+    let mut r = r.restart();
+    let s = r.status(id);
+    assert_eq!(s.jobs.len(), 3);
+    assert!(s
+        .jobs
+        .values()
+        .all(|j| j.state == JobState::Queued && j.attempts == 0));
+    // And it runs to the end once a pipeliner and a broker come.
+    r.pipeliner();
+    r.broker(BROKER, BROKER_NAME, 1, 0);
+    let snap = r.take(id);
+    assert_eq!(snap.states, vec![JobState::Queued; 3]);
+    r.advance(Advance {
+        pipeline: id,
+        enqueue: vec![0],
+        after: vec![1, 2],
+        close_on_success: true,
+        ..Advance::default()
+    });
+    for _ in 0..3 {
+        let a = r.assigned().remove(0);
+        assert!(matches!(r.succeed(a.job), Reply::Ok));
+    }
+    assert_eq!(r.pipeline_state(id), PipelineState::Succeeded);
+    // A restart of the finished pipeline reads every job's record back.
+    let mut r = r.restart();
+    assert!(r
+        .status(id)
+        .jobs
+        .values()
+        .all(|j| j.state == JobState::Succeeded));
+}
