@@ -71,10 +71,10 @@ impl RouterState {
             logs: false,
         };
         self.next_seq += 1;
-        // No job record is written here: a job with none in the store has not changed
-        // since its pipeline was submitted (and a pipeline of 16,000 jobs spent 10 ms
-        // of its submission writing them, and the next turn writing them again).
         let jobs = vec![JobRecord::new(); dag.len()];
+        for i in 0..jobs.len() {
+            self.dirty_jobs.insert((id, i as u32));
+        }
         self.dirty_pipelines.insert(id);
         self.order.insert(rec.seq, id);
         debug!(pipeline = %id, jobs = dag.len(), "pipeline accepted");

@@ -614,12 +614,20 @@ impl StateStore for DiskStore {
         let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
         let n = rec.spec.jobs.len() as u32;
         let keys: Vec<Vec<u8>> = (0..n).map(|i| job_key(id, i).to_vec()).collect();
-        for (jk, jv) in keys.iter().zip(self.read_many(Table::Job, &keys)?) {
-            // A job is written at its first change: one with no record has not changed
-            // since its pipeline was submitted.
+        for (i, (jk, jv)) in keys
+            .iter()
+            .zip(self.read_many(Table::Job, &keys)?)
+            .enumerate()
+        {
+            // Jobs are written in full at submission, so a missing one means corruption.
             let Some(jv) = jv else {
-                jobs.push(JobRecord::new());
-                continue;
+                return Err(self.corrupt(
+                    &name("jobs"),
+                    StoreError::Corrupt {
+                        key: id.to_string(),
+                        message: format!("no record of job {i} of {n}"),
+                    },
+                ));
             };
             jobs.push(dec::<JobRecord>(jk, &jv).map_err(|e| self.corrupt(&name("job"), e))?);
         }

@@ -65,12 +65,22 @@ impl Tables {
     }
 }
 
-/// A pipeline's jobs: a job is written at its first change, so one with no record has
-/// not changed since the pipeline was submitted.
+fn missing_job(id: PipelineId, i: u32) -> StoreError {
+    StoreError::Corrupt {
+        key: id.to_string(),
+        message: format!("no record of job {i}"),
+    }
+}
+
 fn jobs_of(c: &Tables, rec: &PipelineRecord) -> Result<Vec<JobRecord>, StoreError> {
-    Ok((0..rec.spec.jobs.len() as u32)
-        .map(|i| c.jobs.get(&(rec.id, i)).cloned().unwrap_or_default())
-        .collect())
+    (0..rec.spec.jobs.len() as u32)
+        .map(|i| {
+            c.jobs
+                .get(&(rec.id, i))
+                .cloned()
+                .ok_or_else(|| missing_job(rec.id, i))
+        })
+        .collect()
 }
 
 impl MemoryStore {
@@ -123,8 +133,10 @@ impl StateStore for MemoryStore {
         let mut jobs = Vec::with_capacity(rec.spec.jobs.len());
         for i in 0..rec.spec.jobs.len() as u32 {
             let k = (id, i);
-            let j = m.pending.jobs.get(&k).or_else(|| m.committed.jobs.get(&k));
-            jobs.push(j.cloned().unwrap_or_default());
+            match m.pending.jobs.get(&k).or_else(|| m.committed.jobs.get(&k)) {
+                Some(j) => jobs.push(j.clone()),
+                None => return Err(missing_job(id, i)),
+            }
         }
         Ok(Some((rec.clone(), jobs)))
     }
