@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
-    Assignment, BrokerHello, ClusterConfig, FromRouter, ProtocolError, Push, Reply, Request,
-    LOG_BATCH_BYTES, LOG_BATCH_INTERVAL, LOG_BUFFER_BYTES,
+    BrokerHello, ClusterConfig, FromRouter, ProtocolError, Push, Reply, Request, LOG_BATCH_BYTES,
+    LOG_BATCH_INTERVAL, LOG_BUFFER_BYTES,
 };
 use pypelinin_common::Shutdown;
 use tracing::{debug, error, info, warn};
@@ -278,7 +278,14 @@ impl EventLoop {
             return Ok(());
         };
         match msg {
-            FromRouter::Push(Push::Assign(list)) => self.take_jobs(list),
+            FromRouter::Push(Push::Assign(list)) => {
+                for a in list {
+                    self.ledger.assigned(a.job);
+                    if !self.slots.assign(a) {
+                        warn!("job assigned before the welcome; dropped, the lease will return it");
+                    }
+                }
+            }
             FromRouter::Push(Push::Revoke(list)) => {
                 for job in list {
                     info!(pipeline = %job.pipeline, job = job.job, attempt = job.attempt, "attempt revoked");
@@ -308,23 +315,11 @@ impl EventLoop {
                         warn!(%msg, "reports refused as stale");
                     }
                     Reply::Error(e) => warn!(error = %e, "router refused a request"),
-                    // Reports acknowledged, with the next jobs.
-                    Reply::Assigned(list) => self.take_jobs(list),
                     _ => {}
                 }
             }
         }
         Ok(())
-    }
-
-    /// Jobs the router assigned, by push or in the answer to reports.
-    fn take_jobs(&mut self, list: Vec<Assignment>) {
-        for a in list {
-            self.ledger.assigned(a.job);
-            if !self.slots.assign(a) {
-                warn!("job assigned before the welcome; dropped, the lease will return it");
-            }
-        }
     }
 
     fn hello(&mut self) -> Result<(), BrokerError> {
@@ -338,7 +333,6 @@ impl EventLoop {
             running,
             unreported,
             prefetch: self.config.prefetch() as u32,
-            acks_carry_jobs: true,
         };
         self.link.hello(hello)
     }

@@ -482,7 +482,6 @@ fn requests() -> Vec<(&'static str, Request)> {
                 running: vec![job_ref(1, 1, 2), job_ref(3, 0, 1)],
                 unreported: vec![job_ref(1, 2, 1)],
                 prefetch: 32,
-                acks_carry_jobs: true,
             }),
         ),
         (

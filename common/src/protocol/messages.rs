@@ -267,10 +267,6 @@ pub enum Reply {
     Logs(LogPage),
     /// Notifications and their delivery, newest first.
     Notifications(Vec<crate::notify::NotificationStatus>),
-    /// A broker's reports are durable (as [`Reply::Ok`]), and here are its next jobs
-    /// (as [`Push::Assign`]): one message where there would be two. Sent only to a
-    /// broker whose hello said [`BrokerHello::acks_carry_jobs`](super::BrokerHello).
-    Assigned(Vec<Assignment>),
 }
 
 /// Work and news the router pushes.

@@ -34,11 +34,6 @@ pub struct BrokerHello {
     /// that does not say) means none.
     #[serde(default)]
     pub prefetch: u32,
-    /// It takes its next jobs in the answer to its reports ([`Reply::Assigned`](super::Reply)),
-    /// which saves the router a message per report batch. False (the value a broker
-    /// that does not say, such as the Python one) means jobs come only by push.
-    #[serde(default)]
-    pub acks_carry_jobs: bool,
 }
 
 /// The outcome of one attempt.

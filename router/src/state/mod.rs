@@ -173,9 +173,6 @@ pub struct RouterState {
     next_waiter: u64,
     outbox: Vec<Outgoing>,
     assigns: HashMap<PeerId, Vec<Assignment>>,
-    /// This turn's answers to reports of brokers that take their next jobs in them:
-    /// sent with those jobs once the turn's assignments are known.
-    done_acks: HashMap<PeerId, ReplyTo>,
     takes: HashMap<PeerId, Vec<PipelineSnapshot>>,
     changes: HashMap<PeerId, Vec<JobChange>>,
     revokes: HashMap<PeerId, Vec<JobRef>>,
@@ -243,7 +240,6 @@ impl RouterState {
             outbox: Vec::new(),
             assigns: HashMap::new(),
             takes: HashMap::new(),
-            done_acks: HashMap::new(),
             changes: HashMap::new(),
             revokes: HashMap::new(),
             dirty_jobs: HashSet::new(),
@@ -350,7 +346,6 @@ impl RouterState {
         if let Some(p) = self.peers.get_mut(&to.peer) {
             p.last_seen = now;
         }
-        let report = matches!(req, Request::JobDone(_));
         let reply = match req {
             Request::Submit { id, pipeline } => self.submit(id, pipeline)?,
             Request::Status { id } => match self.pipeline_status(id) {
@@ -433,21 +428,8 @@ impl RouterState {
             } => self.get_logs(id, &job, attempt, after)?,
             Request::Notifications { limit } => Reply::Notifications(self.notifications(limit)),
         };
-        if report && matches!(reply, Reply::Ok) && self.carries_jobs(&to.peer) {
-            // Answered in `drain_outbox`, with the jobs this turn gives the broker. An
-            // earlier report batch of the same turn is answered plainly now.
-            if let Some(earlier) = self.done_acks.insert(to.peer.clone(), to) {
-                self.reply(&earlier, Reply::Ok);
-            }
-            return Ok(());
-        }
         self.reply(&to, reply);
         Ok(())
-    }
-
-    /// Whether `peer` is a broker that takes its next jobs in the answer to its reports.
-    fn carries_jobs(&self, peer: &PeerId) -> bool {
-        matches!(self.peers.get(peer), Some(Peer { role: peers::Role::Broker(b), .. }) if b.acks_carry_jobs)
     }
 
     /// Answers a frame that could not be decoded.
@@ -585,20 +567,7 @@ impl RouterState {
     /// Frames to send now (after [`RouterState::commit`]) and events to publish.
     pub fn drain_outbox(&mut self) -> (Vec<Outgoing>, Vec<Event>) {
         for (peer, list) in self.assigns.drain() {
-            match self.done_acks.remove(&peer) {
-                Some(to) => self.outbox.push(Outgoing {
-                    peer,
-                    req: to.req,
-                    payload: pypelinin_common::protocol::encode(
-                        to.id,
-                        &FromRouter::Reply(Reply::Assigned(list)),
-                    ),
-                }),
-                None => self.outbox.push(push(peer, Push::Assign(list))),
-            }
-        }
-        for (_, to) in std::mem::take(&mut self.done_acks) {
-            self.reply(&to, Reply::Ok);
+            self.outbox.push(push(peer, Push::Assign(list)));
         }
         for (peer, list) in self.takes.drain() {
             self.outbox.push(push(peer, Push::Take(list)));

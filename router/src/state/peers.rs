@@ -23,8 +23,6 @@ pub(super) struct BrokerPeer {
     /// How long its jobs take, in ms (a moving average of what it reports).
     pub(super) job_ms: Option<f64>,
     pub(super) draining: bool,
-    /// It takes its next jobs in the answer to its reports.
-    pub(super) acks_carry_jobs: bool,
     /// Attempts assigned and not yet reported: running, or queued at the broker.
     pub(super) running: HashSet<JobRef>,
     pub(super) monitor: Option<MonitoringReport>,
@@ -134,7 +132,6 @@ impl RouterState {
                     prefetch: h.prefetch,
                     job_ms: None,
                     draining: false,
-                    acks_carry_jobs: h.acks_carry_jobs,
                     running,
                     monitor: None,
                 })),

@@ -57,38 +57,3 @@ fn a_broker_gets_only_jobs_of_its_workers() {
     r.submit_planned(PipelineSpec::default().job("a", "Other", &[]));
     assert!(r.assigned().is_empty());
 }
-
-#[test]
-fn a_broker_that_asks_for_it_gets_its_next_jobs_in_the_answer_to_its_reports() {
-    let mut r = Rig::new();
-    r.pipeliner();
-    r.broker_with(BROKER, BROKER_NAME, 1, 0, true);
-    r.broker(b"plain", "plain", 1, 0);
-    r.submit_planned(single());
-    r.submit_planned(single());
-    // Nothing reported yet: the first jobs go by push, one to each broker.
-    let first = r.assigned_to(BROKER).remove(0);
-    let other = r.assigned_to(b"plain").remove(0);
-    r.submit_planned(single());
-    r.submit_planned(single());
-    // Its report's answer carries its next job, and no push goes to it.
-    let next = match r.succeed(first.job) {
-        Reply::Assigned(list) => list,
-        other => panic!("expected the next job in the answer: {other:?}"),
-    };
-    assert_eq!(next.len(), 1);
-    assert_ne!(next[0].job, first.job);
-    assert!(
-        r.assigned_to(BROKER).is_empty(),
-        "no push besides the answer"
-    );
-    // A broker that did not ask gets a plain answer and a push.
-    assert!(matches!(
-        r.report_from(b"plain", other.job, Ok(Data::new())),
-        Reply::Ok
-    ));
-    assert_eq!(r.assigned_to(b"plain").len(), 1);
-    // With nothing left to give, the answer is plain.
-    assert!(matches!(r.succeed(next[0].job), Reply::Ok));
-    assert!(r.assigned_to(BROKER).is_empty());
-}

@@ -164,18 +164,6 @@ impl Rig {
     }
 
     fn broker(&mut self, peer: &[u8], name: &str, slots: u32, prefetch: u32) {
-        self.broker_with(peer, name, slots, prefetch, false)
-    }
-
-    /// A broker that says whether it takes its next jobs in the answer to its reports.
-    fn broker_with(
-        &mut self,
-        peer: &[u8],
-        name: &str,
-        slots: u32,
-        prefetch: u32,
-        acks_carry_jobs: bool,
-    ) {
         let r = self.send(
             peer,
             Request::BrokerHello(BrokerHello {
@@ -186,7 +174,6 @@ impl Rig {
                 running: vec![],
                 unreported: vec![],
                 prefetch,
-                acks_carry_jobs,
             }),
         );
         assert!(matches!(r, Reply::Welcome(_)), "{r:?}");

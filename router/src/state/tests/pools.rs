@@ -385,7 +385,6 @@ fn pool_use_is_recomputed_from_running_jobs_after_a_restart() {
         running: running.iter().map(|a| a.job).collect(),
         unreported: vec![],
         prefetch: 0,
-        acks_carry_jobs: false,
     };
     assert!(matches!(
         r.send(BROKER, Request::BrokerHello(hello)),

@@ -178,7 +178,6 @@ fn a_broker_with_several_workers_takes_the_best_head_among_them() {
         running: vec![],
         unreported: vec![],
         prefetch: 0,
-        acks_carry_jobs: false,
     };
     assert!(matches!(
         r.send(BROKER, Request::BrokerHello(hello)),

@@ -17,7 +17,6 @@ fn an_attempt_its_broker_still_runs_after_a_restart_is_adopted() {
         running: vec![a.job],
         unreported: vec![],
         prefetch: 0,
-        acks_carry_jobs: false,
     };
     assert!(matches!(
         r.send(BROKER, Request::BrokerHello(hello)),
