@@ -11,9 +11,9 @@
 //! [`StateStore::put_log`]: crate::store::StateStore::put_log
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use foldhash::{HashMap, HashMapExt};
-use std::time::Instant;
 
 use pypelinin_common::protocol::{
     Event, LogChunk, LogPage, PipelineId, ProtocolError, Reply, LOG_BATCH_INTERVAL,

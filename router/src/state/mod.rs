@@ -35,10 +35,10 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
 
 // foldhash: std's SipHash was a visible share of the router's CPU per job.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use std::time::{Duration, Instant};
 
 use pypelinin_common::protocol::{
     Assignment, ClusterConfig, Event, FromRouter, Histogram, JobChange, JobRef, PipelineId,

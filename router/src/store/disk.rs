@@ -217,9 +217,7 @@ impl DiskStore {
             .name("checkpoint".into())
             .spawn(move || {
                 db.write_entries(records.entries())?;
-                for n in journal::list(&dir)?.into_iter().filter(|n| *n <= last) {
-                    std::fs::remove_file(journal::path(&dir, n))?;
-                }
+                remove_journals(&dir, &journals_upto(&dir, last)?)?;
                 debug!(records = records.len(), "checkpoint written");
                 Ok(())
             })?;
@@ -227,8 +225,10 @@ impl DiskStore {
         Ok(())
     }
 
-    /// Journals a record of the history, and keeps it readable until the database has it.
-    fn put_history(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+    /// Journals a record (empty: deleted), and keeps it in the overlay, which reads see
+    /// and the next checkpoint writes. Every change but a log line must be synced
+    /// before the turn is acknowledged.
+    fn put(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
         self.journal.put(table, key, &value);
         match table {
             Table::Seq => {
@@ -242,17 +242,13 @@ impl DiskStore {
                 self.recent.logs.insert(k, value);
                 return;
             }
-            _ => {
+            Table::Pipeline | Table::Spec | Table::Job | Table::Output => {
                 self.recent.records.insert((table, Key20::new(key)), value);
             }
+            Table::Schedule | Table::Backfill | Table::Pool | Table::Notification => {
+                self.recent.other.insert((table, key.to_vec()), value);
+            }
         }
-        self.needs_sync = true;
-    }
-
-    /// Journals a schedule, backfill, pool or notification record (empty: removed).
-    fn put_other(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
-        self.journal.put(table, key, &value);
-        self.recent.other.insert((table, key.to_vec()), value);
         self.needs_sync = true;
     }
 
@@ -283,7 +279,7 @@ impl DiskStore {
     /// Deletes the log entries from `lo` to `hi`.
     fn delete_logs(&mut self, lo: &[u8; 32], hi: &[u8; 32]) -> Result<(), StoreError> {
         for k in self.log_entries(lo, hi)?.into_keys() {
-            self.put_history(Table::Log, &k, Vec::new());
+            self.put(Table::Log, &k, Vec::new());
         }
         Ok(())
     }
@@ -481,10 +477,7 @@ fn background_syncer() -> Result<SyncSender<File>, StoreError> {
 /// Replays the journals of `dir` numbered up to `last` into the database, then removes
 /// them; how many records it wrote.
 fn fold(dir: &Path, db: &db::Db, last: u64) -> Result<usize, StoreError> {
-    let found: Vec<u64> = journal::list(dir)?
-        .into_iter()
-        .filter(|n| *n <= last)
-        .collect();
+    let found = journals_upto(dir, last)?;
     let mut changes = Changes::new();
     for &n in &found {
         let r = journal::replay(dir, n, &mut changes)?;
@@ -500,10 +493,23 @@ fn fold(dir: &Path, db: &db::Db, last: u64) -> Result<usize, StoreError> {
     if !changes.is_empty() {
         db.write(&changes)?;
     }
-    for &n in &found {
+    remove_journals(dir, &found)?;
+    Ok(changes.len())
+}
+
+/// The journals of `dir` numbered up to `last`, oldest first.
+fn journals_upto(dir: &Path, last: u64) -> Result<Vec<u64>, StoreError> {
+    let mut found = journal::list(dir)?;
+    found.retain(|n| *n <= last);
+    Ok(found)
+}
+
+/// Removes journals whose records the database has.
+fn remove_journals(dir: &Path, numbers: &[u64]) -> Result<(), StoreError> {
+    for &n in numbers {
         std::fs::remove_file(journal::path(dir, n))?;
     }
-    Ok(changes.len())
+    Ok(())
 }
 
 impl Drop for DiskStore {
@@ -529,12 +535,10 @@ fn log_key((id, job, attempt): LogKey, seq: u64) -> [u8; 32] {
     k
 }
 
-/// Records are stored with their fields named (some types skip empty fields, which a
-/// positional encoding cannot do), into a buffer sized ahead for a small record.
+/// Records are stored with their fields named: some types skip empty fields (a
+/// pipeline spec), which a positional encoding cannot read back.
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    let mut buf = Vec::with_capacity(256);
-    rmp_serde::encode::write_named(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
-    Ok(buf)
+    encode_with(v, rmp_serde::encode::write_named)
 }
 
 /// Pipeline and job records, written on every change, are stored with their fields by
@@ -542,8 +546,16 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 /// `#[serde(default)]`, at the end) when an older, shorter record is read. Records
 /// written by name before still decode.
 fn enc_compact<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    let mut buf = Vec::with_capacity(128);
-    rmp_serde::encode::write(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
+    encode_with(v, rmp_serde::encode::write)
+}
+
+/// Encodes `v` with `write` into a buffer sized ahead for a small record.
+fn encode_with<T: Serialize>(
+    v: &T,
+    write: fn(&mut Vec<u8>, &T) -> Result<(), rmp_serde::encode::Error>,
+) -> Result<Vec<u8>, StoreError> {
+    let mut buf = Vec::with_capacity(256);
+    write(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
     Ok(buf)
 }
 
@@ -679,13 +691,13 @@ impl StateStore for DiskStore {
 
     fn delete_pipeline(&mut self, rec: &PipelineRecord, jobs: u32) -> Result<(), StoreError> {
         let k = rec.id.0.as_bytes();
-        self.put_history(Table::Pipeline, k, Vec::new());
-        self.put_history(Table::Spec, k, Vec::new());
-        self.put_history(Table::Seq, &rec.seq.to_be_bytes(), Vec::new());
+        self.put(Table::Pipeline, k, Vec::new());
+        self.put(Table::Spec, k, Vec::new());
+        self.put(Table::Seq, &rec.seq.to_be_bytes(), Vec::new());
         for i in 0..jobs {
             let jk = job_key(rec.id, i);
-            self.put_history(Table::Job, &jk, Vec::new());
-            self.put_history(Table::Output, &jk, Vec::new());
+            self.put(Table::Job, &jk, Vec::new());
+            self.put(Table::Output, &jk, Vec::new());
         }
         self.specs_written.remove(&rec.id);
         // Its logs: every attempt of every job (none to look for if it captured none).
@@ -720,25 +732,25 @@ impl StateStore for DiskStore {
         // The spec and the index entry once per pipeline while it is open; a retried
         // pipeline writes them again, harmlessly, and nothing here outlives it.
         if !self.specs_written.contains(&rec.id) {
-            self.put_history(Table::Spec, &k, enc(&rec.spec)?);
-            self.put_history(Table::Seq, &rec.seq.to_be_bytes(), k.to_vec());
+            self.put(Table::Spec, &k, enc(&rec.spec)?);
+            self.put(Table::Seq, &rec.seq.to_be_bytes(), k.to_vec());
         }
         if rec.state.is_final() {
             self.specs_written.remove(&rec.id);
         } else {
             self.specs_written.insert(rec.id);
         }
-        self.put_history(Table::Pipeline, &k, enc_compact(rec)?);
+        self.put(Table::Pipeline, &k, enc_compact(rec)?);
         Ok(())
     }
 
     fn put_job(&mut self, id: PipelineId, job: u32, rec: &JobRecord) -> Result<(), StoreError> {
-        self.put_history(Table::Job, &job_key(id, job), enc_compact(rec)?);
+        self.put(Table::Job, &job_key(id, job), enc_compact(rec)?);
         Ok(())
     }
 
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError> {
-        self.put_history(Table::Output, &job_key(id, job), enc(output)?);
+        self.put(Table::Output, &job_key(id, job), enc(output)?);
         Ok(())
     }
 
@@ -766,7 +778,7 @@ impl StateStore for DiskStore {
     }
 
     fn put_schedule(&mut self, rec: &ScheduleRecord) -> Result<(), StoreError> {
-        self.put_other(Table::Schedule, rec.spec.name.as_bytes(), enc(rec)?);
+        self.put(Table::Schedule, rec.spec.name.as_bytes(), enc(rec)?);
         Ok(())
     }
 
@@ -779,7 +791,7 @@ impl StateStore for DiskStore {
     }
 
     fn put_backfill(&mut self, rec: &BackfillRecord) -> Result<(), StoreError> {
-        self.put_other(Table::Backfill, &rec.id.to_be_bytes(), enc(rec)?);
+        self.put(Table::Backfill, &rec.id.to_be_bytes(), enc(rec)?);
         Ok(())
     }
 
@@ -795,7 +807,7 @@ impl StateStore for DiskStore {
     }
 
     fn put_pool(&mut self, rec: &PoolRecord) -> Result<(), StoreError> {
-        self.put_other(Table::Pool, rec.name.as_bytes(), enc(rec)?);
+        self.put(Table::Pool, rec.name.as_bytes(), enc(rec)?);
         Ok(())
     }
 
@@ -818,13 +830,13 @@ impl StateStore for DiskStore {
     }
 
     fn put_log(&mut self, key: LogKey, line: &LogLine) -> Result<(), StoreError> {
-        self.put_history(Table::Log, &log_key(key, line.seq.max(1)), enc(line)?);
+        self.put(Table::Log, &log_key(key, line.seq.max(1)), enc(line)?);
         Ok(())
     }
 
     fn trim_log(&mut self, key: LogKey, upto: u64, meta: &LogMeta) -> Result<(), StoreError> {
         self.delete_logs(&log_key(key, 1), &log_key(key, upto))?;
-        self.put_history(Table::Log, &log_key(key, 0), enc(meta)?);
+        self.put(Table::Log, &log_key(key, 0), enc(meta)?);
         Ok(())
     }
 
@@ -851,12 +863,12 @@ impl StateStore for DiskStore {
     }
 
     fn put_notification(&mut self, rec: &NotificationRecord) -> Result<(), StoreError> {
-        self.put_other(Table::Notification, &rec.seq.to_be_bytes(), enc(rec)?);
+        self.put(Table::Notification, &rec.seq.to_be_bytes(), enc(rec)?);
         Ok(())
     }
 
     fn remove_notification(&mut self, seq: u64) -> Result<(), StoreError> {
-        self.put_other(Table::Notification, &seq.to_be_bytes(), Vec::new());
+        self.put(Table::Notification, &seq.to_be_bytes(), Vec::new());
         Ok(())
     }
 
