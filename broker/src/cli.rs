@@ -22,6 +22,11 @@ pub struct BrokerFlags {
     /// at once (default: 32 per slot); the router queues only short jobs. 0: none.
     #[arg(long)]
     pub prefetch: Option<usize>,
+    /// While jobs are queued beyond the slots, how long (at most) a finished job's
+    /// report waits for others to leave in the same message; never longer than a
+    /// quarter of what the queue holds. 0: every report at once.
+    #[arg(long, default_value_t = crate::REPORT_LINGER.as_millis() as u64)]
+    pub report_linger_ms: u64,
     /// CURVE keys (`--curve-secret`, `--router-key`).
     #[command(flatten)]
     pub keys: pypelinin_common::cli::ClientKeys,
@@ -38,6 +43,7 @@ impl BrokerFlags {
         }
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
         config.prefetch = self.prefetch;
+        config.report_linger = Duration::from_millis(self.report_linger_ms);
         config.security = self.keys.security()?;
         Ok(config)
     }

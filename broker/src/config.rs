@@ -44,6 +44,10 @@ pub struct BrokerConfig {
     pub prefetch: Option<usize>,
     /// CURVE keys for the connection to the router (none: plain, as before).
     pub security: pypelinin_common::curve::Security,
+    /// Longest a finished job's report waits for others to leave with it, while jobs
+    /// are queued beyond the slots (default [`crate::REPORT_LINGER`]): fewer, larger
+    /// reports cost the router less per job. Zero reports every job at once.
+    pub report_linger: Duration,
 }
 
 impl BrokerConfig {
@@ -58,6 +62,7 @@ impl BrokerConfig {
             slot_memory_bytes: None,
             prefetch: None,
             security: pypelinin_common::curve::Security::None,
+            report_linger: crate::REPORT_LINGER,
         }
     }
 

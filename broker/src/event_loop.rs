@@ -195,7 +195,15 @@ impl EventLoop {
                 };
                 wait = wait.min(left);
             }
-            pypelinin_common::transport::poll(&mut items, wait.as_millis() as i64)?;
+            if let Some(due) =
+                self.ledger
+                    .linger(self.config.slots, self.config.report_linger, Instant::now())
+            {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
+            // Rounded up: a linger of less than a millisecond must not spin.
+            let ms = wait.as_micros().div_ceil(1000) as i64;
+            pypelinin_common::transport::poll(&mut items, ms)?;
             while let Some(bytes) = self.link.recv() {
                 self.on_router(&bytes)?;
             }
@@ -204,7 +212,7 @@ impl EventLoop {
                 match rmp_serde::from_slice::<Internal>(&bytes) {
                     Ok(Internal::Done(report)) => {
                         ended.push(report.job);
-                        self.ledger.finished(report);
+                        self.ledger.finished(report, Instant::now());
                     }
                     Ok(Internal::Monitor(m)) => {
                         if self.link.welcomed() {
@@ -221,7 +229,11 @@ impl EventLoop {
             // Lazy Pirate for reports: one not acknowledged in time is sent again (a
             // duplicate is recognised by the router and changes nothing).
             self.ledger.resend_overdue(Instant::now());
-            if self.link.welcomed() {
+            let lingering = self
+                .ledger
+                .linger(self.config.slots, self.config.report_linger, Instant::now())
+                .is_some();
+            if self.link.welcomed() && !lingering {
                 if let Some(reports) = self.ledger.take_unsent() {
                     // Attempts' last lines leave before their reports, on the same
                     // socket: the router has a job's whole log when it hears it ended.

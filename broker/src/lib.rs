@@ -31,6 +31,7 @@ mod io;
 mod job;
 mod joblog;
 mod ledger;
+pub use ledger::REPORT_LINGER;
 mod monitor;
 mod persistent;
 mod pipes;

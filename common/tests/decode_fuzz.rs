@@ -596,6 +596,8 @@ fn metrics() -> ClusterMetrics {
         throughput: vec![(1_700_000_000, 12), (1_700_000_001, 0), (1_700_000_002, 7)],
         refused_keys: 2,
         refused_handshakes: 9,
+        job_reports: 40,
+        report_messages: 11,
     }
 }
 

@@ -87,6 +87,20 @@ pub fn prometheus(m: &ClusterMetrics) -> String {
     );
     section(
         &mut out,
+        "pypelinin_job_reports_total",
+        "counter",
+        "Job reports brokers sent (a report sent again counts again).",
+    );
+    let _ = writeln!(out, "pypelinin_job_reports_total {}", m.job_reports);
+    section(
+        &mut out,
+        "pypelinin_report_messages_total",
+        "counter",
+        "Messages that carried the job reports: brokers batch reports while their queue is full.",
+    );
+    let _ = writeln!(out, "pypelinin_report_messages_total {}", m.report_messages);
+    section(
+        &mut out,
         "pypelinin_refused_keys_total",
         "counter",
         "Distinct client keys the router's CURVE check refused since it started.",

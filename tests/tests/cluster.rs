@@ -289,3 +289,55 @@ fn retry_reruns_what_failed_and_keeps_what_succeeded() {
         "a, flaky; flaky, after; flaky, after"
     );
 }
+
+/// Many short independent jobs on one broker: once its queue holds work beyond its
+/// slots, its reports leave several to a message (`--report-linger-ms`), every one of
+/// them reaches the router, and the router counts both in its metrics.
+#[test]
+fn a_busy_broker_batches_its_reports_and_every_job_is_reported() {
+    const JOBS: usize = 400;
+    let c = Cluster::start(1, 2);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default().with_data("ms", json!(1));
+    for k in 0..JOBS {
+        spec = spec.job(&format!("s{k:03}"), "Sleep", &[]);
+    }
+    let id = pm.start(&spec).unwrap();
+    let done = pm.wait(id, WAIT).unwrap();
+    assert!(done.is_success(), "{done:?}");
+    assert!(
+        done.status().jobs.values().all(|j| j.attempts == 1),
+        "no job ran twice"
+    );
+    let m = pm.metrics().unwrap();
+    assert_eq!(m.attempts_finished, JOBS as u64);
+    assert!(
+        m.job_reports >= JOBS as u64,
+        "every job reported: {} reports",
+        m.job_reports
+    );
+    // Without lingering, at most the few that end while the broker's loop is busy
+    // share a message; with it, a full queue sends about a report per 4 ms per slot.
+    assert!(
+        m.report_messages * 2 <= m.job_reports,
+        "{} reports in {} messages",
+        m.job_reports,
+        m.report_messages
+    );
+}
+
+/// `--report-linger-ms 0` sends every report at once, and nothing else changes.
+#[test]
+fn a_broker_told_not_to_linger_reports_as_before() {
+    let c = Cluster::start_with(1, 2, &["--report-linger-ms", "0"]);
+    let mut pm = c.client();
+    let mut spec = PipelineSpec::default().with_data("ms", json!(1));
+    for k in 0..100 {
+        spec = spec.job(&format!("s{k:03}"), "Sleep", &[]);
+    }
+    let id = pm.start(&spec).unwrap();
+    assert!(pm.wait(id, WAIT).unwrap().is_success());
+    let m = pm.metrics().unwrap();
+    assert_eq!(m.attempts_finished, 100);
+    assert!(m.report_messages > 0 && m.job_reports >= 100);
+}

@@ -298,6 +298,15 @@ pub struct ClusterMetrics {
     /// retries, so this grows while it does).
     #[serde(default)]
     pub refused_handshakes: u64,
+    /// Job reports brokers sent since the router started (a report sent again counts
+    /// again).
+    #[serde(default)]
+    pub job_reports: u64,
+    /// The messages that carried them: `job_reports / report_messages` is how many
+    /// reports a broker's message carries on average (see the broker's
+    /// `--report-linger-ms`).
+    #[serde(default)]
+    pub report_messages: u64,
 }
 
 /// What the router tells brokers about the cluster (pypelinin's `get configuration`).

@@ -99,6 +99,8 @@ impl RouterState {
         if self.broker_mut(peer).is_none() {
             return Ok(Reply::Error(ProtocolError::UnknownPeer));
         }
+        self.report_messages += 1;
+        self.job_reports += reports.len() as u64;
         let mut stale = Vec::new();
         for r in reports {
             let Some(b) = self.broker_mut(peer) else {

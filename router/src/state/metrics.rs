@@ -78,6 +78,8 @@ impl RouterState {
         m.request_latency = self.latency.clone();
         (m.refused_keys, m.refused_handshakes) = pypelinin_common::curve::refused_counts();
         m.attempts_finished = self.attempts_finished;
+        m.job_reports = self.job_reports;
+        m.report_messages = self.report_messages;
         m.throughput = self.throughput.iter().copied().collect();
         m
     }

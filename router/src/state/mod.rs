@@ -184,6 +184,9 @@ pub struct RouterState {
     job_durations: HashMap<String, Histogram>,
     latency: Histogram,
     attempts_finished: u64,
+    /// Job reports received, and the messages that carried them.
+    job_reports: u64,
+    report_messages: u64,
     throughput: VecDeque<(u64, u32)>,
     schedules: schedules::Schedules,
     /// The earliest `next_due` of the schedules not paused: kept up to date whenever a
@@ -249,6 +252,8 @@ impl RouterState {
             job_durations: HashMap::new(),
             latency: Histogram::new(LATENCY_BOUNDS),
             attempts_finished: 0,
+            job_reports: 0,
+            report_messages: 0,
             throughput: VecDeque::new(),
             schedules: BTreeMap::new(),
             schedules_due: None,

@@ -87,6 +87,9 @@ impl Cluster {
         if let Some(n) = args.prefetch {
             common.extend(["--prefetch".into(), n.to_string()]);
         }
+        if let Some(ms) = args.report_linger_ms {
+            common.extend(["--report-linger-ms".into(), ms.to_string()]);
+        }
         let (router_keys, member_keys) = match args.curve {
             true => curve_flags(dir.path())?,
             false => (vec![], vec![]),

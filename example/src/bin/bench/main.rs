@@ -66,6 +66,10 @@ struct Args {
     /// default, 32 per slot).
     #[arg(long)]
     prefetch: Option<usize>,
+    /// How long a broker's report may wait for others while its queue is full (default:
+    /// the broker's default); 0 measures every report sent at once.
+    #[arg(long)]
+    report_linger_ms: Option<u64>,
     /// The Python interpreter of S8 and S9, which must be able to `import pypelinin`
     /// (default: $PYPELININ_PYTHON, else the workspace's target/py-venv/bin/python if
     /// present, else python3).
@@ -232,6 +236,9 @@ fn run_role(role: Role, args: &Args) -> anyhow::Result<()> {
             config.slots = args.slots.unwrap_or(SLOTS);
             config.drain_timeout = Duration::from_secs(2);
             config.prefetch = args.prefetch;
+            if let Some(ms) = args.report_linger_ms {
+                config.report_linger = Duration::from_millis(ms);
+            }
             config.security = args.member_security()?;
             config.isolation = match args.isolation {
                 Iso::Process => pypelinin_broker::Isolation::Process,
