@@ -207,6 +207,19 @@ impl RouterState {
             if let Some(snap) = self.snapshot(id) {
                 self.takes.entry(peer).or_default().push(snap);
             }
+            // Roots are ready from the start, whatever their trigger rule, and the
+            // pipeliner's first walk asks for them: they are queued now, in the turn
+            // it is handed over (for a new pipeline, the turn that accepted it), not a
+            // round trip later. Its walk asks again, and a job is queued once.
+            let roots: Vec<u32> = {
+                let dag = &self.pipelines[&id].dag;
+                (0..dag.len() as u32)
+                    .filter(|&i| dag.parents(i).is_empty())
+                    .collect()
+            };
+            for i in roots {
+                self.enqueue_if_ready(id, i);
+            }
         }
         Ok(())
     }

@@ -45,7 +45,12 @@ fn enqueueing_a_job_whose_parents_have_not_succeeded_is_ignored() {
         enqueue: vec![1, 2, 99],
         ..Advance::default()
     });
-    assert!(r.assigned().is_empty());
+    let started: Vec<u32> = r.assigned().iter().map(|a| a.job.job).collect();
+    assert_eq!(
+        started,
+        [0],
+        "only the root, queued when the pipeliner took it"
+    );
     assert_eq!(r.job_state(id, "b"), JobState::Queued);
 }
 
@@ -112,19 +117,63 @@ fn a_skip_of_a_job_that_can_still_run_is_ignored() {
 #[test]
 fn decisions_from_a_pipeliner_that_does_not_own_the_pipeline_are_stale() {
     let mut r = Rig::with_peers(1);
-    let id = r.submit(single());
+    let id = r.submit(chain());
+    let root = r.assigned().remove(0);
     let other = b"pipeliner-2";
     let hello = Request::PipelinerHello {
         pipeliner: Uuid::new_v4(),
         capacity: 1,
     };
     assert!(matches!(r.send(other, hello), Reply::Ok));
+    // Arming b would start it when a succeeds: refused, it does not.
     let a = Advance {
         pipeline: id,
-        enqueue: vec![0],
+        after: vec![1],
+        close_on_success: true,
         ..Advance::default()
     };
     let reply = r.send(other, Request::Advance(vec![a]));
     assert!(matches!(reply, Reply::Error(_)), "{reply:?}");
+    r.succeed(root.job);
     assert!(r.assigned().is_empty());
+    assert_eq!(r.job_state(id, "b"), JobState::Queued);
+}
+
+#[test]
+fn the_roots_start_in_the_turn_a_pipeliner_takes_the_pipeline_and_its_first_walk_changes_nothing() {
+    let mut r = Rig::new();
+    r.broker(super::BROKER, super::BROKER_NAME, 4, 0);
+    let spec = PipelineSpec::default()
+        .job("a", "W", &[])
+        .job("b", "W", &[])
+        .job("c", "W", &["a", "b"]);
+    let id = r.submit(spec);
+    assert!(r.assigned().is_empty(), "no pipeliner has it: nothing runs");
+    assert_eq!(r.pipeline_state(id), PipelineState::Queued);
+    r.pipeliner();
+    let mut roots: Vec<u32> = r.assigned().iter().map(|a| a.job.job).collect();
+    roots.sort();
+    assert_eq!(roots, [0, 1], "queued in the turn it was taken");
+    assert_eq!(r.pipeline_state(id), PipelineState::Running);
+    assert_eq!(r.take(id).states, vec![JobState::Queued; 3]);
+    // The pipeliner's first walk asks for them again: nothing starts twice.
+    r.advance(Advance {
+        pipeline: id,
+        enqueue: vec![0, 1],
+        after: vec![2],
+        close_on_success: true,
+        ..Advance::default()
+    });
+    assert!(r.assigned().is_empty());
+    for k in 0..2 {
+        r.succeed(JobRef {
+            pipeline: id,
+            job: k,
+            attempt: 1,
+        });
+    }
+    let c = r.assigned();
+    assert_eq!((c.len(), c[0].job.job), (1, 2));
+    r.succeed(c[0].job);
+    assert_eq!(r.pipeline_state(id), PipelineState::Succeeded);
 }

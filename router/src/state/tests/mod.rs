@@ -238,6 +238,27 @@ impl Rig {
         self.assigned_to(BROKER)
     }
 
+    /// Assignments of pipeline `id`'s jobs pushed to [`BROKER`] since the last call; the
+    /// others stay (the router queues a pipeline's roots itself when a pipeliner takes
+    /// it, so runs started by a schedule may be assigned in the same turn).
+    fn assigned_for(&mut self, id: PipelineId) -> Vec<Assignment> {
+        let mut out = Vec::new();
+        for (p, push) in self.pushes.iter_mut() {
+            if let (true, Push::Assign(list)) = (p == BROKER, push) {
+                list.retain(|a| {
+                    let mine = a.job.pipeline == id;
+                    if mine {
+                        out.push(a.clone());
+                    }
+                    !mine
+                });
+            }
+        }
+        self.pushes
+            .retain(|(_, push)| !matches!(push, Push::Assign(list) if list.is_empty()));
+        out
+    }
+
     /// Job changes told to the pipeliner since the last call.
     fn changes(&mut self) -> Vec<JobChange> {
         let mut out = Vec::new();

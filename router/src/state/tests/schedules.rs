@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use pypelinin_common::protocol::{Advance, ProtocolError, Reply, Request, ScheduleRequest};
+use pypelinin_common::protocol::{Advance, JobRef, ProtocolError, Reply, Request, ScheduleRequest};
 use pypelinin_common::schedule::{OverrunPolicy, RunKind, ScheduleSpec, ScheduleStatus};
-use pypelinin_common::status::PipelineState;
+use pypelinin_common::status::{JobState, PipelineState};
 use pypelinin_common::PipelineId;
 
 use super::{single, Rig, CLIENT};
@@ -99,12 +99,27 @@ impl Rig {
             close_on_success: true,
             ..Advance::default()
         });
-        let a = self
-            .assigned()
+        // The latest attempt (a retried run was assigned again). The router queues a
+        // run's job when the pipeliner takes it: one started before a restart is still
+        // its broker's, and reported by it.
+        let job = match self
+            .assigned_for(id)
             .into_iter()
-            .find(|a| a.job.pipeline == id)
-            .expect("the run's job was assigned");
-        self.succeed(a.job);
+            .max_by_key(|a| a.job.attempt)
+        {
+            Some(a) => a.job,
+            None => {
+                let status = self.status(id);
+                let j = status.jobs.values().next().expect("one job");
+                assert_eq!(j.state, JobState::Running, "the run's job was assigned");
+                JobRef {
+                    pipeline: id,
+                    job: 0,
+                    attempt: j.attempts,
+                }
+            }
+        };
+        self.succeed(job);
         assert_eq!(self.pipeline_state(id), PipelineState::Succeeded);
     }
 
@@ -203,7 +218,8 @@ fn delay_keeps_every_tick_and_starts_each_when_the_previous_ends() {
 
 #[test]
 fn delay_until_success_holds_after_a_failure_until_a_retry_succeeds() {
-    let mut r = Rig::with_peers(1);
+    // Two slots: the cancelled first attempt holds one until the broker reports it.
+    let mut r = Rig::with_peers(2);
     r.add_schedule(spec("s", OverrunPolicy::DelayUntilSuccess, 1));
     r.seconds(1);
     let first = r.runs("s")[0].1;
