@@ -194,8 +194,7 @@ impl RouterState {
                 continue;
             }
             if let Some(w) = self.waiters.remove(&key) {
-                let reply = self.answer(&w.ids, w.outputs)?;
-                self.reply(&w.to, reply);
+                self.answer(&w.to, &w.ids, w.outputs)?;
             }
         }
         self.notify_closed(id, state);

@@ -27,6 +27,7 @@ mod peers;
 mod pools;
 mod queue;
 mod schedules;
+mod views;
 mod waiters;
 mod why;
 
@@ -45,7 +46,7 @@ use pypelinin_common::protocol::{
     PipelineSnapshot, ProtocolError, Push, Reply, Request, HEARTBEAT_INTERVAL, PEER_LIVENESS,
 };
 use pypelinin_common::schedule::RunKind;
-use pypelinin_common::status::{JobState, JobStatus, PipelineStatus};
+use pypelinin_common::status::JobState;
 use pypelinin_common::Pipeline;
 use tracing::info;
 
@@ -103,49 +104,6 @@ struct PipelineEntry {
     /// Close as succeeded once every job succeeded, without a `finish` (not stored
     /// either).
     close_on_success: bool,
-}
-
-impl PipelineEntry {
-    fn status(&self) -> PipelineStatus {
-        let jobs = self
-            .dag
-            .names()
-            .iter()
-            .zip(&self.jobs)
-            .enumerate()
-            .map(|(i, (name, j))| {
-                let last = j.history.last();
-                let status = JobStatus {
-                    worker: self.dag.job(i as u32).worker.clone(),
-                    state: j.state,
-                    attempts: j.attempt(),
-                    error: j.error.clone(),
-                    started_ms: last.map(|a| a.started_ms),
-                    finished_ms: last.and_then(|a| a.finished_ms),
-                    duration_ms: last
-                        .and_then(|a| a.finished_ms.map(|f| f.saturating_sub(a.started_ms))),
-                    history: j.history.clone(),
-                    late: j.late,
-                    waiting_for: (j.state == JobState::Waiting).then(|| {
-                        format!(
-                            "{} (poke {}, next at {})",
-                            j.waiting_for.as_deref().unwrap_or("its condition"),
-                            j.wait_checks,
-                            pypelinin_common::render::rfc3339_ms(j.not_before_ms)
-                        )
-                    }),
-                };
-                (name.clone(), status)
-            })
-            .collect();
-        PipelineStatus {
-            id: self.rec.id,
-            state: self.rec.state,
-            submitted_ms: self.rec.submitted_ms,
-            finished_ms: self.rec.finished_ms,
-            jobs,
-        }
-    }
 }
 
 /// All of the router's state.
@@ -478,8 +436,7 @@ impl RouterState {
                     v.retain(|x| *x != k);
                 }
             }
-            let reply = self.answer(&w.ids, w.outputs)?;
-            self.reply(&w.to, reply);
+            self.answer(&w.to, &w.ids, w.outputs)?;
         }
         let silent: Vec<PeerId> = self
             .peers

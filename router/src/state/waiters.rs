@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pypelinin_common::protocol::{PipelineId, PipelineResult, ProtocolError, Reply, MAX_WAIT_MS};
+use pypelinin_common::protocol::{
+    self, PipelineId, PipelineResult, ProtocolError, Reply, MAX_WAIT_MS,
+};
 use pypelinin_common::status::JobState;
 
-use super::{ReplyTo, Result, RouterState};
+use super::views::{FrameView, ReplyView, StatusView};
+use super::{Outgoing, ReplyTo, Result, RouterState};
 
 pub(super) struct Waiter {
     pub(super) to: ReplyTo,
@@ -40,7 +43,8 @@ impl RouterState {
             }
         }
         if pending == 0 || timeout_ms == 0 {
-            return self.answer(&ids, outputs).map(Some);
+            self.answer(to, &ids, outputs)?;
+            return Ok(None);
         }
         let key = self.next_waiter;
         self.next_waiter += 1;
@@ -67,18 +71,36 @@ impl RouterState {
         Ok(None)
     }
 
-    /// The reply to a wait: statuses, or states with outputs.
-    pub(super) fn answer(&self, ids: &[PipelineId], outputs: bool) -> Result<Reply> {
-        if !outputs {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                match self.lookup(*id) {
-                    Ok(p) => out.push(p.status()),
-                    Err(e) => return Ok(Reply::Error(e)),
+    /// Answers a wait: statuses, or states with outputs. Statuses are encoded from the
+    /// router's records as they are, not copied first ([`super::views`]).
+    pub(super) fn answer(&mut self, to: &ReplyTo, ids: &[PipelineId], outputs: bool) -> Result<()> {
+        let reply = if outputs {
+            self.results(ids)?
+        } else {
+            let found: std::result::Result<Vec<_>, _> =
+                ids.iter().map(|id| self.lookup(*id)).collect();
+            match found {
+                Ok(found) => {
+                    let views = found.iter().map(|p| StatusView::of(p)).collect();
+                    let payload =
+                        protocol::encode(to.id, &FrameView::Reply(ReplyView::Statuses(views)));
+                    drop(found);
+                    self.outbox.push(Outgoing {
+                        peer: to.peer.clone(),
+                        req: to.req,
+                        payload,
+                    });
+                    return Ok(());
                 }
+                Err(e) => Reply::Error(e),
             }
-            return Ok(Reply::Statuses(out));
-        }
+        };
+        self.reply(to, reply);
+        Ok(())
+    }
+
+    /// Pipelines' states with their succeeded jobs' outputs and failed jobs' errors.
+    fn results(&self, ids: &[PipelineId]) -> Result<Reply> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let p = match self.lookup(*id) {
