@@ -78,13 +78,8 @@ pub struct DiskStore {
 /// value is a deletion. Its size is bounded by [`CHECKPOINT_BYTES`] of journal.
 #[derive(Default)]
 struct Overlay {
-    /// Pipeline records and specs, and their jobs' records and outputs, by pipeline.
-    records: foldhash::HashMap<[u8; 16], ByPipeline>,
-    /// How many values `records` holds.
-    records_len: usize,
-    /// Keys of those tables in another shape than a pipeline id (and a job index): none
-    /// are written today; kept here rather than lost if one ever is.
-    odd: Changes,
+    /// Records, specs, jobs and outputs, by table and key (of at most 20 bytes).
+    records: foldhash::HashMap<(Table, Key20), Vec<u8>>,
     /// The order index.
     seqs: BTreeMap<u64, Vec<u8>>,
     /// Captured log lines, in key order for ranges.
@@ -93,112 +88,20 @@ struct Overlay {
     other: Changes,
 }
 
-/// One pipeline's records in the overlay: its own two, and its jobs' by index. Writing a
-/// job's record is then a lookup among pipelines and an index, not an insert into one
-/// table of every job since the last checkpoint: under load, growing that table (copied
-/// into fresh memory the kernel must zero) and probing it cost a tenth of the router's
-/// CPU.
-#[derive(Default)]
-struct ByPipeline {
-    pipeline: Option<Vec<u8>>,
-    spec: Option<Vec<u8>>,
-    jobs: Vec<Option<Vec<u8>>>,
-    outputs: Vec<Option<Vec<u8>>>,
-}
-
-/// Most jobs a pipeline's vectors index; a key past it goes to the overlay's `odd` map.
-const MAX_INDEXED_JOB: u32 = 1 << 22;
-
-/// Where a key of the pipeline, spec, job and output tables goes: the pipeline id, and
-/// the job index for a job's record or output; `None` for any other shape.
-fn split_key(table: Table, key: &[u8]) -> Option<([u8; 16], Option<u32>)> {
-    let id: [u8; 16] = key.get(..16)?.try_into().ok()?;
-    match (table, key.len()) {
-        (Table::Pipeline | Table::Spec, 16) => Some((id, None)),
-        (Table::Job | Table::Output, 20) => {
-            let job = u32::from_be_bytes(key[16..].try_into().ok()?);
-            (job < MAX_INDEXED_JOB).then_some((id, Some(job)))
-        }
-        _ => None,
-    }
-}
-
-impl ByPipeline {
-    fn slot(&self, table: Table, job: Option<u32>) -> Option<&Vec<u8>> {
-        match (table, job) {
-            (Table::Pipeline, None) => self.pipeline.as_ref(),
-            (Table::Spec, None) => self.spec.as_ref(),
-            (Table::Job, Some(i)) => self.jobs.get(i as usize)?.as_ref(),
-            (Table::Output, Some(i)) => self.outputs.get(i as usize)?.as_ref(),
-            _ => None,
-        }
-    }
-
-    fn slot_mut(&mut self, table: Table, job: Option<u32>) -> &mut Option<Vec<u8>> {
-        fn at(v: &mut Vec<Option<Vec<u8>>>, i: u32) -> &mut Option<Vec<u8>> {
-            let i = i as usize;
-            if v.len() <= i {
-                v.resize_with(i + 1, || None);
-            }
-            &mut v[i]
-        }
-        match (table, job) {
-            (Table::Spec, _) => &mut self.spec,
-            (Table::Job, Some(i)) => at(&mut self.jobs, i),
-            (Table::Output, Some(i)) => at(&mut self.outputs, i),
-            _ => &mut self.pipeline,
-        }
-    }
-}
-
 impl Overlay {
     fn get(&self, table: Table, key: &[u8]) -> Option<&Vec<u8>> {
-        match table {
-            Table::Log => self.logs.get(key),
-            Table::Pipeline | Table::Spec | Table::Job | Table::Output => {
-                match split_key(table, key) {
-                    Some((id, job)) => self.records.get(&id)?.slot(table, job),
-                    None => self.odd.get(&(table, key.to_vec())),
-                }
-            }
-            _ => None,
+        if table == Table::Log {
+            return self.logs.get(key);
         }
-    }
-
-    /// Keeps a record of the pipeline, spec, job or output tables.
-    fn put_record(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
-        let Some((id, job)) = split_key(table, key) else {
-            self.odd.insert((table, key.to_vec()), value);
-            return;
-        };
-        let slot = self.records.entry(id).or_default().slot_mut(table, job);
-        if slot.replace(value).is_none() {
-            self.records_len += 1;
-        }
+        self.records.get(&(table, Key20::new(key)))
     }
 
     /// Its entries, as the database writes them.
     fn entries(&self) -> impl Iterator<Item = (Table, Cow<'_, [u8]>, &[u8])> {
-        let records = self.records.iter().flat_map(|(id, p)| {
-            let own = [(Table::Pipeline, &p.pipeline), (Table::Spec, &p.spec)]
-                .into_iter()
-                .filter_map(move |(t, v)| Some((t, Cow::Borrowed(&id[..]), &v.as_ref()?[..])));
-            let jobs = [(Table::Job, &p.jobs), (Table::Output, &p.outputs)]
-                .into_iter()
-                .flat_map(move |(t, list)| {
-                    list.iter().enumerate().filter_map(move |(i, v)| {
-                        let mut k = [0u8; 20];
-                        k[..16].copy_from_slice(id);
-                        k[16..].copy_from_slice(&(i as u32).to_be_bytes());
-                        Some((t, Cow::Owned(k.to_vec()), &v.as_ref()?[..]))
-                    })
-                });
-            own.chain(jobs)
-        });
-        let odd = self
-            .odd
+        let records = self
+            .records
             .iter()
-            .map(|((t, k), v)| (*t, Cow::Borrowed(&k[..]), &v[..]));
+            .map(|((t, k), v)| (*t, Cow::Borrowed(k.bytes()), &v[..]));
         let seqs = self
             .seqs
             .iter()
@@ -211,11 +114,34 @@ impl Overlay {
             .other
             .iter()
             .map(|((t, k), v)| (*t, Cow::Borrowed(&k[..]), &v[..]));
-        records.chain(odd).chain(seqs).chain(logs).chain(other)
+        records.chain(seqs).chain(logs).chain(other)
     }
 
     fn len(&self) -> usize {
-        self.records_len + self.odd.len() + self.seqs.len() + self.logs.len() + self.other.len()
+        self.records.len() + self.seqs.len() + self.logs.len() + self.other.len()
+    }
+}
+
+/// A key of at most 20 bytes (a pipeline id, or a pipeline id and a job index), held
+/// inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key20 {
+    len: u8,
+    bytes: [u8; 20],
+}
+
+impl Key20 {
+    fn new(key: &[u8]) -> Self {
+        let mut bytes = [0u8; 20];
+        bytes[..key.len()].copy_from_slice(key);
+        Key20 {
+            len: key.len() as u8,
+            bytes,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
     }
 }
 
@@ -317,7 +243,7 @@ impl DiskStore {
                 return;
             }
             Table::Pipeline | Table::Spec | Table::Job | Table::Output => {
-                self.recent.put_record(table, key, value);
+                self.recent.records.insert((table, Key20::new(key)), value);
             }
             Table::Schedule | Table::Backfill | Table::Pool | Table::Notification => {
                 self.recent.other.insert((table, key.to_vec()), value);
