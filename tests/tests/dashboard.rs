@@ -427,6 +427,13 @@ fn json_api_and_prometheus_metrics() {
         sample(&text, "pypelinin_pipelines{state=\"succeeded\"}"),
         Some(2.0)
     );
+    // Every finished attempt was reported, in at most as many messages.
+    let reports = sample(&text, "pypelinin_job_reports_total").expect("reports counted");
+    let messages = sample(&text, "pypelinin_report_messages_total").expect("messages counted");
+    assert!(
+        reports >= 7.0 && messages >= 1.0 && messages <= reports,
+        "{text}"
+    );
     assert_eq!(
         sample(&text, "pypelinin_pipelines{state=\"cancelled\"}"),
         Some(1.0)
