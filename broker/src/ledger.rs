@@ -381,6 +381,13 @@ mod tests {
         l
     }
 
+    /// [`busy`], then one more job of `ms` ends at `t0`.
+    fn one_more(held: u32, ms: u64, t0: Instant) -> Ledger {
+        let mut l = busy(held, ms, t0);
+        l.finished(took(2, ms), t0);
+        l
+    }
+
     const MAX: Duration = Duration::from_millis(4);
 
     #[test]
@@ -407,8 +414,7 @@ mod tests {
         assert_eq!(jobs(&l.take_unsent().unwrap()), [2, 3]);
         assert_eq!(l.linger(2, MAX, t1 + MAX), None, "nothing waits");
         // With only what the slots run left, a report goes at once.
-        let mut l = busy(4, 1, t0);
-        l.finished(took(2, 1), t1);
+        let l = one_more(4, 1, t1);
         assert_eq!(l.linger(2, MAX, t1), None, "a slot is about to be free");
     }
 
@@ -416,8 +422,7 @@ mod tests {
     fn a_short_queue_lingers_a_quarter_of_what_it_lasts_a_tiny_one_and_a_zero_cap_not_at_all() {
         let t0 = Instant::now();
         // One slot, 14 held; once a third ends, 11 left, 10 queued: 10 ms of work.
-        let mut l = busy(14, 1, t0);
-        l.finished(took(2, 1), t0);
+        let l = one_more(14, 1, t0);
         let due = l.linger(1, MAX, t0).expect("queued work: it waits");
         let waits = due - t0;
         assert!(
@@ -426,25 +431,21 @@ mod tests {
         );
         assert_eq!(l.linger(1, Duration::ZERO, t0), None, "lingering off");
         // Three queued jobs of 1 ms: a linger of 750 µs is not worth it.
-        let mut l = busy(6, 1, t0);
-        l.finished(took(2, 1), t0);
+        let l = one_more(6, 1, t0);
         assert_eq!(l.linger(1, MAX, t0), None, "too short to linger");
         // Jobs of 10 ms on four slots, eight queued (20 ms): a linger of 4 ms would see
         // one or two more end; not worth delaying the report.
-        let mut l = busy(15, 10, t0);
-        l.finished(took(2, 10), t0);
+        let l = one_more(15, 10, t0);
         assert_eq!(
             (l.running(), l.linger(4, MAX, t0)),
             (12, None),
             "little company"
         );
         // Jobs of 5 ms, the same queue length: one ends every 1.25 ms, worth 4 ms.
-        let mut l = busy(23, 5, t0);
-        l.finished(took(2, 5), t0);
+        let l = one_more(23, 5, t0);
         assert!(l.linger(4, MAX, t0).is_some(), "company enough");
         // Jobs under a millisecond: however many are queued, no linger.
-        let mut l = busy(1_000, 0, t0);
-        l.finished(took(2, 0), t0);
+        let l = one_more(1_000, 0, t0);
         assert_eq!(l.linger(1, MAX, t0), None, "jobs of microseconds");
     }
 
