@@ -72,11 +72,11 @@ impl Ledger {
     /// A slot finished a job: its report waits to be sent.
     pub(crate) fn finished(&mut self, report: JobReport, now: Instant) {
         self.running.remove(&(report.job.pipeline, report.job.job));
-        let ms = report.finished_ms.saturating_sub(report.started_ms) as f64;
-        self.job_ms = Some(match self.job_ms {
-            None => ms,
-            Some(avg) => avg + JOB_MS_WEIGHT * (ms - avg),
-        });
+        self.job_ms = Some(pypelinin_common::moving_average(
+            self.job_ms,
+            report.ran_ms() as f64,
+            JOB_MS_WEIGHT,
+        ));
         if self.unsent.is_empty() {
             self.unsent_since = Some(now);
         }
@@ -97,16 +97,15 @@ impl Ledger {
     /// a resent report or `max` zero, it leaves at once: a quiet cluster sees no added
     /// latency.
     pub(crate) fn linger(&self, slots: usize, max: Duration, now: Instant) -> Option<Instant> {
+        // Set when a first report waits, cleared when they leave or others join to
+        // be sent again: some wait, and none of them is a report sent before.
         let since = self.unsent_since?;
         let queued = self.running.len().saturating_sub(slots);
-        if self.unsent.is_empty()
-            || self.unsent.len() >= REPORT_BATCH
+        if self.unsent.len() >= REPORT_BATCH
             || queued == 0
+            || slots == 0
             || self.drain_until.is_some()
         {
-            return None;
-        }
-        if slots == 0 {
             return None;
         }
         // One job ends every `every_ms`, all slots together.
@@ -148,6 +147,13 @@ impl Ledger {
     pub(crate) fn not_sent(&mut self, mut reports: Vec<JobReport>) {
         reports.append(&mut self.unsent);
         self.unsent = reports;
+        self.unsent_since = None;
+    }
+
+    /// `reports` go out again with the next message, at once: they waited long enough.
+    fn send_again(&mut self, reports: Vec<JobReport>) {
+        self.unsent.extend(reports);
+        self.unsent_since = None;
     }
 
     /// The router answered request `id`: the reports it carried, if any, are done with.
@@ -158,7 +164,7 @@ impl Ledger {
     /// `reports` were refused because the router does not know the broker (it
     /// restarted): they are sent again after the next hello.
     pub(crate) fn refused(&mut self, reports: Vec<JobReport>) {
-        self.unsent.extend(reports);
+        self.send_again(reports);
     }
 
     /// Reports unacknowledged for longer than [`REQUEST_TIMEOUT`] at `now` are sent
@@ -174,7 +180,7 @@ impl Ledger {
             .collect();
         for id in ids {
             if let Some((_, reports)) = self.inflight.remove(&id) {
-                self.unsent.extend(reports);
+                self.send_again(reports);
             }
         }
     }
@@ -182,8 +188,9 @@ impl Ledger {
     /// For a new hello: every unacknowledged report is sent again after it. The jobs
     /// running, and those whose reports it announces.
     pub(crate) fn for_hello(&mut self) -> (Vec<JobRef>, Vec<JobRef>) {
-        for (_, (_, reports)) in self.inflight.drain() {
-            self.unsent.extend(reports);
+        let inflight: Vec<_> = self.inflight.drain().collect();
+        for (_, (_, reports)) in inflight {
+            self.send_again(reports);
         }
         let running = self.running.values().copied().collect();
         let unreported = self.unsent.iter().map(|r| r.job).collect();
@@ -481,6 +488,13 @@ mod tests {
         );
         l.take_unsent().unwrap();
         l.finished(took(3, 2), t0);
+        assert!(l.linger(1, MAX, t0).is_some());
+        // A report overdue for its answer joins them: all leave at once.
+        l.sent(5, vec![took(4, 2)], t0);
+        l.resend_overdue(t0 + REQUEST_TIMEOUT * 2);
+        assert_eq!(l.linger(1, MAX, t0), None, "one is being sent again");
+        assert_eq!(jobs(&l.take_unsent().unwrap()), [3, 4]);
+        l.finished(took(5, 2), t0);
         assert!(l.linger(1, MAX, t0).is_some());
         l.start_drain(t0, Duration::from_secs(1));
         assert_eq!(l.linger(1, MAX, t0), None, "stopping: report at once");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use pypelinin_common::protocol::{Assignment, ClusterConfig, JobRef, JobReport};
-use pypelinin_common::{now_ms, Data, Shutdown};
+use pypelinin_common::{moving_average, now_ms, Data, Shutdown};
 use tracing::{error, info, warn};
 
 use crate::api::{Store, Worker};
@@ -287,7 +287,7 @@ impl JobLengths {
     pub(crate) fn observe(&mut self, worker: &str, ms: u64) {
         let ms = ms as f64;
         match self.0.get_mut(worker) {
-            Some(avg) => *avg += LENGTH_WEIGHT * (ms - *avg),
+            Some(avg) => *avg = moving_average(Some(*avg), ms, LENGTH_WEIGHT),
             None => {
                 self.0.insert(worker.to_string(), ms);
             }

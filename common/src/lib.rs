@@ -35,6 +35,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// An exponential moving average: `avg` moved `weight` of the way to `sample`, or
+/// `sample` itself when there is no average yet. How routers, brokers and slots follow
+/// job lengths, each with its own weight.
+pub fn moving_average(avg: Option<f64>, sample: f64, weight: f64) -> f64 {
+    match avg {
+        None => sample,
+        Some(avg) => avg + weight * (sample - avg),
+    }
+}
+
 /// Starts `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
 ///
 /// Binaries call this once; libraries only emit events.

@@ -437,6 +437,12 @@ impl Pipeline {
         &self.jobs[i as usize]
     }
 
+    /// The jobs that wait for none: ready from the start, whatever their trigger rule
+    /// (every valid pipeline has one).
+    pub fn roots(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len() as u32).filter(|&i| self.parents(i).is_empty())
+    }
+
     /// Jobs that job `i` waits for.
     pub fn parents(&self, i: u32) -> &[u32] {
         &self.parents[i as usize]

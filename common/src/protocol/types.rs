@@ -49,6 +49,13 @@ pub struct JobReport {
     pub result: Result<Data, String>,
 }
 
+impl JobReport {
+    /// How long the worker ran, in whole milliseconds.
+    pub fn ran_ms(&self) -> u64 {
+        self.finished_ms.saturating_sub(self.started_ms)
+    }
+}
+
 /// What a pipeliner decided for one pipeline.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Advance {

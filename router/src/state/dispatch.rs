@@ -211,12 +211,7 @@ impl RouterState {
             // pipeliner's first walk asks for them: they are queued now, in the turn
             // it is handed over (for a new pipeline, the turn that accepted it), not a
             // round trip later. Its walk asks again, and a job is queued once.
-            let roots: Vec<u32> = {
-                let dag = &self.pipelines[&id].dag;
-                (0..dag.len() as u32)
-                    .filter(|&i| dag.parents(i).is_empty())
-                    .collect()
-            };
+            let roots: Vec<u32> = self.pipelines[&id].dag.roots().collect();
             for i in roots {
                 self.enqueue_if_ready(id, i);
             }

@@ -401,10 +401,17 @@ impl RouterState {
     }
 
     fn reply(&mut self, to: &ReplyTo, reply: Reply) {
+        let payload = pypelinin_common::protocol::encode(to.id, &FromRouter::Reply(reply));
+        self.reply_frame(to, payload);
+    }
+
+    /// Queues an encoded reply frame to `to` (a reply encoded from borrowed state, as a
+    /// wait's statuses are, comes here directly).
+    fn reply_frame(&mut self, to: &ReplyTo, payload: Vec<u8>) {
         self.outbox.push(Outgoing {
             peer: to.peer.clone(),
             req: to.req,
-            payload: pypelinin_common::protocol::encode(to.id, &FromRouter::Reply(reply)),
+            payload,
         });
     }
 

@@ -58,11 +58,11 @@ impl BrokerPeer {
     }
 
     pub(super) fn observe(&mut self, r: &JobReport) {
-        let ms = r.finished_ms.saturating_sub(r.started_ms) as f64;
-        self.job_ms = Some(match self.job_ms {
-            None => ms,
-            Some(avg) => avg + JOB_MS_WEIGHT * (ms - avg),
-        });
+        self.job_ms = Some(pypelinin_common::moving_average(
+            self.job_ms,
+            r.ran_ms() as f64,
+            JOB_MS_WEIGHT,
+        ));
     }
 }
 

@@ -10,7 +10,7 @@ use pypelinin_common::protocol::{
 use pypelinin_common::status::JobState;
 
 use super::views::{FrameView, ReplyView, StatusView};
-use super::{Outgoing, ReplyTo, Result, RouterState};
+use super::{ReplyTo, Result, RouterState};
 
 pub(super) struct Waiter {
     pub(super) to: ReplyTo,
@@ -85,11 +85,7 @@ impl RouterState {
                     let payload =
                         protocol::encode(to.id, &FrameView::Reply(ReplyView::Statuses(views)));
                     drop(found);
-                    self.outbox.push(Outgoing {
-                        peer: to.peer.clone(),
-                        req: to.req,
-                        payload,
-                    });
+                    self.reply_frame(to, payload);
                     return Ok(());
                 }
                 Err(e) => Reply::Error(e),

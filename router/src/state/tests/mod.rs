@@ -193,7 +193,8 @@ impl Rig {
         let snap = self.take(id);
         let (roots, rest): (Vec<u32>, Vec<u32>) = {
             let dag = pypelinin_common::Pipeline::new(snap.spec).unwrap();
-            (0..dag.len() as u32).partition(|&i| dag.parents(i).is_empty())
+            let roots: Vec<u32> = dag.roots().collect();
+            (0..dag.len() as u32).partition(|i| roots.contains(i))
         };
         self.advance(Advance {
             pipeline: id,
