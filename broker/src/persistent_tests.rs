@@ -223,3 +223,41 @@ fn an_endless_line_is_cut_at_the_bound() {
     let e = run(&w, json!({})).unwrap_err().to_string();
     assert!(e.contains("a response line longer than"), "{e}");
 }
+
+#[test]
+fn each_job_stderr_lines_are_in_its_log_when_it_returns() {
+    use crate::joblog::{with_log, JobLog, LogSink};
+    use pypelinin_common::protocol::JobRef;
+    // A long line takes several reads, so the last bytes are read while the rest is
+    // already logged: the window in which a job used to end before its line did.
+    let script = r#"
+import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    n = req["input"]["n"]
+    sys.stderr.write(("%d:" % n) + "x" * 16000 + "\n"); sys.stderr.flush()
+    print(json.dumps({"id": req["id"], "output": {}}), flush=True)
+"#;
+    let w = PersistentWorker::new(vec!["python3".into(), "-c".into(), script.into()]);
+    let sink = Arc::new(LogSink::default());
+    for n in 0..200u32 {
+        let log = JobLog {
+            job: JobRef {
+                pipeline: Default::default(),
+                job: n,
+                attempt: 1,
+            },
+            sink: sink.clone(),
+        };
+        with_log(Some(log), || run(&w, json!({"n": n}))).unwrap();
+        let lines: Vec<_> = sink.take(usize::MAX);
+        let mine: Vec<_> = lines.iter().filter(|c| c.job.job == n).collect();
+        assert_eq!(mine.len(), 1, "job {n}: {} lines in all", lines.len());
+        let text = String::from_utf8_lossy(&mine[0].line.bytes);
+        assert!(text.starts_with(&format!("{n}:")), "job {n}");
+        assert!(
+            lines.iter().all(|c| c.job.job == n),
+            "job {n}: a stray line"
+        );
+    }
+}

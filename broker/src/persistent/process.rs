@@ -15,7 +15,7 @@ use super::{PersistentError, EXIT_GRACE, MAX_RESPONSE_LINE_BYTES, POLL};
 use crate::cancel::CancelFlag;
 use crate::command::{describe, leader_exited};
 use crate::joblog::{JobLog, LineSplitter, LogTarget};
-use crate::pipes::{drain, Tail};
+use crate::pipes::{drain_gated, pipe_empty, Tail};
 
 /// Longest a served job waits for its process's stderr to be read (it normally is
 /// already: see `Process::settle_stderr`).
@@ -65,6 +65,8 @@ pub(super) struct Process {
     serving: Arc<Mutex<Option<JobLog>>>,
     /// The stderr pipe's descriptor (read by its thread), to see whether bytes wait.
     stderr_fd: Option<std::os::fd::RawFd>,
+    /// Held by the stderr thread while it reads and logs bytes (`drain_gated`).
+    stderr_gate: Arc<Mutex<()>>,
     /// Disconnected once stderr is drained to its end.
     stderr_done: Receiver<()>,
     reaped: bool,
@@ -91,6 +93,8 @@ impl Process {
             LogTarget::Serving(serving.clone()),
         );
         let (done_tx, stderr_done) = crossbeam_channel::bounded::<()>(0);
+        let stderr_gate = Arc::new(Mutex::new(()));
+        let gate = stderr_gate.clone();
         // Built before the threads so that an error starting them kills the process.
         let mut process = Process {
             child,
@@ -101,6 +105,7 @@ impl Process {
             tail: tail.clone(),
             serving,
             stderr_fd,
+            stderr_gate,
             stderr_done,
             reaped: false,
         };
@@ -113,7 +118,7 @@ impl Process {
             std::thread::Builder::new()
                 .name("persistent-stderr".into())
                 .spawn(move || {
-                    drain(r, Some(&tail), Some(&mut log_lines));
+                    drain_gated(r, &gate, Some(&tail), Some(&mut log_lines));
                     drop(done_tx);
                 })?;
         }
@@ -172,20 +177,25 @@ impl Process {
     }
 
     /// The process answered: what it wrote on stderr before is in the pipe by now.
-    /// Waits (briefly) until the stderr thread has read it, so that those lines count
-    /// in this job's log rather than the next one's. A line still being cut when the
-    /// pipe is empty can, rarely, land in the next job's log.
+    /// Waits (briefly) until the stderr thread has read and logged it, so that those
+    /// lines count in this job's log rather than the next one's. A line the process
+    /// had not ended with a newline can still land in the next job's log.
     fn settle_stderr(&self) {
         let Some(fd) = self.stderr_fd else {
             return;
         };
         let until = Instant::now() + STDERR_SETTLE;
         loop {
-            let mut waiting: libc::c_int = 0;
-            // SAFETY: FIONREAD writes one int through the pointer, which is valid; the
-            // descriptor is the stderr pipe, open while its thread reads it.
-            let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) };
-            if r != 0 || waiting <= 0 || Instant::now() >= until {
+            {
+                let _held = self
+                    .stderr_gate
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if pipe_empty(fd) {
+                    return;
+                }
+            }
+            if Instant::now() >= until {
                 return;
             }
             std::thread::sleep(Duration::from_millis(1));
