@@ -33,10 +33,11 @@ fn assert_ok(out: &Output) {
     );
 }
 
-/// The four fields and the three more, each a positive number.
+/// The four fields and the four more, each a positive number.
 fn assert_row_fields(row: &Value) {
     for key in [
         "rss_mib",
+        "rss_peak_mib",
         "jobs_per_s",
         "disk_mib",
         "elapsed_s",
@@ -48,6 +49,11 @@ fn assert_row_fields(row: &Value) {
             .unwrap_or_else(|| panic!("{key} missing or not a number in {row}"));
         assert!(v > 0.0, "{key} = {v} in {row}");
     }
+    let (now, peak) = (row["rss_mib"].as_f64(), row["rss_peak_mib"].as_f64());
+    assert!(
+        peak >= now,
+        "the interval's peak under the RSS at its end: {row}"
+    );
 }
 
 #[test]

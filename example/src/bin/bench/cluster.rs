@@ -240,6 +240,13 @@ impl Cluster {
         self.router_status_kb("VmHWM:")
     }
 
+    /// Starts the router's peak resident memory (VmHWM) afresh from what it holds now
+    /// (Linux's `clear_refs` 5), so that the next [`Cluster::router_peak_rss_kb`] is
+    /// the peak since this call. False if the kernel refused.
+    pub fn reset_router_peak_rss(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.procs[0].id()), "5").is_ok()
+    }
+
     /// The router's resident memory now (VmRSS), in KiB: unlike the peak, it falls when
     /// the router frees memory, which is what a soak run watches.
     pub fn router_rss_kb(&self) -> u64 {

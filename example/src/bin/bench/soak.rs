@@ -121,8 +121,15 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
         }
     );
     println!(
-        "\n{:>10} {:>9} {:>10} {:>9} {:>10} {:>10} {:>12}",
-        "pipelines", "rss MiB", "jobs/s", "disk MiB", "elapsed s", "interval s", "router cpu s"
+        "\n{:>10} {:>9} {:>9} {:>10} {:>9} {:>10} {:>10} {:>12}",
+        "pipelines",
+        "rss MiB",
+        "peak MiB",
+        "jobs/s",
+        "disk MiB",
+        "elapsed s",
+        "interval s",
+        "router cpu s"
     );
     let spec = three_noops();
     let mut pm = c.client()?;
@@ -147,6 +154,12 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
             in_flight.push_back(ids);
         }
         let started = *clock.get_or_insert_with(|| {
+            if !c.reset_router_peak_rss() {
+                eprintln!(
+                    "warning: the kernel refused to reset the router's peak RSS: \
+                     `peak MiB` is its peak since it started"
+                );
+            }
             row_started = Instant::now();
             row_started
         });
@@ -180,6 +193,7 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
         let row = json!({
             "pipelines": finished,
             "rss_mib": c.router_rss_kb() as f64 / 1024.0,
+            "rss_peak_mib": c.router_peak_rss_kb() as f64 / 1024.0,
             "jobs_per_s": jobs as f64 / interval,
             "disk_mib": disk_bytes(&db) as f64 / MIB,
             "elapsed_s": now.duration_since(started).as_secs_f64(),
@@ -188,8 +202,9 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
         });
         let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
         println!(
-            "{finished:>10} {:>9.1} {:>10.0} {:>9.1} {:>10.1} {:>10.1} {:>12.2}",
+            "{finished:>10} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>10.1} {:>10.1} {:>12.2}",
             f("rss_mib"),
+            f("rss_peak_mib"),
             f("jobs_per_s"),
             f("disk_mib"),
             f("elapsed_s"),
@@ -201,6 +216,7 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
             std::fs::write(path, serde_json::to_string_pretty(&rows)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
+        c.reset_router_peak_rss();
         (row_started, row_finished) = (now, finished);
     }
     let tail: usize = in_flight.iter().map(Vec::len).sum();
@@ -212,9 +228,10 @@ pub fn drive(args: &Args) -> anyhow::Result<()> {
     let (first, last) = (&rows[0], &rows[rows.len() - 1]);
     let ratio = |k: &str| last[k].as_f64().unwrap_or(0.0) / first[k].as_f64().unwrap_or(0.0);
     println!(
-        "goals: router RSS last/first row {:.2} (goal ≤ 2); jobs/s last/first interval {:.2} \
+        "goals: router RSS last/first row {:.2}, interval peaks {:.2} (goal ≤ 2); jobs/s last/first interval {:.2} \
          (goal 0.85–1.15); disk first → last row {:.1} → {:.1} MiB (goal with --retention: flat)",
         ratio("rss_mib"),
+        ratio("rss_peak_mib"),
         ratio("jobs_per_s"),
         first["disk_mib"].as_f64().unwrap_or(0.0),
         last["disk_mib"].as_f64().unwrap_or(0.0),
