@@ -33,6 +33,13 @@ struct InlineSpec {
 }
 /// Journal bytes after which a checkpoint folds the journal into the database.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Overlay records after which a checkpoint starts, whatever the journal's size. A
+/// deletion journals a few bytes but holds an overlay entry (48 bytes) like any record:
+/// under a retention, which deletes a pipeline for each one run, 64 MiB of journal
+/// came to about 900,000 records, past the 917,504 that fit the overlay's table before
+/// it doubles (to 100 MiB, held twice while a checkpoint runs). Without a retention
+/// 64 MiB of journal holds about 510,000.
+pub const CHECKPOINT_RECORDS: usize = 800_000;
 /// In [`Durability::Background`] mode, the longest a journal write waits for its sync.
 pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 
@@ -62,6 +69,7 @@ pub struct DiskStore {
     /// router's thread; `None` in [`Durability::Flush`] mode, which syncs every commit.
     syncer: Option<SyncSender<File>>,
     checkpoint_bytes: u64,
+    checkpoint_records: usize,
     /// History records written since the last checkpoint began: reads see them before
     /// the database does.
     recent: Overlay,
@@ -96,11 +104,14 @@ impl Overlay {
         self.records.get(&(table, Key20::new(key)))
     }
 
-    /// Its entries, as the database writes them.
+    /// Its entries, as the database writes them: each table's together and in key
+    /// order. Only the records need sorting, and they are sorted as references (16
+    /// bytes each, where a checkpoint holds up to a million records).
     fn entries(&self) -> impl Iterator<Item = (Table, Cow<'_, [u8]>, &[u8])> {
-        let records = self
-            .records
-            .iter()
+        let mut records: Vec<_> = self.records.iter().collect();
+        records.sort_unstable_by(|a, b| (a.0 .0, a.0 .1.bytes()).cmp(&(b.0 .0, b.0 .1.bytes())));
+        let records = records
+            .into_iter()
             .map(|((t, k), v)| (*t, Cow::Borrowed(k.bytes()), &v[..]));
         let seqs = self
             .seqs
@@ -110,9 +121,10 @@ impl Overlay {
             .logs
             .iter()
             .map(|(k, v)| (Table::Log, Cow::Borrowed(&k[..]), &v[..]));
-        let other = self
-            .other
-            .iter()
+        let mut other: Vec<_> = self.other.iter().collect();
+        other.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let other = other
+            .into_iter()
             .map(|((t, k), v)| (*t, Cow::Borrowed(&k[..]), &v[..]));
         records.chain(seqs).chain(logs).chain(other)
     }
@@ -178,6 +190,7 @@ impl DiskStore {
                 Durability::Background => Some(background_syncer()?),
             },
             checkpoint_bytes: CHECKPOINT_BYTES,
+            checkpoint_records: CHECKPOINT_RECORDS,
             recent: Overlay::default(),
             checkpoint: None,
             specs_written: HashSet::new(),
@@ -189,6 +202,13 @@ impl DiskStore {
     /// Checkpoints once the journal holds `bytes` (default [`CHECKPOINT_BYTES`]).
     pub fn checkpoint_after(mut self, bytes: u64) -> Self {
         self.checkpoint_bytes = bytes;
+        self
+    }
+
+    /// Checkpoints once the overlay holds `records` pipeline, spec, job and output
+    /// records (default [`CHECKPOINT_RECORDS`]), whatever the journal's size.
+    pub fn checkpoint_after_records(mut self, records: usize) -> Self {
+        self.checkpoint_records = records;
         self
     }
 
@@ -216,7 +236,7 @@ impl DiskStore {
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
-                db.write_entries(records.entries())?;
+                db.write_sorted(records.entries())?;
                 remove_journals(&dir, &journals_upto(&dir, last)?)?;
                 debug!(records = records.len(), "checkpoint written");
                 Ok(())
@@ -549,14 +569,28 @@ fn enc_compact<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     encode_with(v, rmp_serde::encode::write)
 }
 
-/// Encodes `v` with `write` into a buffer sized ahead for a small record.
+/// Encodes `v` with `write` into a buffer of its exact size. The overlay keeps every
+/// record written between checkpoints (hundreds of thousands), so a buffer sized
+/// ahead for the encoder would be kept, mostly empty, with each: the encoder writes
+/// into a reused scratch buffer instead, and the record is copied out of it.
 fn encode_with<T: Serialize>(
     v: &T,
     write: fn(&mut Vec<u8>, &T) -> Result<(), rmp_serde::encode::Error>,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut buf = Vec::with_capacity(256);
-    write(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
-    Ok(buf)
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        write(&mut buf, v).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let out = buf.to_vec();
+        // A huge record (a large output) leaves no huge buffer behind.
+        if buf.capacity() > 64 << 10 {
+            *buf = Vec::new();
+        }
+        Ok(out)
+    })
 }
 
 fn dec<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -823,7 +857,9 @@ impl StateStore for DiskStore {
             }
         }
         self.reap_checkpoint(false)?;
-        if self.journal.len() >= self.checkpoint_bytes && self.checkpoint.is_none() {
+        let full = self.journal.len() >= self.checkpoint_bytes
+            || self.recent.records.len() >= self.checkpoint_records;
+        if full && self.checkpoint.is_none() {
             self.start_checkpoint()?;
         }
         Ok(())

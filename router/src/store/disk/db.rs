@@ -101,30 +101,30 @@ impl Db {
 
     /// Writes `changes` in one durable transaction (an empty value removes a record).
     pub(super) fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        self.write_entries(
-            changes
-                .iter()
+        let mut sorted: Vec<_> = changes.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        self.write_sorted(
+            sorted
+                .into_iter()
                 .map(|((t, k), v)| (*t, std::borrow::Cow::Borrowed(&k[..]), &v[..])),
         )
     }
 
     /// Writes entries (table, key, value; an empty value removes the record) in one
-    /// durable transaction; each key at most once.
-    pub(super) fn write_entries<'a>(
+    /// durable transaction; each key at most once. Each table's entries come together
+    /// and in key order, so that the writes touch each page once.
+    pub(super) fn write_sorted<'a>(
         &self,
         entries: impl Iterator<Item = (Table, std::borrow::Cow<'a, [u8]>, &'a [u8])>,
     ) -> Result<(), StoreError> {
         let err = self.path.as_path();
-        // Sorted by table and key, each table's writes touch each page once.
-        let mut sorted: Vec<_> = entries.collect();
-        sorted.sort_unstable_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
         let tx = self.db.begin_write().at(err)?;
         {
             let mut tables = Vec::with_capacity(TABLES.len());
             for def in TABLES {
                 tables.push(tx.open_table(def).at(err)?);
             }
-            for (table, key, value) in sorted {
+            for (table, key, value) in entries {
                 let t = &mut tables[table as usize];
                 if value.is_empty() {
                     t.remove(&key[..]).at(err)?;

@@ -26,23 +26,27 @@ fn pipeline(seq: u64) -> PipelineRecord {
 
 /// Writes `n` pipelines of two jobs, one commit each, job `a` finished with output.
 fn write(store: &mut DiskStore, n: u64) -> Vec<PipelineId> {
-    (1..=n)
-        .map(|seq| {
-            let rec = pipeline(seq);
-            store.put_pipeline(&rec).unwrap();
-            let mut done = JobRecord::new();
-            done.state = JobState::Succeeded;
-            store.put_job(rec.id, 0, &JobRecord::new()).unwrap();
-            store.put_job(rec.id, 1, &JobRecord::new()).unwrap();
-            store.put_job(rec.id, 0, &done).unwrap();
-            let out: Data = [("seq".to_string(), serde_json::json!(seq))]
-                .into_iter()
-                .collect();
-            store.put_output(rec.id, 0, &out).unwrap();
-            store.commit().unwrap();
-            rec.id
-        })
-        .collect()
+    write_seqs(store, 1..=n)
+}
+
+/// As [`write`], for the pipelines numbered `seqs`.
+fn write_seqs(store: &mut DiskStore, seqs: std::ops::RangeInclusive<u64>) -> Vec<PipelineId> {
+    seqs.map(|seq| {
+        let rec = pipeline(seq);
+        store.put_pipeline(&rec).unwrap();
+        let mut done = JobRecord::new();
+        done.state = JobState::Succeeded;
+        store.put_job(rec.id, 0, &JobRecord::new()).unwrap();
+        store.put_job(rec.id, 1, &JobRecord::new()).unwrap();
+        store.put_job(rec.id, 0, &done).unwrap();
+        let out: Data = [("seq".to_string(), serde_json::json!(seq))]
+            .into_iter()
+            .collect();
+        store.put_output(rec.id, 0, &out).unwrap();
+        store.commit().unwrap();
+        rec.id
+    })
+    .collect()
 }
 
 fn check_outputs(store: &DiskStore, ids: &[PipelineId]) {
@@ -109,6 +113,34 @@ fn checkpoints_move_records_to_the_database_and_remove_old_journals() {
     assert!(left.len() <= 2, "old journals removed: {left:?}");
     let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     check(&s, &ids);
+}
+
+#[test]
+fn a_checkpoint_starts_at_its_record_bound_however_small_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = DiskStore::open(dir.path(), Durability::Flush)
+        .unwrap()
+        .checkpoint_after_records(40);
+    let ids = write(&mut s, 3);
+    assert!(s.checkpoint.is_none(), "under the bound: no checkpoint");
+    assert!(s.journal.len() < CHECKPOINT_BYTES);
+    let ids: Vec<_> = ids.into_iter().chain(write_seqs(&mut s, 4..=53)).collect();
+    assert!(
+        s.checkpoint.is_some()
+            || !s
+                .db
+                .page(db::table(Table::Output), None, None, false, 1)
+                .unwrap()
+                .is_empty(),
+        "past the bound, a checkpoint started"
+    );
+    s.reap_checkpoint(true).unwrap();
+    check_outputs(&s, &ids);
+    drop(s);
+    check(
+        &DiskStore::open(dir.path(), Durability::Flush).unwrap(),
+        &ids,
+    );
 }
 
 /// Waits for a running checkpoint, then checkpoints what was written since.
