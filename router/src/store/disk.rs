@@ -33,12 +33,12 @@ struct InlineSpec {
 }
 /// Journal bytes after which a checkpoint folds the journal into the database.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// Overlay records after which a checkpoint starts, whatever the journal's size. A
-/// deletion journals a few bytes but holds an overlay entry (48 bytes) like any record:
-/// under a retention, which deletes a pipeline for each one run, 64 MiB of journal
-/// came to about 900,000 records, past the 917,504 that fit the overlay's table before
-/// it doubles (to 100 MiB, held twice while a checkpoint runs). Without a retention
-/// 64 MiB of journal holds about 510,000.
+/// Overlay records after which a checkpoint starts, whatever the journal's size: the
+/// overlay's memory follows its records, not the journal's bytes. A deletion journals a
+/// few bytes but holds a record like any other: under a retention, which deletes a
+/// pipeline for each one run, 64 MiB of journal came to about 900,000 records, against
+/// 510,000 without (when the overlay was one table of every record, that doubled the
+/// table to 100 MiB, held twice while a checkpoint ran).
 pub const CHECKPOINT_RECORDS: usize = 800_000;
 /// In [`Durability::Background`] mode, the longest a journal write waits for its sync.
 pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
@@ -86,8 +86,13 @@ pub struct DiskStore {
 /// value is a deletion. Its size is bounded by [`CHECKPOINT_BYTES`] of journal.
 #[derive(Default)]
 struct Overlay {
-    /// Records, specs, jobs and outputs, by table and key (of at most 20 bytes).
-    records: foldhash::HashMap<(Table, Key20), Vec<u8>>,
+    /// Pipeline records and specs, and their jobs' records and outputs, by pipeline.
+    records: foldhash::HashMap<[u8; 16], ByPipeline>,
+    /// How many values `records` holds.
+    records_len: usize,
+    /// Keys of those tables in another shape than a pipeline id (and a job index): none
+    /// are written today; kept here rather than lost if one ever is.
+    odd: Changes,
     /// The order index.
     seqs: BTreeMap<u64, Vec<u8>>,
     /// Captured log lines, in key order for ranges.
@@ -96,23 +101,118 @@ struct Overlay {
     other: Changes,
 }
 
-impl Overlay {
-    fn get(&self, table: Table, key: &[u8]) -> Option<&Vec<u8>> {
-        if table == Table::Log {
-            return self.logs.get(key);
+/// One pipeline's records in the overlay: its own two, and its jobs' by index. Writing a
+/// job's record is then a lookup among pipelines and an index, not an insert into one
+/// table of every job since the last checkpoint: under load, growing that table (copied
+/// into fresh memory the kernel must zero) and probing it cost a tenth of the router's
+/// CPU.
+#[derive(Default)]
+struct ByPipeline {
+    pipeline: Option<Vec<u8>>,
+    spec: Option<Vec<u8>>,
+    jobs: Vec<Option<Vec<u8>>>,
+    outputs: Vec<Option<Vec<u8>>>,
+}
+
+/// Most jobs a pipeline's vectors index; a key past it goes to the overlay's `odd` map.
+const MAX_INDEXED_JOB: u32 = 1 << 22;
+
+/// Where a key of the pipeline, spec, job and output tables goes: the pipeline id, and
+/// the job index for a job's record or output; `None` for any other shape.
+fn split_key(table: Table, key: &[u8]) -> Option<([u8; 16], Option<u32>)> {
+    let id: [u8; 16] = key.get(..16)?.try_into().ok()?;
+    match (table, key.len()) {
+        (Table::Pipeline | Table::Spec, 16) => Some((id, None)),
+        (Table::Job | Table::Output, 20) => {
+            let job = u32::from_be_bytes(key[16..].try_into().ok()?);
+            (job < MAX_INDEXED_JOB).then_some((id, Some(job)))
         }
-        self.records.get(&(table, Key20::new(key)))
+        _ => None,
+    }
+}
+
+impl ByPipeline {
+    fn slot(&self, table: Table, job: Option<u32>) -> Option<&Vec<u8>> {
+        match (table, job) {
+            (Table::Pipeline, None) => self.pipeline.as_ref(),
+            (Table::Spec, None) => self.spec.as_ref(),
+            (Table::Job, Some(i)) => self.jobs.get(i as usize)?.as_ref(),
+            (Table::Output, Some(i)) => self.outputs.get(i as usize)?.as_ref(),
+            _ => None,
+        }
     }
 
-    /// Its entries, as the database writes them: each table's together and in key
-    /// order. Only the records need sorting, and they are sorted as references (16
-    /// bytes each, where a checkpoint holds up to a million records).
+    fn slot_mut(&mut self, table: Table, job: Option<u32>) -> &mut Option<Vec<u8>> {
+        fn at(v: &mut Vec<Option<Vec<u8>>>, i: u32) -> &mut Option<Vec<u8>> {
+            let i = i as usize;
+            if v.len() <= i {
+                v.resize_with(i + 1, || None);
+            }
+            &mut v[i]
+        }
+        match (table, job) {
+            (Table::Spec, _) => &mut self.spec,
+            (Table::Job, Some(i)) => at(&mut self.jobs, i),
+            (Table::Output, Some(i)) => at(&mut self.outputs, i),
+            _ => &mut self.pipeline,
+        }
+    }
+}
+
+impl Overlay {
+    fn get(&self, table: Table, key: &[u8]) -> Option<&Vec<u8>> {
+        match table {
+            Table::Log => self.logs.get(key),
+            Table::Pipeline | Table::Spec | Table::Job | Table::Output => {
+                match split_key(table, key) {
+                    Some((id, job)) => self.records.get(&id)?.slot(table, job),
+                    None => self.odd.get(&(table, key.to_vec())),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps a record of the pipeline, spec, job or output tables.
+    fn put_record(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        let Some((id, job)) = split_key(table, key) else {
+            self.odd.insert((table, key.to_vec()), value);
+            return;
+        };
+        let slot = self.records.entry(id).or_default().slot_mut(table, job);
+        if slot.replace(value).is_none() {
+            self.records_len += 1;
+        }
+    }
+
+    /// Its entries, as the database writes them: each table's in key order, so that
+    /// the writes touch each page once.
     fn entries(&self) -> impl Iterator<Item = (Table, Cow<'_, [u8]>, &[u8])> {
-        let mut records: Vec<_> = self.records.iter().collect();
-        records.sort_unstable_by(|a, b| (a.0 .0, a.0 .1.bytes()).cmp(&(b.0 .0, b.0 .1.bytes())));
-        let records = records
+        // By pipeline in id order, and each pipeline's jobs by index: every table's
+        // keys come in order. Only the pipelines are sorted, as references.
+        let mut pipelines: Vec<_> = self.records.iter().collect();
+        pipelines.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let records = pipelines.into_iter().flat_map(|(id, p)| {
+            let own = [(Table::Pipeline, &p.pipeline), (Table::Spec, &p.spec)]
+                .into_iter()
+                .filter_map(move |(t, v)| Some((t, Cow::Borrowed(&id[..]), &v.as_ref()?[..])));
+            let jobs = [(Table::Job, &p.jobs), (Table::Output, &p.outputs)]
+                .into_iter()
+                .flat_map(move |(t, list)| {
+                    list.iter().enumerate().filter_map(move |(i, v)| {
+                        let mut k = [0u8; 20];
+                        k[..16].copy_from_slice(id);
+                        k[16..].copy_from_slice(&(i as u32).to_be_bytes());
+                        Some((t, Cow::Owned(k.to_vec()), &v.as_ref()?[..]))
+                    })
+                });
+            own.chain(jobs)
+        });
+        let mut odd: Vec<_> = self.odd.iter().collect();
+        odd.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let odd = odd
             .into_iter()
-            .map(|((t, k), v)| (*t, Cow::Borrowed(k.bytes()), &v[..]));
+            .map(|((t, k), v)| (*t, Cow::Borrowed(&k[..]), &v[..]));
         let seqs = self
             .seqs
             .iter()
@@ -126,34 +226,11 @@ impl Overlay {
         let other = other
             .into_iter()
             .map(|((t, k), v)| (*t, Cow::Borrowed(&k[..]), &v[..]));
-        records.chain(seqs).chain(logs).chain(other)
+        records.chain(odd).chain(seqs).chain(logs).chain(other)
     }
 
     fn len(&self) -> usize {
-        self.records.len() + self.seqs.len() + self.logs.len() + self.other.len()
-    }
-}
-
-/// A key of at most 20 bytes (a pipeline id, or a pipeline id and a job index), held
-/// inline.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct Key20 {
-    len: u8,
-    bytes: [u8; 20],
-}
-
-impl Key20 {
-    fn new(key: &[u8]) -> Self {
-        let mut bytes = [0u8; 20];
-        bytes[..key.len()].copy_from_slice(key);
-        Key20 {
-            len: key.len() as u8,
-            bytes,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
+        self.records_len + self.odd.len() + self.seqs.len() + self.logs.len() + self.other.len()
     }
 }
 
@@ -263,7 +340,7 @@ impl DiskStore {
                 return;
             }
             Table::Pipeline | Table::Spec | Table::Job | Table::Output => {
-                self.recent.records.insert((table, Key20::new(key)), value);
+                self.recent.put_record(table, key, value);
             }
             Table::Schedule | Table::Backfill | Table::Pool | Table::Notification => {
                 self.recent.other.insert((table, key.to_vec()), value);
@@ -858,7 +935,7 @@ impl StateStore for DiskStore {
         }
         self.reap_checkpoint(false)?;
         let full = self.journal.len() >= self.checkpoint_bytes
-            || self.recent.records.len() >= self.checkpoint_records;
+            || self.recent.records_len >= self.checkpoint_records;
         if full && self.checkpoint.is_none() {
             self.start_checkpoint()?;
         }

@@ -661,3 +661,65 @@ fn pipeline_and_job_records_stored_by_position_read_back_whole_and_older_forms_s
     assert_eq!(older.state, JobState::Succeeded);
     assert_eq!((older.pokes, older.late, older.wait_checks), (0, false, 0));
 }
+
+/// The overlay holds job records and outputs by pipeline and index: records written out
+/// of order, rewritten, at an index past what it indexes, and deleted read back the
+/// same before a checkpoint, from the database after it, and after a reopen.
+#[test]
+fn job_records_read_back_from_the_overlay_by_index_and_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    let id = PipelineId::new();
+    let far = MAX_INDEXED_JOB + 7;
+    let out = |n: u64| -> Data {
+        [("n".to_string(), serde_json::json!(n))]
+            .into_iter()
+            .collect()
+    };
+    for i in [9u32, 2, far, 0] {
+        s.put_output(id, i, &out(i as u64)).unwrap();
+    }
+    s.put_output(id, 2, &out(22)).unwrap();
+    assert_eq!(
+        s.recent.len(),
+        4,
+        "a rewrite replaces, it is not counted twice"
+    );
+    let other = PipelineId::new();
+    s.put_output(other, 0, &out(100)).unwrap();
+    s.commit().unwrap();
+    let read = |s: &DiskStore, id, i| s.get_output(id, i).unwrap().map(|d| d["n"].clone());
+    let check = |s: &DiskStore, when: &str| {
+        for (i, want) in [
+            (0, Some(0)),
+            (2, Some(22)),
+            (9, Some(9)),
+            (far, Some(far as u64)),
+        ] {
+            assert_eq!(
+                read(s, id, i),
+                want.map(|n| serde_json::json!(n)),
+                "{when}: {i}"
+            );
+        }
+        for i in [1, 3, 10, MAX_INDEXED_JOB] {
+            assert_eq!(read(s, id, i), None, "{when}: never written: {i}");
+        }
+        assert_eq!(read(s, other, 0), Some(serde_json::json!(100)), "{when}");
+    };
+    check(&s, "in the overlay");
+    checkpoint_all(&mut s);
+    assert!(s.recent.len() == 0 && s.checkpoint.is_none());
+    check(&s, "in the database");
+    let mut s = {
+        drop(s);
+        DiskStore::open(dir.path(), Durability::Flush).unwrap()
+    };
+    check(&s, "after a reopen");
+    // A deletion in the overlay hides the database's record.
+    s.put(Table::Output, &job_key(id, 9), Vec::new());
+    s.put(Table::Output, &job_key(id, far), Vec::new());
+    assert_eq!(read(&s, id, 9), None);
+    assert_eq!(read(&s, id, far), None);
+    assert_eq!(read(&s, id, 2), Some(serde_json::json!(22)));
+}
