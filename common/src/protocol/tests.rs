@@ -72,6 +72,23 @@ fn garbage_truncation_versions_and_unknown_commands_are_typed() {
         }
     );
 
+    // A newer peer's message we cannot read is refused for its version, not as garbage.
+    let newer = rmp_serde::to_vec_named(&Frame {
+        v: 99,
+        id: 4,
+        body: "Frobnicate",
+    })
+    .unwrap();
+    let e = decode::<Request>(&newer).unwrap_err();
+    assert_eq!(e.id, Some(4));
+    assert_eq!(
+        e.error,
+        ProtocolError::Version {
+            got: 99,
+            want: PROTOCOL_VERSION
+        }
+    );
+
     let big = vec![0u8; MAX_FRAME_BYTES + 1];
     assert!(matches!(
         decode::<Request>(&big).unwrap_err().error,
