@@ -5,7 +5,7 @@
 //! form the router and pipeliners work with, so that a bad pipeline is refused with a
 //! clear error before anything runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -318,12 +318,19 @@ pub struct Pipeline {
     /// Each job's spec, by index (a map lookup by name was a visible share of the
     /// router's CPU per job, in pipelines of thousands of jobs).
     jobs: Vec<JobSpec>,
+    /// Sorted (the spec's jobs are a `BTreeMap`): a job's index is found by binary
+    /// search, without a map of every name built for each pipeline accepted.
     names: Vec<String>,
-    index: HashMap<String, u32>,
     parents: Vec<Vec<u32>>,
     children: Vec<Vec<u32>>,
     /// Each job's effective weight, worked out the first time one is asked for.
     weights: std::sync::OnceLock<Vec<i64>>,
+}
+
+/// Where `name` is in the sorted `names`.
+fn position(names: &[String], name: &str) -> Option<u32> {
+    let i = names.binary_search_by(|n| n.as_str().cmp(name)).ok()?;
+    u32::try_from(i).ok()
 }
 
 impl Pipeline {
@@ -339,11 +346,7 @@ impl Pipeline {
             });
         }
         let names: Vec<String> = spec.jobs.keys().cloned().collect();
-        let index: HashMap<String, u32> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i as u32))
-            .collect();
+        let index = |name: &str| position(&names, name);
         let mut parents = vec![Vec::new(); names.len()];
         let mut children = vec![Vec::new(); names.len()];
         for (i, (name, job)) in spec.jobs.iter().enumerate() {
@@ -362,12 +365,10 @@ impl Pipeline {
                 })?;
             }
             for parent in &job.after {
-                let p = *index
-                    .get(parent)
-                    .ok_or_else(|| PipelineError::UnknownParent {
-                        job: name.clone(),
-                        parent: parent.clone(),
-                    })?;
+                let p = index(parent).ok_or_else(|| PipelineError::UnknownParent {
+                    job: name.clone(),
+                    parent: parent.clone(),
+                })?;
                 if !parents[i].contains(&p) {
                     parents[i].push(p);
                     children[p as usize].push(i as u32);
@@ -384,7 +385,6 @@ impl Pipeline {
             spec,
             jobs,
             names,
-            index,
             parents,
             children,
             weights: std::sync::OnceLock::new(),
@@ -429,7 +429,7 @@ impl Pipeline {
 
     /// Index of the job called `name`.
     pub fn index_of(&self, name: &str) -> Option<u32> {
-        self.index.get(name).copied()
+        position(&self.names, name)
     }
 
     /// The spec of job `i`.

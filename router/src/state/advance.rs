@@ -139,7 +139,7 @@ impl RouterState {
                 .and_then(|p| p.jobs.get_mut(i as usize)),
         ) {
             j.enqueued = true;
-            self.dirty_jobs.insert((id, i));
+            self.dirty_jobs.push((id, i));
             self.schedule(id, i, 0);
         }
         ready

@@ -123,7 +123,7 @@ impl RouterState {
             finished_ms: None,
             error: None,
         });
-        self.dirty_jobs.insert((id, i));
+        self.dirty_jobs.push((id, i));
         let late_after = p.dag.job(i).warn_after_ms.map(|_| number);
         if let (Some(t), Some(q)) = (p.dag.timeout_ms(i), queued_for) {
             // A backstop: brokers stop a job at its timeout and report; this fires only

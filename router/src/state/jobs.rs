@@ -73,7 +73,7 @@ impl RouterState {
         self.next_seq += 1;
         let jobs = vec![JobRecord::new(); dag.len()];
         for i in 0..jobs.len() {
-            self.dirty_jobs.insert((id, i as u32));
+            self.dirty_jobs.push((id, i as u32));
         }
         self.dirty_pipelines.insert(id);
         self.order.insert(rec.seq, id);
@@ -287,7 +287,7 @@ impl RouterState {
         j.wait_checks += 1;
         debug!(pipeline = %id, job = i, %what, checks = j.wait_checks, "condition not met yet");
         j.waiting_for = Some(what);
-        self.dirty_jobs.insert((id, i));
+        self.dirty_jobs.push((id, i));
         self.delayed
             .push(Reverse((now.saturating_add(interval), id, i)));
         None
@@ -334,7 +334,7 @@ impl RouterState {
                 j.waiting_since_ms = None;
                 j.waiting_for = None;
                 j.wait_checks = 0;
-                self.dirty_jobs.insert((id, i));
+                self.dirty_jobs.push((id, i));
             }
             self.push_queue(id, i);
             return Ok(());
@@ -371,7 +371,7 @@ impl RouterState {
             return Ok(());
         };
         p.done += 1;
-        self.dirty_jobs.insert((id, i));
+        self.dirty_jobs.push((id, i));
         if let Some(owner) = p.owner.clone() {
             self.changes.entry(owner).or_default().push(JobChange {
                 pipeline: id,
@@ -489,7 +489,7 @@ impl RouterState {
             j.waiting_since_ms = None;
             j.waiting_for = None;
             j.wait_checks = 0;
-            self.dirty_jobs.insert((id, i));
+            self.dirty_jobs.push((id, i));
         }
         p.rec.state = PipelineState::Queued;
         p.rec.finished_ms = None;

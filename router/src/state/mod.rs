@@ -135,7 +135,7 @@ pub struct RouterState {
     changes: HashMap<PeerId, Vec<JobChange>>,
     revokes: HashMap<PeerId, Vec<JobRef>>,
     /// Records changed this turn, written once each at commit.
-    dirty_jobs: HashSet<(PipelineId, u32)>,
+    dirty_jobs: Vec<(PipelineId, u32)>,
     dirty_pipelines: HashSet<PipelineId>,
     deadlines: BinaryHeap<Reverse<(Instant, PipelineId, u32, u32)>>,
     events: Vec<Event>,
@@ -203,7 +203,7 @@ impl RouterState {
             takes: HashMap::new(),
             changes: HashMap::new(),
             revokes: HashMap::new(),
-            dirty_jobs: HashSet::new(),
+            dirty_jobs: Vec::new(),
             dirty_pipelines: HashSet::new(),
             deadlines: BinaryHeap::new(),
             events: Vec::new(),
@@ -503,11 +503,20 @@ impl RouterState {
             self.store.flush_logs()?;
             self.logs.dirty = false;
         }
-        // Each record changed this turn is written once, however often it changed.
-        for (id, i) in self.dirty_jobs.drain() {
-            self.store
-                .put_job(id, i, &self.pipelines[&id].jobs[i as usize])?;
+        // Each record changed this turn is written once, however often it changed; in
+        // order, so that a pipeline's jobs are written together.
+        self.dirty_jobs.sort_unstable();
+        self.dirty_jobs.dedup();
+        let mut current: Option<(PipelineId, &PipelineEntry)> = None;
+        for &(id, i) in &self.dirty_jobs {
+            let p = match current {
+                Some((at, p)) if at == id => p,
+                _ => &self.pipelines[&id],
+            };
+            current = Some((id, p));
+            self.store.put_job(id, i, &p.jobs[i as usize])?;
         }
+        self.dirty_jobs.clear();
         let mut dirty = std::mem::take(&mut self.dirty_pipelines);
         for id in dirty.drain() {
             self.stamp(id);

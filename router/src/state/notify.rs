@@ -98,7 +98,7 @@ impl RouterState {
                 continue;
             }
             j.late = true;
-            self.dirty_jobs.insert((id, i));
+            self.dirty_jobs.push((id, i));
             warn!(pipeline = %id, job = %name, attempt, warn_after_ms = warn, "job is late: still running past its warn_after_ms");
             let error = format!(
                 "attempt {attempt} has run for more than {}",
