@@ -220,20 +220,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(u64, T), DecodeError
     }
     // The frame is parsed once when it is good; the header alone (whose parse walks the
     // body too, to skip it) only to say what is wrong with a bad one.
-    let version = |h: &Header| DecodeError {
-        id: Some(h.id),
+    let version = |got: u16, id: u64| DecodeError {
+        id: Some(id),
         error: ProtocolError::Version {
-            got: h.v,
+            got,
             want: PROTOCOL_VERSION,
         },
     };
     match from_slice::<Frame<T>>(bytes) {
         Ok(f) if f.v == PROTOCOL_VERSION => Ok((f.id, f.body)),
-        Ok(f) => Err(version(&Header { v: f.v, id: f.id })),
+        Ok(f) => Err(version(f.v, f.id)),
         Err(e) => {
             let header: Option<Header> = from_slice(bytes).ok();
             if let Some(h) = header.as_ref().filter(|h| h.v != PROTOCOL_VERSION) {
-                return Err(version(h));
+                return Err(version(h.v, h.id));
             }
             let msg = e.to_string();
             let error = if header.is_some() && msg.contains("unknown variant") {

@@ -83,7 +83,8 @@ pub struct DiskStore {
 /// key, latest value only: the checkpoint writes the database from it (the journal is
 /// read back only at start-up, after a crash), and the router, which no longer holds
 /// finished pipelines, reads its history from it until the database has it. An empty
-/// value is a deletion. Its size is bounded by [`CHECKPOINT_BYTES`] of journal.
+/// value is a deletion. Its size is bounded by [`CHECKPOINT_BYTES`] of journal and
+/// [`CHECKPOINT_RECORDS`] records.
 #[derive(Default)]
 struct Overlay {
     /// Pipeline records and specs, and their jobs' records and outputs, by pipeline.
@@ -208,11 +209,6 @@ impl Overlay {
                 });
             own.chain(jobs)
         });
-        let mut odd: Vec<_> = self.odd.iter().collect();
-        odd.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let odd = odd
-            .into_iter()
-            .map(|((t, k), v)| (*t, Cow::Borrowed(&k[..]), &v[..]));
         let seqs = self
             .seqs
             .iter()
@@ -221,12 +217,11 @@ impl Overlay {
             .logs
             .iter()
             .map(|(k, v)| (Table::Log, Cow::Borrowed(&k[..]), &v[..]));
-        let mut other: Vec<_> = self.other.iter().collect();
-        other.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let other = other
-            .into_iter()
-            .map(|((t, k), v)| (*t, Cow::Borrowed(&k[..]), &v[..]));
-        records.chain(odd).chain(seqs).chain(logs).chain(other)
+        records
+            .chain(db::sorted(&self.odd))
+            .chain(seqs)
+            .chain(logs)
+            .chain(db::sorted(&self.other))
     }
 
     fn len(&self) -> usize {

@@ -101,13 +101,7 @@ impl Db {
 
     /// Writes `changes` in one durable transaction (an empty value removes a record).
     pub(super) fn write(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut sorted: Vec<_> = changes.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        self.write_sorted(
-            sorted
-                .into_iter()
-                .map(|((t, k), v)| (*t, std::borrow::Cow::Borrowed(&k[..]), &v[..])),
-        )
+        self.write_sorted(sorted(changes))
     }
 
     /// Writes entries (table, key, value; an empty value removes the record) in one
@@ -304,6 +298,17 @@ fn compact(db: &mut Database, path: &Path) -> Result<(), StoreError> {
 }
 
 /// The definition of the table of journal table `t`.
+/// `changes` (a hash map) in table and key order, as [`Db::write_sorted`] takes them.
+pub(super) fn sorted(
+    changes: &Changes,
+) -> impl Iterator<Item = (Table, std::borrow::Cow<'_, [u8]>, &[u8])> {
+    let mut sorted: Vec<_> = changes.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    sorted
+        .into_iter()
+        .map(|((t, k), v)| (*t, std::borrow::Cow::Borrowed(&k[..]), &v[..]))
+}
+
 pub(super) fn table(t: Table) -> Def {
     TABLES[t as usize]
 }

@@ -100,13 +100,7 @@ fn checkpoints_move_records_to_the_database_and_remove_old_journals() {
         // or in the database.
         check_outputs(&s, &ids);
         s.reap_checkpoint(true).unwrap();
-        assert!(
-            !s.db
-                .page(db::table(Table::Output), None, None, false, 1)
-                .unwrap()
-                .is_empty(),
-            "a checkpoint wrote to the database"
-        );
+        assert!(db_has_outputs(&s), "a checkpoint wrote to the database");
         ids
     };
     let left = journal::list(dir.path()).unwrap();
@@ -126,12 +120,7 @@ fn a_checkpoint_starts_at_its_record_bound_however_small_the_journal() {
     assert!(s.journal.len() < CHECKPOINT_BYTES);
     let ids: Vec<_> = ids.into_iter().chain(write_seqs(&mut s, 4..=53)).collect();
     assert!(
-        s.checkpoint.is_some()
-            || !s
-                .db
-                .page(db::table(Table::Output), None, None, false, 1)
-                .unwrap()
-                .is_empty(),
+        s.checkpoint.is_some() || db_has_outputs(&s),
         "past the bound, a checkpoint started"
     );
     s.reap_checkpoint(true).unwrap();
@@ -141,6 +130,14 @@ fn a_checkpoint_starts_at_its_record_bound_however_small_the_journal() {
         &DiskStore::open(dir.path(), Durability::Flush).unwrap(),
         &ids,
     );
+}
+
+/// Whether the database (not the journal) holds an output: a checkpoint wrote it.
+fn db_has_outputs(s: &DiskStore) -> bool {
+    !s.db
+        .page(db::table(Table::Output), None, None, false, 1)
+        .unwrap()
+        .is_empty()
 }
 
 /// Waits for a running checkpoint, then checkpoints what was written since.
