@@ -139,8 +139,9 @@ impl RouterState {
         }
         let p = &self.pipelines[&id];
         let mut parents = BTreeMap::new();
-        for &q in p.dag.parents(i) {
-            if let Some(out) = self.store.get_output(id, q)? {
+        let of = p.dag.parents(i);
+        for (&q, out) in of.iter().zip(self.store.get_outputs(id, of)?) {
+            if let Some(out) = out {
                 parents.insert(p.dag.name(q).to_string(), out);
             }
         }

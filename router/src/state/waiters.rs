@@ -11,6 +11,7 @@ use pypelinin_common::status::JobState;
 
 use super::views::{FrameView, ReplyView, StatusView};
 use super::{ReplyTo, Result, RouterState};
+use crate::store::JobRecord;
 
 pub(super) struct Waiter {
     pub(super) to: ReplyTo,
@@ -109,18 +110,21 @@ impl RouterState {
                 outputs: BTreeMap::new(),
                 failed: Vec::new(),
             };
+            let succeeded = succeeded(&p.jobs);
+            for (&i, o) in succeeded
+                .iter()
+                .zip(self.store.get_outputs(*id, &succeeded)?)
+            {
+                if let Some(o) = o {
+                    result.outputs.insert(p.dag.name(i).to_string(), o);
+                }
+            }
             for (i, j) in p.jobs.iter().enumerate() {
-                let name = p.dag.name(i as u32);
-                match j.state {
-                    s if s.is_success() => {
-                        if let Some(o) = self.store.get_output(*id, i as u32)? {
-                            result.outputs.insert(name.to_string(), o);
-                        }
-                    }
-                    JobState::Failed => result
+                if j.state == JobState::Failed {
+                    let name = p.dag.name(i as u32).to_string();
+                    result
                         .failed
-                        .push((name.to_string(), j.error.clone().unwrap_or_default())),
-                    _ => {}
+                        .push((name, j.error.clone().unwrap_or_default()));
                 }
             }
             out.push(result);
@@ -134,13 +138,22 @@ impl RouterState {
             Err(e) => return Ok(Reply::Error(e)),
         };
         let mut out = BTreeMap::new();
-        for (i, j) in p.jobs.iter().enumerate() {
-            if j.state.is_success() {
-                if let Some(o) = self.store.get_output(id, i as u32)? {
-                    out.insert(p.dag.name(i as u32).to_string(), o);
-                }
+        let succeeded = succeeded(&p.jobs);
+        for (&i, o) in succeeded
+            .iter()
+            .zip(self.store.get_outputs(id, &succeeded)?)
+        {
+            if let Some(o) = o {
+                out.insert(p.dag.name(i).to_string(), o);
             }
         }
         Ok(Reply::Outputs(out))
     }
+}
+
+/// The jobs that succeeded, by index: those with an output to read.
+fn succeeded(jobs: &[JobRecord]) -> Vec<u32> {
+    (0..jobs.len() as u32)
+        .filter(|&i| jobs[i as usize].state.is_success())
+        .collect()
 }

@@ -3,6 +3,7 @@
 //! `store` module; its tests are in `disk/tests.rs`.
 
 mod db;
+mod list;
 
 pub use db::{CACHE_BYTES, COMPACT_MIN_BYTES, FILE};
 
@@ -46,10 +47,11 @@ pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 /// The durable store: a write-ahead journal in front of a database.
 ///
 /// Every commit appends one frame to the journal ([`crate::journal`]); the database is
-/// written only by checkpoints, on a thread of their own, which read the journals back
-/// and write the latest value of each record in them, in one transaction. A pipeline
-/// that starts and ends between two checkpoints thus costs the database one write per
-/// record instead of one per change, and none on the router's thread. What the journal
+/// written only by checkpoints, on a thread of their own, which write the latest value
+/// of each record the journals hold (kept in memory, the overlay), in one transaction.
+/// A pipeline that starts and ends between two checkpoints thus costs the database one
+/// write per record instead of one per change, and none on the router's thread; its job
+/// records are one list, and its outputs another (`list.rs`). What the journal
 /// holds of pipelines' history is also kept here, in memory, until the database has it
 /// (the router reads finished pipelines back). At start-up the journals left are
 /// replayed into the database first.
@@ -400,7 +402,28 @@ impl DiskStore {
         if let Some(v) = self.pending(table, key) {
             return Ok((!v.is_empty()).then(|| v.clone()));
         }
-        self.db.get(db::table(table), key)
+        match table {
+            Table::Job | Table::Output => {
+                Ok(self.get_listed(table, &[key.to_vec()])?.pop().flatten())
+            }
+            _ => self.db.get(db::table(table), key),
+        }
+    }
+
+    /// Job records or outputs from the database, a failure named with the file.
+    fn get_listed(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let what = if table == Table::Output {
+            "outputs"
+        } else {
+            "job records"
+        };
+        self.db
+            .get_listed(table, keys)
+            .map_err(|e| self.corrupt(what, e))
     }
 
     /// [`DiskStore::read`] of several keys of one table, the database's in one read.
@@ -423,7 +446,11 @@ impl DiskStore {
             .map(|(k, _)| k.clone())
             .collect();
         if !missing.is_empty() {
-            let mut found = self.db.get_many(db::table(table), &missing)?.into_iter();
+            let found = match table {
+                Table::Job | Table::Output => self.get_listed(table, &missing)?,
+                _ => self.db.get_many(db::table(table), &missing)?,
+            };
+            let mut found = found.into_iter();
             for o in out.iter_mut().filter(|o| o.is_none()) {
                 *o = Some(found.next().flatten());
             }
@@ -870,6 +897,19 @@ impl StateStore for DiskStore {
             }
             None => Ok(None),
         }
+    }
+
+    fn get_outputs(&self, id: PipelineId, jobs: &[u32]) -> Result<Vec<Option<Data>>, StoreError> {
+        let keys: Vec<Vec<u8>> = jobs.iter().map(|&j| job_key(id, j).to_vec()).collect();
+        keys.iter()
+            .zip(self.read_many(Table::Output, &keys)?)
+            .map(|(k, v)| match v {
+                Some(v) => dec(k, &v)
+                    .map(Some)
+                    .map_err(|e| self.corrupt(&format!("output of pipeline {id}"), e)),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {

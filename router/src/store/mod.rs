@@ -310,6 +310,11 @@ pub trait StateStore: Send {
     fn put_output(&mut self, id: PipelineId, job: u32, output: &Data) -> Result<(), StoreError>;
     /// Reads a job's output.
     fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError>;
+    /// Reads the outputs of several jobs of one pipeline (a pipeline's results, a job's
+    /// parents): a store that keeps them together reads them together.
+    fn get_outputs(&self, id: PipelineId, jobs: &[u32]) -> Result<Vec<Option<Data>>, StoreError> {
+        jobs.iter().map(|&j| self.get_output(id, j)).collect()
+    }
     /// Every schedule stored and not removed.
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
     /// Writes a schedule record (a removal is a record with `removed` set).

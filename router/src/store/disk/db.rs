@@ -9,10 +9,11 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, TableDefinition, TableHandle};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use tracing::{info, warn};
 
 use super::super::StoreError;
+use super::list::{self, List};
 use crate::journal::{Changes, Table};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -41,6 +42,49 @@ const TABLES: [Def; 10] = [
 
 /// Captured logs, by attempt and line number.
 pub(super) const LOGS: Def = TABLES[Table::Log as usize];
+
+/// Job records and outputs, a [`List`] per pipeline, in place of the `jobs` and
+/// `outputs` tables' entry per job (which databases written before still hold, and
+/// which are read where a pipeline has no list yet).
+const LISTS: [Def; 2] = [
+    TableDefinition::new("job_lists"),
+    TableDefinition::new("output_lists"),
+];
+
+/// Most slots a list has: a job numbered past it keeps an entry of its own.
+pub(super) const MAX_LISTED_JOB: u32 = 1 << 22;
+
+/// The list table of `t` (the job or output table).
+#[cfg(test)]
+pub(super) fn list_table(t: Table) -> Def {
+    list_of(t).expect("a table with lists")
+}
+
+/// The list table of `t`, for the job and output tables.
+fn list_of(t: Table) -> Option<Def> {
+    match t {
+        Table::Job => Some(LISTS[0]),
+        Table::Output => Some(LISTS[1]),
+        _ => None,
+    }
+}
+
+/// Where a key of the job or output table goes: its pipeline's list, and its slot.
+fn listed(t: Table, key: &[u8]) -> Option<([u8; 16], u32)> {
+    list_of(t)?;
+    if key.len() != 20 {
+        return None;
+    }
+    let job = u32::from_be_bytes(key[16..].try_into().ok()?);
+    (job < MAX_LISTED_JOB).then(|| (key[..16].try_into().unwrap(), job))
+}
+
+fn job_key(id: &[u8; 16], job: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(id);
+    k[16..].copy_from_slice(&job.to_be_bytes());
+    k
+}
 
 /// The file's name in the database directory.
 pub const FILE: &str = "history.redb";
@@ -89,7 +133,7 @@ impl Db {
         };
         // Every table exists from the start, so that a read never meets a missing one.
         let tx = db.db.begin_write().at(err)?;
-        for def in TABLES.iter() {
+        for def in TABLES.iter().chain(&LISTS) {
             tx.open_table(*def).at(err)?;
         }
         tx.commit().at(err)?;
@@ -106,7 +150,8 @@ impl Db {
 
     /// Writes entries (table, key, value; an empty value removes the record) in one
     /// durable transaction; each key at most once. Each table's entries come together
-    /// and in key order, so that the writes touch each page once.
+    /// and in key order, so that the writes touch each page once; a pipeline's job
+    /// records (and outputs) thus come together, and go into its list in one write.
     pub(super) fn write_sorted<'a>(
         &self,
         entries: impl Iterator<Item = (Table, std::borrow::Cow<'a, [u8]>, &'a [u8])>,
@@ -118,7 +163,28 @@ impl Db {
             for def in TABLES {
                 tables.push(tx.open_table(def).at(err)?);
             }
-            for (table, key, value) in entries {
+            let mut lists = [
+                tx.open_table(LISTS[0]).at(err)?,
+                tx.open_table(LISTS[1]).at(err)?,
+            ];
+            let mut entries = entries.peekable();
+            while let Some((table, key, value)) = entries.next() {
+                if let Some((id, job)) = listed(table, &key) {
+                    let mut slots = vec![(job, value)];
+                    while let Some((next, job)) = entries
+                        .peek()
+                        .and_then(|(t, k, _)| Some((*t, listed(*t, k)?)))
+                        .filter(|&(t, (other, _))| t == table && other == id)
+                        .map(|(t, (_, job))| (t, job))
+                    {
+                        debug_assert_eq!(next, table);
+                        let (_, _, value) = entries.next().expect("peeked");
+                        slots.push((job, value));
+                    }
+                    let list = &mut lists[usize::from(table == Table::Output)];
+                    self.write_list(list, &mut tables[table as usize], &id, &slots)?;
+                    continue;
+                }
                 let t = &mut tables[table as usize];
                 if value.is_empty() {
                     t.remove(&key[..]).at(err)?;
@@ -129,6 +195,147 @@ impl Db {
         }
         tx.commit().at(err)?;
         Ok(())
+    }
+
+    /// Writes slots of pipeline `id`'s list (an empty value empties a slot). A pipeline
+    /// without a list yet takes in the entries it has in the table of an entry per job
+    /// (`single`, from a database written before lists), which are removed.
+    fn write_list(
+        &self,
+        lists: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        single: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        id: &[u8; 16],
+        slots: &[(u32, &[u8])],
+    ) -> Result<(), StoreError> {
+        let err = self.path.as_path();
+        let old: Option<Vec<u8>> = lists.get(&id[..]).at(err)?.map(|g| g.value().to_vec());
+        let mut before: Vec<(u32, Vec<u8>)> = Vec::new();
+        if old.is_none() {
+            let range = job_key(id, 0)..=job_key(id, MAX_LISTED_JOB - 1);
+            for item in single
+                .range(&range.start()[..]..=&range.end()[..])
+                .at(err)?
+            {
+                let (k, v) = item.at(err)?;
+                let job = u32::from_be_bytes(k.value()[16..20].try_into().unwrap());
+                before.push((job, v.value().to_vec()));
+            }
+            for (job, _) in &before {
+                single.remove(&job_key(id, *job)[..]).at(err)?;
+            }
+        }
+        let old = match old.as_deref().map(List::parse) {
+            Some(Ok(l)) => Some(l),
+            Some(Err(_)) => {
+                warn!(pipeline = ?id, db = %self.path.display(), "a job list does not parse; its slots not written now are lost");
+                None
+            }
+            None => None,
+        };
+        let n = [
+            old.map_or(0, |l| l.len()),
+            before.last().map_or(0, |(j, _)| *j as usize + 1),
+            slots
+                .iter()
+                .map(|(j, _)| *j as usize + 1)
+                .max()
+                .unwrap_or(0),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        let mut all: Vec<Option<&[u8]>> = vec![None; n];
+        if let Some(l) = old {
+            for (i, slot) in all.iter_mut().enumerate().take(l.len()) {
+                // A slot that does not read is lost, as the list would be.
+                *slot = l.get(i).unwrap_or_else(|_| {
+                    warn!(pipeline = ?id, job = i, db = %self.path.display(), "a slot of a job list does not read; dropped");
+                    None
+                });
+            }
+        }
+        for (job, v) in &before {
+            all[*job as usize] = Some(v);
+        }
+        for (job, v) in slots {
+            all[*job as usize] = Some(v);
+        }
+        match list::build(&all) {
+            Some(bytes) => lists.insert(&id[..], &bytes[..]).at(err)?,
+            None => lists.remove(&id[..]).at(err)?,
+        };
+        Ok(())
+    }
+
+    /// The job records (or outputs: `table`) of `keys`, from their pipelines' lists, or
+    /// the table of an entry per job for a pipeline without one; in one read.
+    pub(super) fn get_listed(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_read().at(err)?;
+        let single = tx.open_table(TABLES[table as usize]).at(err)?;
+        let lists = match list_of(table) {
+            Some(def) => Some(tx.open_table(def).at(err)?),
+            None => None,
+        };
+        // Keys mostly come a pipeline at a time: its list is read once for them.
+        let mut current: Option<([u8; 16], Option<Vec<u8>>)> = None;
+        let mut out = Vec::with_capacity(keys.len());
+        let corrupt = |id: [u8; 16]| StoreError::Corrupt {
+            key: format!("pipeline {}", uuid::Uuid::from_bytes(id)),
+            message: format!("its {} list does not read", TABLES[table as usize].name()),
+        };
+        for key in keys {
+            let (Some(lists), Some((id, job))) = (&lists, listed(table, key)) else {
+                out.push(single.get(&key[..]).at(err)?.map(|g| g.value().to_vec()));
+                continue;
+            };
+            if current.as_ref().is_none_or(|(c, _)| *c != id) {
+                let bytes = lists.get(&id[..]).at(err)?.map(|g| g.value().to_vec());
+                current = Some((id, bytes));
+            }
+            let Some((_, Some(bytes))) = &current else {
+                out.push(single.get(&key[..]).at(err)?.map(|g| g.value().to_vec()));
+                continue;
+            };
+            let list = List::parse(bytes).map_err(|_| corrupt(id))?;
+            let slot = list.get(job as usize).map_err(|_| corrupt(id))?;
+            out.push(slot.map(<[u8]>::to_vec));
+        }
+        Ok(out)
+    }
+
+    /// Writes entries of tables as they are, bypassing lists: a database written
+    /// before them.
+    #[cfg(test)]
+    pub(super) fn insert_single(
+        &self,
+        entries: impl Iterator<Item = (Table, Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_write().at(err)?;
+        for (t, k, v) in entries {
+            tx.open_table(table(t))
+                .at(err)?
+                .insert(&k[..], &v[..])
+                .at(err)?;
+        }
+        tx.commit().at(err)
+    }
+
+    /// Writes a pipeline's list of `t` as given.
+    #[cfg(test)]
+    pub(super) fn insert_list(&self, t: Table, id: &[u8], bytes: &[u8]) -> Result<(), StoreError> {
+        let err = self.path.as_path();
+        let tx = self.db.begin_write().at(err)?;
+        tx.open_table(list_table(t))
+            .at(err)?
+            .insert(id, bytes)
+            .at(err)?;
+        tx.commit().at(err)
     }
 
     /// The value of `key` in `table`.

@@ -135,9 +135,15 @@ fn a_checkpoint_starts_at_its_record_bound_however_small_the_journal() {
 /// Whether the database (not the journal) holds an output: a checkpoint wrote it.
 fn db_has_outputs(s: &DiskStore) -> bool {
     !s.db
-        .page(db::table(Table::Output), None, None, false, 1)
+        .page(db::list_table(Table::Output), None, None, false, 1)
         .unwrap()
         .is_empty()
+}
+
+/// A job record (or output: `table`) as the database holds it, the journal aside.
+fn db_job(s: &DiskStore, table: Table, id: PipelineId, job: u32) -> Option<Vec<u8>> {
+    let k = job_key(id, job).to_vec();
+    s.db.get_listed(table, &[k]).unwrap().pop().unwrap()
 }
 
 /// Waits for a running checkpoint, then checkpoints what was written since.
@@ -190,11 +196,7 @@ fn a_checkpoint_writes_every_table_from_what_it_holds_deletions_included() {
         .get(db::table(Table::Pipeline), ids[0].0.as_bytes())
         .unwrap()
         .is_none());
-    assert!(s
-        .db
-        .get(db::table(Table::Job), &job_key(ids[0], 0))
-        .unwrap()
-        .is_none());
+    assert_eq!(db_job(&s, Table::Job, ids[0], 0), None);
     assert!(s
         .db
         .get(db::table(Table::Pipeline), ids[1].0.as_bytes())
@@ -414,9 +416,10 @@ fn history_is_read_back_from_the_journal_a_checkpoint_or_the_database_and_delete
     assert!(s.get_pipeline(ids[10]).unwrap().is_none());
     assert_eq!(seqs(&s, u64::MAX, true, 100).len(), 30);
     for t in [Table::Job, Table::Output] {
+        assert_eq!(db_job(&s, t, ids[10], 0), None);
         assert!(s
             .db
-            .get(db::table(t), &job_key(ids[10], 0))
+            .get(db::list_table(t), ids[10].0.as_bytes())
             .unwrap()
             .is_none());
     }
@@ -603,10 +606,7 @@ fn pipeline_and_job_records_stored_by_position_read_back_whole_and_older_forms_s
         s.put_job(rec.id, 1, &JobRecord::new()).unwrap();
         s.commit().unwrap();
         checkpoint_all(&mut s);
-        let stored =
-            s.db.get(db::table(Table::Job), &job_key(rec.id, 0))
-                .unwrap()
-                .unwrap();
+        let stored = db_job(&s, Table::Job, rec.id, 0).unwrap();
         assert!(
             stored.len() < enc(&job).unwrap().len(),
             "stored by position, smaller than by name"
@@ -719,4 +719,169 @@ fn job_records_read_back_from_the_overlay_by_index_and_after_a_checkpoint() {
     assert_eq!(read(&s, id, 9), None);
     assert_eq!(read(&s, id, far), None);
     assert_eq!(read(&s, id, 2), Some(serde_json::json!(22)));
+}
+
+/// Job `i`'s record in the state given, with output `{"job": i}` when it succeeded.
+fn job_in(s: &mut DiskStore, id: PipelineId, i: u32, state: JobState) {
+    let mut rec = JobRecord::new();
+    rec.state = state;
+    s.put_job(id, i, &rec).unwrap();
+    if state == JobState::Succeeded {
+        let out: Data = [("job".to_string(), serde_json::json!(i))]
+            .into_iter()
+            .collect();
+        s.put_output(id, i, &out).unwrap();
+    }
+}
+
+/// The states of a pipeline's jobs, and the `job` field of their outputs.
+fn states_and_outputs(s: &DiskStore, id: PipelineId, n: u32) -> (Vec<JobState>, Vec<Option<u32>>) {
+    let (_, jobs) = s.get_pipeline(id).unwrap().unwrap();
+    let jobs_at: Vec<u32> = (0..n).collect();
+    let outputs = s
+        .get_outputs(id, &jobs_at)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.map(|o| o["job"].as_u64().unwrap() as u32))
+        .collect();
+    (jobs.iter().map(|j| j.state).collect(), outputs)
+}
+
+#[test]
+fn a_pipelines_jobs_and_outputs_are_a_list_each_across_checkpoints_and_deletion() {
+    use JobState::{Queued, Running, Succeeded};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    let mut rec = pipeline(1);
+    rec.spec = PipelineSpec::default()
+        .job("a", "Noop", &[])
+        .job("b", "Noop", &[])
+        .job("c", "Noop", &[]);
+    rec.jobs = 3;
+    s.put_pipeline(&rec).unwrap();
+    for i in 0..3 {
+        job_in(&mut s, rec.id, i, Queued);
+    }
+    job_in(&mut s, rec.id, 2, Succeeded);
+    s.commit().unwrap();
+    checkpoint_all(&mut s);
+    // One more checkpoint changes one slot of each list and leaves the others.
+    job_in(&mut s, rec.id, 0, Running);
+    job_in(&mut s, rec.id, 1, Succeeded);
+    s.commit().unwrap();
+    let want = (
+        vec![Running, Succeeded, Succeeded],
+        vec![None, Some(1), Some(2)],
+    );
+    assert_eq!(states_and_outputs(&s, rec.id, 3), want, "from the overlay");
+    checkpoint_all(&mut s);
+    assert_eq!(states_and_outputs(&s, rec.id, 3), want, "from the database");
+    for t in [Table::Job, Table::Output] {
+        assert_eq!(s.db.all(db::list_table(t)).unwrap().len(), 1, "one list");
+        assert!(
+            s.db.all(db::table(t)).unwrap().is_empty(),
+            "no entry per job"
+        );
+    }
+    drop(s);
+    let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    assert_eq!(states_and_outputs(&s, rec.id, 3), want, "after a reopen");
+    // Deleting the pipeline empties every slot: the lists go.
+    s.delete_pipeline(&rec, 3).unwrap();
+    s.commit().unwrap();
+    checkpoint_all(&mut s);
+    assert!(s.get_pipeline(rec.id).unwrap().is_none());
+    assert_eq!(s.get_outputs(rec.id, &[1, 2]).unwrap(), vec![None, None]);
+    for t in [Table::Job, Table::Output] {
+        assert!(
+            s.db.all(db::list_table(t)).unwrap().is_empty(),
+            "list removed"
+        );
+    }
+}
+
+#[test]
+fn an_entry_per_job_from_an_older_database_is_read_and_folded_into_the_list() {
+    use JobState::{Queued, Succeeded};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    let rec = pipeline(1);
+    s.put_pipeline(&rec).unwrap();
+    s.commit().unwrap();
+    checkpoint_all(&mut s);
+    // As a database written before lists holds them: an entry per job.
+    let mut done = JobRecord::new();
+    done.state = Succeeded;
+    let out: Data = [("job".to_string(), serde_json::json!(0))]
+        .into_iter()
+        .collect();
+    let old = [
+        (Table::Job, 0, enc_compact(&done).unwrap()),
+        (Table::Job, 1, enc_compact(&JobRecord::new()).unwrap()),
+        (Table::Output, 0, enc(&out).unwrap()),
+    ];
+    s.db.insert_single(
+        old.iter()
+            .map(|(t, i, v)| (*t, job_key(rec.id, *i).to_vec(), v.clone())),
+    )
+    .unwrap();
+    let before = (vec![Succeeded, Queued], vec![Some(0), None]);
+    assert_eq!(
+        states_and_outputs(&s, rec.id, 2),
+        before,
+        "read where they are"
+    );
+    // The pipeline's next change makes its lists, with the older entries in them.
+    job_in(&mut s, rec.id, 1, Succeeded);
+    s.commit().unwrap();
+    checkpoint_all(&mut s);
+    let after = (vec![Succeeded, Succeeded], vec![Some(0), Some(1)]);
+    assert_eq!(states_and_outputs(&s, rec.id, 2), after);
+    for t in [Table::Job, Table::Output] {
+        assert!(
+            s.db.all(db::table(t)).unwrap().is_empty(),
+            "folded, removed"
+        );
+        assert_eq!(s.db.all(db::list_table(t)).unwrap().len(), 1);
+    }
+    drop(s);
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    assert_eq!(states_and_outputs(&s, rec.id, 2), after, "after a reopen");
+}
+
+#[test]
+fn a_job_list_that_does_not_read_is_named_and_the_other_pipelines_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+        let ids = write(&mut s, 3);
+        checkpoint_all(&mut s);
+        // Its head reads, its slot's offsets run past the data.
+        let mut bad =
+            s.db.get(db::list_table(Table::Job), ids[1].0.as_bytes())
+                .unwrap()
+                .unwrap();
+        bad[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        s.db.insert_list(Table::Job, ids[1].0.as_bytes(), &bad)
+            .unwrap();
+        s.db.insert_list(Table::Output, ids[1].0.as_bytes(), b"garbage")
+            .unwrap();
+        ids
+    };
+    let s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
+    for e in [
+        s.get_pipeline(ids[1]).unwrap_err().to_string(),
+        s.get_output(ids[1], 0).unwrap_err().to_string(),
+    ] {
+        assert!(e.contains(&ids[1].to_string()), "names the pipeline: {e}");
+        assert!(
+            e.contains(&dir.path().display().to_string()),
+            "names the database: {e}"
+        );
+        assert!(e.contains("list"), "{e}");
+    }
+    for id in [ids[0], ids[2]] {
+        assert!(s.get_pipeline(id).unwrap().is_some());
+        assert!(s.get_output(id, 0).unwrap().is_some());
+    }
 }
