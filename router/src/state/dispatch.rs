@@ -35,8 +35,8 @@ impl RouterState {
                 let mut best: Option<(usize, Ticket)> = None;
                 for (k, w) in b.workers.iter().enumerate() {
                     if let Some(t) = self.queues.get(w).and_then(|q| q.peek()) {
-                        if best.is_none_or(|(_, b)| *t > b) {
-                            best = Some((k, *t));
+                        if best.is_none_or(|(_, b)| t > b) {
+                            best = Some((k, t));
                         }
                     }
                 }

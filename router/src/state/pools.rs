@@ -191,9 +191,9 @@ impl RouterState {
         let tickets = self
             .queues
             .values()
-            .flatten()
+            .flat_map(RunQueue::iter)
             .chain(self.limits.pools.values().flat_map(|p| p.parked.iter()))
-            .chain(self.limits.capped.values().flatten());
+            .chain(self.limits.capped.values().flat_map(RunQueue::iter));
         for t in tickets {
             let Some(p) = self.pipelines.get(&t.id) else {
                 continue;
@@ -426,7 +426,7 @@ impl RouterState {
             let Some(pool) = self.limits.pools.get(name) else {
                 continue;
             };
-            for (ahead, t) in best_first(&pool.parked).iter().enumerate() {
+            for (ahead, t) in pool.parked.iter().enumerate() {
                 if t.id != id || !waiting(t.job) || out.contains_key(&t.job) {
                     continue;
                 }
@@ -455,7 +455,7 @@ impl RouterState {
             // as the queue is walked best first.
             let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
             let mut unknown = 0;
-            for t in best_first(q) {
+            for t in q.iter() {
                 if t.id == id && waiting(t.job) && !out.contains_key(&t.job) {
                     let own = p.dag.effective_priority(t.job);
                     let higher: usize = seen.range(own + 1..).map(|(_, n)| n).sum();
@@ -479,13 +479,6 @@ impl RouterState {
     pub(super) fn queued_reason(&self, id: PipelineId, i: u32) -> Option<String> {
         self.queued_reasons(id).remove(&i)
     }
-}
-
-/// The tickets of `heap`, best (first to start) first.
-fn best_first(heap: &RunQueue) -> Vec<Ticket> {
-    let mut v: Vec<Ticket> = heap.iter().copied().collect();
-    v.sort_unstable_by(|a, b| b.cmp(a));
-    v
 }
 
 /// `behind …` for a job with these counts of jobs ahead of it; `None` when first in
@@ -516,7 +509,7 @@ fn live_head<'a>(
     parked: &mut RunQueue,
     pipelines: &'a HashMap<PipelineId, PipelineEntry>,
 ) -> Option<(Ticket, &'a PipelineEntry)> {
-    while let Some(t) = parked.peek().copied() {
+    while let Some(t) = parked.peek() {
         match pipelines.get(&t.id) {
             Some(p) if waits(p.jobs[t.job as usize].state) => return Some((t, p)),
             _ => {
