@@ -215,8 +215,8 @@ impl PipelineManager {
             timeout,
             true,
             |reply| match reply {
-                Reply::Results(r) => Some(r),
-                _ => None,
+                Reply::Results(r) => Ok(r),
+                other => Err(other),
             },
             |r| (r.id, r.state),
         )
@@ -283,8 +283,8 @@ impl PipelineManager {
             timeout,
             false,
             |reply| match reply {
-                Reply::Statuses(s) => Some(s),
-                _ => None,
+                Reply::Statuses(s) => Ok(s),
+                other => Err(other),
             },
             |s| (s.id, s.state),
         )
@@ -297,7 +297,7 @@ impl PipelineManager {
         ids: &[PipelineId],
         timeout: Duration,
         outputs: bool,
-        unpack: impl Fn(Reply) -> Option<Vec<T>>,
+        unpack: impl Fn(Reply) -> Result<Vec<T>, Reply>,
         state_of: impl Fn(&T) -> (PipelineId, pypelinin_common::PipelineState),
     ) -> Result<Vec<T>, ClientError> {
         self.confirm()?;
@@ -312,8 +312,8 @@ impl PipelineManager {
                 Request::Wait { ids, timeout_ms }
             };
             let reply = self.requester.request_with(&req, chunk + REQUEST_TIMEOUT)?;
-            let items = unpack(reply.clone())
-                .ok_or_else(|| ClientError::Unexpected(format!("{reply:?}")))?;
+            // Unpacked without a copy: a wait's reply can hold thousands of statuses.
+            let items = unpack(reply).map_err(|r| ClientError::Unexpected(format!("{r:?}")))?;
             match items.iter().map(&state_of).find(|(_, s)| !s.is_final()) {
                 None => return Ok(items),
                 Some((id, state)) if left.is_zero() || started.elapsed() >= timeout => {
