@@ -216,7 +216,7 @@ impl PipelineManager {
             true,
             |reply| match reply {
                 Reply::Results(r) => Ok(r),
-                other => Err(other),
+                other => Err(format!("{other:?}")),
             },
             |r| (r.id, r.state),
         )
@@ -284,7 +284,7 @@ impl PipelineManager {
             false,
             |reply| match reply {
                 Reply::Statuses(s) => Ok(s),
-                other => Err(other),
+                other => Err(format!("{other:?}")),
             },
             |s| (s.id, s.state),
         )
@@ -297,7 +297,7 @@ impl PipelineManager {
         ids: &[PipelineId],
         timeout: Duration,
         outputs: bool,
-        unpack: impl Fn(Reply) -> Result<Vec<T>, Reply>,
+        unpack: impl Fn(Reply) -> Result<Vec<T>, String>,
         state_of: impl Fn(&T) -> (PipelineId, pypelinin_common::PipelineState),
     ) -> Result<Vec<T>, ClientError> {
         self.confirm()?;
@@ -313,7 +313,7 @@ impl PipelineManager {
             };
             let reply = self.requester.request_with(&req, chunk + REQUEST_TIMEOUT)?;
             // Unpacked without a copy: a wait's reply can hold thousands of statuses.
-            let items = unpack(reply).map_err(|r| ClientError::Unexpected(format!("{r:?}")))?;
+            let items = unpack(reply).map_err(ClientError::Unexpected)?;
             match items.iter().map(&state_of).find(|(_, s)| !s.is_final()) {
                 None => return Ok(items),
                 Some((id, state)) if left.is_zero() || started.elapsed() >= timeout => {
