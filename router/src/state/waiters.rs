@@ -10,8 +10,8 @@ use pypelinin_common::protocol::{
 use pypelinin_common::status::JobState;
 
 use super::views::{FrameView, ReplyView, StatusView};
-use super::{ReplyTo, Result, RouterState};
-use crate::store::JobRecord;
+use super::{PipelineEntry, ReplyTo, Result, RouterState};
+use pypelinin_common::Data;
 
 pub(super) struct Waiter {
     pub(super) to: ReplyTo,
@@ -107,18 +107,9 @@ impl RouterState {
             let mut result = PipelineResult {
                 id: *id,
                 state: p.rec.state,
-                outputs: BTreeMap::new(),
+                outputs: self.succeeded_outputs(*id, &p)?,
                 failed: Vec::new(),
             };
-            let succeeded = succeeded(&p.jobs);
-            for (&i, o) in succeeded
-                .iter()
-                .zip(self.store.get_outputs(*id, &succeeded)?)
-            {
-                if let Some(o) = o {
-                    result.outputs.insert(p.dag.name(i).to_string(), o);
-                }
-            }
             for (i, j) in p.jobs.iter().enumerate() {
                 if j.state == JobState::Failed {
                     let name = p.dag.name(i as u32).to_string();
@@ -137,23 +128,23 @@ impl RouterState {
             Ok(p) => p,
             Err(e) => return Ok(Reply::Error(e)),
         };
-        let mut out = BTreeMap::new();
-        let succeeded = succeeded(&p.jobs);
-        for (&i, o) in succeeded
-            .iter()
-            .zip(self.store.get_outputs(id, &succeeded)?)
-        {
-            if let Some(o) = o {
-                out.insert(p.dag.name(i).to_string(), o);
-            }
-        }
-        Ok(Reply::Outputs(out))
+        Ok(Reply::Outputs(self.succeeded_outputs(id, &p)?))
     }
-}
 
-/// The jobs that succeeded, by index: those with an output to read.
-fn succeeded(jobs: &[JobRecord]) -> Vec<u32> {
-    (0..jobs.len() as u32)
-        .filter(|&i| jobs[i as usize].state.is_success())
-        .collect()
+    /// The outputs of a pipeline's succeeded jobs, by job name, read together.
+    fn succeeded_outputs(
+        &self,
+        id: PipelineId,
+        p: &PipelineEntry,
+    ) -> Result<BTreeMap<String, Data>> {
+        let succeeded: Vec<u32> = (0..p.jobs.len() as u32)
+            .filter(|&i| p.jobs[i as usize].state.is_success())
+            .collect();
+        let outputs = self.store.get_outputs(id, &succeeded)?;
+        Ok(succeeded
+            .into_iter()
+            .zip(outputs)
+            .filter_map(|(i, o)| Some((p.dag.name(i).to_string(), o?)))
+            .collect())
+    }
 }

@@ -117,20 +117,13 @@ struct ByPipeline {
     outputs: Vec<Option<Vec<u8>>>,
 }
 
-/// Most jobs a pipeline's vectors index; a key past it goes to the overlay's `odd` map.
-const MAX_INDEXED_JOB: u32 = 1 << 22;
-
 /// Where a key of the pipeline, spec, job and output tables goes: the pipeline id, and
-/// the job index for a job's record or output; `None` for any other shape.
+/// the job index for a job's record or output; `None` for any other shape (a job past
+/// [`db::MAX_LISTED_JOB`] included: it goes to the overlay's `odd` map).
 fn split_key(table: Table, key: &[u8]) -> Option<([u8; 16], Option<u32>)> {
-    let id: [u8; 16] = key.get(..16)?.try_into().ok()?;
-    match (table, key.len()) {
-        (Table::Pipeline | Table::Spec, 16) => Some((id, None)),
-        (Table::Job | Table::Output, 20) => {
-            let job = u32::from_be_bytes(key[16..].try_into().ok()?);
-            (job < MAX_INDEXED_JOB).then_some((id, Some(job)))
-        }
-        _ => None,
+    match table {
+        Table::Pipeline | Table::Spec => Some((key.try_into().ok()?, None)),
+        _ => db::listed(table, key).map(|(id, job)| (id, Some(job))),
     }
 }
 
@@ -203,10 +196,8 @@ impl Overlay {
                 .into_iter()
                 .flat_map(move |(t, list)| {
                     list.iter().enumerate().filter_map(move |(i, v)| {
-                        let mut k = [0u8; 20];
-                        k[..16].copy_from_slice(id);
-                        k[16..].copy_from_slice(&(i as u32).to_be_bytes());
-                        Some((t, Cow::Owned(k.to_vec()), &v.as_ref()?[..]))
+                        let k = db::job_key(id, i as u32).to_vec();
+                        Some((t, Cow::Owned(k), &v.as_ref()?[..]))
                     })
                 });
             own.chain(jobs)
@@ -640,10 +631,7 @@ impl Drop for DiskStore {
 }
 
 fn job_key(id: PipelineId, job: u32) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..16].copy_from_slice(id.0.as_bytes());
-    k[16..].copy_from_slice(&job.to_be_bytes());
-    k
+    db::job_key(id.0.as_bytes(), job)
 }
 
 fn log_key((id, job, attempt): LogKey, seq: u64) -> [u8; 32] {
@@ -888,15 +876,7 @@ impl StateStore for DiskStore {
     }
 
     fn get_output(&self, id: PipelineId, job: u32) -> Result<Option<Data>, StoreError> {
-        let k = job_key(id, job);
-        match self.read(Table::Output, &k)? {
-            Some(v) => {
-                Ok(Some(dec(&k, &v).map_err(|e| {
-                    self.corrupt(&format!("output of pipeline {id}"), e)
-                })?))
-            }
-            None => Ok(None),
-        }
+        Ok(self.get_outputs(id, &[job])?.pop().flatten())
     }
 
     fn get_outputs(&self, id: PipelineId, jobs: &[u32]) -> Result<Vec<Option<Data>>, StoreError> {

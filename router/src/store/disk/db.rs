@@ -69,8 +69,9 @@ fn list_of(t: Table) -> Option<Def> {
     }
 }
 
-/// Where a key of the job or output table goes: its pipeline's list, and its slot.
-fn listed(t: Table, key: &[u8]) -> Option<([u8; 16], u32)> {
+/// Where a key of the job or output table goes: its pipeline's list, and its slot
+/// (`None` for another table, another shape, or a job past [`MAX_LISTED_JOB`]).
+pub(super) fn listed(t: Table, key: &[u8]) -> Option<([u8; 16], u32)> {
     list_of(t)?;
     if key.len() != 20 {
         return None;
@@ -79,7 +80,8 @@ fn listed(t: Table, key: &[u8]) -> Option<([u8; 16], u32)> {
     (job < MAX_LISTED_JOB).then(|| (key[..16].try_into().unwrap(), job))
 }
 
-fn job_key(id: &[u8; 16], job: u32) -> [u8; 20] {
+/// The key of job `job` of pipeline `id` in the job and output tables.
+pub(super) fn job_key(id: &[u8; 16], job: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
     k[..16].copy_from_slice(id);
     k[16..].copy_from_slice(&job.to_be_bytes());
@@ -171,13 +173,12 @@ impl Db {
             while let Some((table, key, value)) = entries.next() {
                 if let Some((id, job)) = listed(table, &key) {
                     let mut slots = vec![(job, value)];
-                    while let Some((next, job)) = entries
+                    while let Some(job) = entries
                         .peek()
-                        .and_then(|(t, k, _)| Some((*t, listed(*t, k)?)))
-                        .filter(|&(t, (other, _))| t == table && other == id)
-                        .map(|(t, (_, job))| (t, job))
+                        .filter(|(t, _, _)| *t == table)
+                        .and_then(|(_, k, _)| listed(table, k))
+                        .and_then(|(other, job)| (other == id).then_some(job))
                     {
-                        debug_assert_eq!(next, table);
                         let (_, _, value) = entries.next().expect("peeked");
                         slots.push((job, value));
                     }
@@ -232,18 +233,10 @@ impl Db {
             }
             None => None,
         };
-        let n = [
-            old.map_or(0, |l| l.len()),
-            before.last().map_or(0, |(j, _)| *j as usize + 1),
-            slots
-                .iter()
-                .map(|(j, _)| *j as usize + 1)
-                .max()
-                .unwrap_or(0),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+        let n = (before.iter().map(|(j, _)| *j))
+            .chain(slots.iter().map(|(j, _)| *j))
+            .map(|j| j as usize + 1)
+            .fold(old.map_or(0, |l| l.len()), usize::max);
         let mut all: Vec<Option<&[u8]>> = vec![None; n];
         if let Some(l) = old {
             for (i, slot) in all.iter_mut().enumerate().take(l.len()) {
@@ -289,52 +282,40 @@ impl Db {
             message: format!("its {} list does not read", TABLES[table as usize].name()),
         };
         for key in keys {
-            let (Some(lists), Some((id, job))) = (&lists, listed(table, key)) else {
-                out.push(single.get(&key[..]).at(err)?.map(|g| g.value().to_vec()));
-                continue;
-            };
-            if current.as_ref().is_none_or(|(c, _)| *c != id) {
-                let bytes = lists.get(&id[..]).at(err)?.map(|g| g.value().to_vec());
-                current = Some((id, bytes));
+            if let (Some(lists), Some((id, job))) = (&lists, listed(table, key)) {
+                if current.as_ref().is_none_or(|(c, _)| *c != id) {
+                    let bytes = lists.get(&id[..]).at(err)?.map(|g| g.value().to_vec());
+                    current = Some((id, bytes));
+                }
+                if let Some((_, Some(bytes))) = &current {
+                    let list = List::parse(bytes).map_err(|_| corrupt(id))?;
+                    let slot = list.get(job as usize).map_err(|_| corrupt(id))?;
+                    out.push(slot.map(<[u8]>::to_vec));
+                    continue;
+                }
             }
-            let Some((_, Some(bytes))) = &current else {
-                out.push(single.get(&key[..]).at(err)?.map(|g| g.value().to_vec()));
-                continue;
-            };
-            let list = List::parse(bytes).map_err(|_| corrupt(id))?;
-            let slot = list.get(job as usize).map_err(|_| corrupt(id))?;
-            out.push(slot.map(<[u8]>::to_vec));
+            // Not listed, or its pipeline has no list yet: its own entry, if any.
+            out.push(single.get(&key[..]).at(err)?.map(|g| g.value().to_vec()));
         }
         Ok(out)
     }
 
-    /// Writes entries of tables as they are, bypassing lists: a database written
-    /// before them.
+    /// Writes entries into `def` as they are, bypassing lists: a database written before
+    /// them, or a list as given.
     #[cfg(test)]
-    pub(super) fn insert_single(
+    pub(super) fn insert_raw<'a>(
         &self,
-        entries: impl Iterator<Item = (Table, Vec<u8>, Vec<u8>)>,
+        def: Def,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Result<(), StoreError> {
         let err = self.path.as_path();
         let tx = self.db.begin_write().at(err)?;
-        for (t, k, v) in entries {
-            tx.open_table(table(t))
-                .at(err)?
-                .insert(&k[..], &v[..])
-                .at(err)?;
+        {
+            let mut t = tx.open_table(def).at(err)?;
+            for (k, v) in entries {
+                t.insert(k, v).at(err)?;
+            }
         }
-        tx.commit().at(err)
-    }
-
-    /// Writes a pipeline's list of `t` as given.
-    #[cfg(test)]
-    pub(super) fn insert_list(&self, t: Table, id: &[u8], bytes: &[u8]) -> Result<(), StoreError> {
-        let err = self.path.as_path();
-        let tx = self.db.begin_write().at(err)?;
-        tx.open_table(list_table(t))
-            .at(err)?
-            .insert(id, bytes)
-            .at(err)?;
         tx.commit().at(err)
     }
 
@@ -504,7 +485,6 @@ fn compact(db: &mut Database, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The definition of the table of journal table `t`.
 /// `changes` (a hash map) in table and key order, as [`Db::write_sorted`] takes them.
 pub(super) fn sorted(
     changes: &Changes,
@@ -516,6 +496,7 @@ pub(super) fn sorted(
         .map(|((t, k), v)| (*t, std::borrow::Cow::Borrowed(&k[..]), &v[..]))
 }
 
+/// The definition of the table of journal table `t`.
 pub(super) fn table(t: Table) -> Def {
     TABLES[t as usize]
 }

@@ -667,7 +667,7 @@ fn job_records_read_back_from_the_overlay_by_index_and_after_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = DiskStore::open(dir.path(), Durability::Flush).unwrap();
     let id = PipelineId::new();
-    let far = MAX_INDEXED_JOB + 7;
+    let far = db::MAX_LISTED_JOB + 7;
     let out = |n: u64| -> Data {
         [("n".to_string(), serde_json::json!(n))]
             .into_iter()
@@ -699,7 +699,7 @@ fn job_records_read_back_from_the_overlay_by_index_and_after_a_checkpoint() {
                 "{when}: {i}"
             );
         }
-        for i in [1, 3, 10, MAX_INDEXED_JOB] {
+        for i in [1, 3, 10, db::MAX_LISTED_JOB] {
             assert_eq!(read(s, id, i), None, "{when}: never written: {i}");
         }
         assert_eq!(read(s, other, 0), Some(serde_json::json!(100)), "{when}");
@@ -815,16 +815,14 @@ fn an_entry_per_job_from_an_older_database_is_read_and_folded_into_the_list() {
     let out: Data = [("job".to_string(), serde_json::json!(0))]
         .into_iter()
         .collect();
-    let old = [
-        (Table::Job, 0, enc_compact(&done).unwrap()),
-        (Table::Job, 1, enc_compact(&JobRecord::new()).unwrap()),
-        (Table::Output, 0, enc(&out).unwrap()),
+    let (k0, k1) = (job_key(rec.id, 0), job_key(rec.id, 1));
+    let jobs = [
+        (&k0[..], &enc_compact(&done).unwrap()[..]),
+        (&k1[..], &enc_compact(&JobRecord::new()).unwrap()[..]),
     ];
-    s.db.insert_single(
-        old.iter()
-            .map(|(t, i, v)| (*t, job_key(rec.id, *i).to_vec(), v.clone())),
-    )
-    .unwrap();
+    s.db.insert_raw(db::table(Table::Job), jobs).unwrap();
+    let outputs = [(&k0[..], &enc(&out).unwrap()[..])];
+    s.db.insert_raw(db::table(Table::Output), outputs).unwrap();
     let before = (vec![Succeeded, Queued], vec![Some(0), None]);
     assert_eq!(
         states_and_outputs(&s, rec.id, 2),
@@ -862,9 +860,10 @@ fn a_job_list_that_does_not_read_is_named_and_the_other_pipelines_are_served() {
                 .unwrap()
                 .unwrap();
         bad[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
-        s.db.insert_list(Table::Job, ids[1].0.as_bytes(), &bad)
+        let id = ids[1].0.as_bytes();
+        s.db.insert_raw(db::list_table(Table::Job), [(&id[..], &bad[..])])
             .unwrap();
-        s.db.insert_list(Table::Output, ids[1].0.as_bytes(), b"garbage")
+        s.db.insert_raw(db::list_table(Table::Output), [(&id[..], &b"garbage"[..])])
             .unwrap();
         ids
     };
